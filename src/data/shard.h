@@ -1,0 +1,52 @@
+// Token shards in the llm.c / modded-nanogpt format: a header of 256 little-endian int32
+// (magic 20240520, version 1, token count, then zeros) followed by `count` uint16 tokens.
+// Reading is memory-mapped and validated; writing is atomic (temp file + rename).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace og {
+
+constexpr int32_t kShardMagic = 20240520;
+constexpr int32_t kShardVersion = 1;
+constexpr size_t kShardHeaderInts = 256;
+constexpr size_t kShardHeaderBytes = kShardHeaderInts * sizeof(int32_t);
+
+class Shard {
+ public:
+  // Map and validate `path`: wrong magic or version, a token count that disagrees with the file
+  // size, or a truncated header are og::Errors naming the file.
+  static Shard open(const std::string& path);
+  Shard() = default;
+  Shard(Shard&& o) noexcept;
+  Shard& operator=(Shard&& o) noexcept;
+  Shard(const Shard&) = delete;
+  Shard& operator=(const Shard&) = delete;
+  ~Shard();
+
+  const std::string& path() const { return path_; }
+  size_t num_tokens() const { return num_tokens_; }
+  const uint16_t* tokens() const { return tokens_; }
+  // Copy tokens [begin, begin + n) into out as int32, checking each id < vocab_size
+  // (an out-of-range id is an og::Error naming the file and the token's offset).
+  void read(size_t begin, size_t n, int32_t* out, int vocab_size) const;
+
+ private:
+  std::string path_;
+  void* map_ = nullptr;
+  size_t map_bytes_ = 0;
+  const uint16_t* tokens_ = nullptr;
+  size_t num_tokens_ = 0;
+};
+
+// Write a shard atomically (temp file + rename); an I/O failure is an og::Error, and leaves no
+// partial file at `path`.
+void write_shard(const std::string& path, const uint16_t* tokens, size_t n);
+
+// Files matching a glob pattern, sorted; an og::Error naming the pattern (and `what`, e.g.
+// "data.train") if nothing matches.
+std::vector<std::string> expand_glob(const std::string& pattern, const std::string& what);
+
+}  // namespace og

@@ -1,0 +1,41 @@
+// The model interface the trainer drives; one implementation per backend (model/cpu, model/cuda).
+// Parameters and gradients each live in one contiguous fp32 buffer laid out by layout();
+// for the CUDA model these pointers are device memory. Token arrays are always host memory.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "model/gpt_config.h"
+#include "model/param_layout.h"
+#include "optim/optimizer.h"  // Device
+
+namespace og {
+
+class Model {
+ public:
+  virtual ~Model() = default;
+  virtual Device device() const = 0;
+  virtual const GPTConfig& config() const = 0;
+  virtual const ParamLayout& layout() const = 0;
+  virtual float* params() = 0;  // fp32 master weights, layout().total() floats
+  virtual float* grads() = 0;   // fp32 gradients, same layout
+  virtual void zero_grad() = 0;
+  // Forward on B x T tokens (B <= max batch given at construction, T <= config().seq_len),
+  // then backward: grads += grad_scale * d(mean loss)/d(params). Returns the mean loss.
+  virtual float forward_backward(const int32_t* inputs, const int32_t* targets, int B, int T, float grad_scale) = 0;
+  // Forward only: mean cross-entropy loss.
+  virtual float forward_loss(const int32_t* inputs, const int32_t* targets, int B, int T) = 0;
+  // Forward only on one sequence of T tokens: fp32 logits of the last position (vocab_size floats, host).
+  virtual std::vector<float> last_logits(const int32_t* tokens, int T) = 0;
+  // Copy parameters from / to a host buffer of layout().total() floats (checkpoints, init).
+  virtual void upload_params(const float* host) = 0;
+  virtual void download_params(float* host) = 0;
+  // Squared L2 norm of the gradient buffer (NaN/Inf propagate, which is how the trainer sees them).
+  virtual double grad_norm_sq() = 0;
+};
+
+// The fp32 CPU reference model (model/cpu). max_batch: the largest B a call will pass.
+std::unique_ptr<Model> make_cpu_model(const GPTConfig& cfg, int max_batch);
+
+}  // namespace og
