@@ -1,0 +1,87 @@
+// CUDA helpers shared by every .cu file: error checks that name the call site, a device
+// buffer owner, and whether a GPU is present. Include only from CUDA builds (ORTHOGPT_CUDA).
+#pragma once
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <utility>
+
+#include "core/error.h"
+
+#define CUDA_CHECK(call)                                                                          \
+  do {                                                                                            \
+    cudaError_t err_ = (call);                                                                    \
+    if (err_ != cudaSuccess)                                                                      \
+      ::og::fail("CUDA error {} ({}) at {}:{}: {}", (int)err_, cudaGetErrorString(err_), __FILE__, \
+                 __LINE__, #call);                                                                \
+  } while (0)
+
+#define CUBLAS_CHECK(call)                                                                              \
+  do {                                                                                                  \
+    cublasStatus_t st_ = (call);                                                                        \
+    if (st_ != CUBLAS_STATUS_SUCCESS)                                                                   \
+      ::og::fail("cuBLAS error {} ({}) at {}:{}: {}", (int)st_, cublasGetStatusString(st_), __FILE__, \
+                 __LINE__, #call);                                                                      \
+  } while (0)
+
+// Check the last launch (call right after a <<<...>>>).
+#define CUDA_CHECK_LAUNCH() CUDA_CHECK(cudaGetLastError())
+
+namespace og {
+
+// True if a CUDA device is usable (cached).
+bool cuda_available();
+
+// Owning device allocation (cudaMalloc / cudaFree). An allocation failure is an og::Error that
+// says how many bytes were asked for (out-of-memory must be a clear error).
+template <typename T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t n) { resize(n); }
+  ~DeviceBuffer() { release(); }
+  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      release();
+      p_ = std::exchange(o.p_, nullptr);
+      n_ = std::exchange(o.n_, 0);
+    }
+    return *this;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  void resize(size_t n) {
+    if (n == n_) return;
+    release();
+    if (n == 0) return;
+    cudaError_t e = cudaMalloc(&p_, n * sizeof(T));
+    if (e != cudaSuccess) {
+      p_ = nullptr;
+      size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      fail("GPU out of memory: asked for {:.1f} MiB, {:.1f} MiB free of {:.1f} MiB ({})", n * sizeof(T) / 1048576.0,
+           free_b / 1048576.0, total_b / 1048576.0, cudaGetErrorString(e));
+    }
+    n_ = n;
+  }
+  void release() {
+    if (p_) cudaFree(p_);
+    p_ = nullptr;
+    n_ = 0;
+  }
+  T* data() { return p_; }
+  const T* data() const { return p_; }
+  size_t size() const { return n_; }
+  size_t bytes() const { return n_ * sizeof(T); }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+}  // namespace og
