@@ -1,0 +1,44 @@
+// Parameter groups: the model declares each parameter's role; a group maps a set of roles to
+// one algorithm with its hyperparameters and an lr scale (lr of the group = base lr x schedule
+// x lr_scale). The trainer steps every group once per optimizer step.
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/param_layout.h"
+#include "optim/optimizer.h"
+
+namespace og {
+
+struct GroupSpec {
+  std::string name;              // "matrix", "embedding", "lm_head", "vector"
+  std::vector<ParamRole> roles;  // which parameters belong to it
+  OptimHParams hp;
+  double lr_scale = 1.0;
+};
+
+class ParamGroups {
+ public:
+  // params/grads: the model's contiguous buffers (device memory when device == CUDA).
+  // Groups that select no parameter are dropped; a parameter claimed by two groups, or by none,
+  // is an og::Error.
+  ParamGroups(const std::vector<GroupSpec>& specs, const ParamLayout& layout, float* params, const float* grads,
+              Device device);
+  // One optimizer step: step is 1-based; base_lr already includes the schedule multiplier.
+  void step(int64_t step, double base_lr);
+  std::vector<StateTensor> state();
+  std::map<std::string, double> stats() const;  // "<group>.<stat>"
+  std::string describe() const;                // one line per group, for the log
+
+ private:
+  struct Group {
+    GroupSpec spec;
+    size_t num_params = 0, num_elements = 0;
+    std::unique_ptr<Optimizer> opt;
+  };
+  std::vector<Group> groups_;
+};
+
+}  // namespace og

@@ -1,0 +1,26 @@
+// The training loop: data -> model forward/backward (gradient accumulation) -> optimizer groups,
+// with the LR schedule, periodic validation, a progress line, JSONL metrics and NaN guards.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "optim/param_groups.h"
+#include "train/config.h"
+
+namespace og {
+
+// Optimizer groups of the reference training script (OPTIMIZERS.md "Parameter groups").
+std::vector<GroupSpec> build_group_specs(const Config& cfg);
+
+struct TrainResult {
+  int64_t steps_done = 0;
+  int64_t skipped_steps = 0;
+  double first_val_loss = 0, final_val_loss = 0, final_train_loss = 0;
+  double seconds = 0;
+};
+
+// Run training as configured (the config must already be validated). Throws og::Error on bad
+// input or a non-finite loss/gradient (unless train.skip_nonfinite).
+TrainResult run_train(const Config& cfg);
+
+}  // namespace og
