@@ -44,14 +44,14 @@ Device choose_device(const std::string& want) {
   return Device::CPU;
 }
 
-double evaluate(Model& model, DataLoader& val, int64_t batches, std::vector<int32_t>& x, std::vector<int32_t>& y) {
+double evaluate(Model& model, Communicator& comm, DataLoader& val, int64_t batches, std::vector<int32_t>& x, std::vector<int32_t>& y) {
   val.reset();
   double sum = 0;
   for (int64_t i = 0; i < batches; ++i) {
     val.next_batch(x.data(), y.data());
     sum += model.forward_loss(x.data(), y.data(), val.B(), val.T());
   }
-  return sum / (double)batches;
+  return comm.all_reduce_scalar(sum / (double)batches, ReduceOp::Avg);
 }
 
 }  // namespace
@@ -74,19 +74,20 @@ std::vector<GroupSpec> build_group_specs(const Config& cfg) {
   return specs;
 }
 
-TrainResult run_train(const Config& cfg) {
+TrainResult run_train(const Config& cfg, DistContext& dist) {
   namespace fs = std::filesystem;
-  const int rank = 0, world = 1;
+  const int rank = dist.rank, world = dist.world;
+  Communicator& comm = *dist.host_comm;
   OG_CHECK(!cfg.checkpoint.enabled && cfg.checkpoint.resume.empty(),
            "checkpoint: checkpointing and --resume are not available in this build yet");
   if (cfg.train.threads > 0) omp_set_num_threads(cfg.train.threads);
 
   // ---- outputs ---------------------------------------------------------------------------
-  std::error_code ec;
-  fs::create_directories(cfg.log.dir, ec);
-  OG_CHECK(!ec, "log.dir: cannot create {}: {}", cfg.log.dir, ec.message());
   const std::string resolved = config_to_yaml(cfg);
-  {
+  if (rank == 0) {
+    std::error_code ec;
+    fs::create_directories(cfg.log.dir, ec);
+    OG_CHECK(!ec, "log.dir: cannot create {}: {}", cfg.log.dir, ec.message());
     const std::string path = (fs::path(cfg.log.dir) / "config.yaml").string();
     std::ofstream f(path);
     f << resolved;
@@ -133,6 +134,7 @@ TrainResult run_train(const Config& cfg) {
                val_loader ? fmt::format("; val: {} batches = {} tokens", val_batches, val_batches * B * T * world)
                           : std::string("; no validation"));
   spdlog::info("optimizer groups:\n{}", groups.describe());
+  if (world > 1) spdlog::info("data parallel: {} ranks, gradients averaged over {}", world, comm.backend());
 
   MetricsWriter metrics;
   if (rank == 0) metrics.open((fs::path(cfg.log.dir) / "metrics.jsonl").string(), false);
@@ -146,7 +148,7 @@ TrainResult run_train(const Config& cfg) {
   auto validate = [&](int64_t step) {
     if (!val_loader) return;
     Timer t;
-    const double vl = evaluate(*model, *val_loader, val_batches, x, y);
+    const double vl = evaluate(*model, comm, *val_loader, val_batches, x, y);
     OG_CHECK(std::isfinite(vl), "step {}: validation loss is {}", step, vl);
     if (step == 0) res.first_val_loss = vl;
     res.final_val_loss = vl;
@@ -165,7 +167,9 @@ TrainResult run_train(const Config& cfg) {
       train_loader.next_batch(x.data(), y.data());
       loss_sum += model->forward_backward(x.data(), y.data(), B, T, 1.0f / (float)grad_accum);
     }
-    const double loss = loss_sum / (double)grad_accum;  // mean over the whole step's batch
+    // Data parallel: average gradients (and the loss, for the log) over ranks.
+    if (world > 1) comm.all_reduce(model->grads(), model->layout().total(), ReduceOp::Avg);
+    const double loss = comm.all_reduce_scalar(loss_sum / (double)grad_accum, ReduceOp::Avg);
     const double grad_norm = std::sqrt(model->grad_norm_sq());
     const double lr = cfg.optim.lr * lr_multiplier(step, N, cfg.train.warmup_frac, cfg.train.warmdown_frac);
 

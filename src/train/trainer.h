@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "dist/bootstrap.h"
 #include "optim/param_groups.h"
 #include "train/config.h"
 
@@ -21,6 +22,8 @@ struct TrainResult {
 
 // Run training as configured (the config must already be validated). Throws og::Error on bad
 // input or a non-finite loss/gradient (unless train.skip_nonfinite).
-TrainResult run_train(const Config& cfg);
+// Data-parallel over dist.host_comm (a world of one without mpirun): each rank reads its own
+// windows, gradients are averaged across ranks once per step, every rank steps identically.
+TrainResult run_train(const Config& cfg, DistContext& dist);
 
 }  // namespace og
