@@ -198,6 +198,7 @@ class Schema {
     add_string("train.device", OG_ACC(train.device), "where to train", {"auto", "cpu", "cuda"});
     add_bool("train.skip_nonfinite", OG_ACC(train.skip_nonfinite), "skip (not stop at) steps with NaN/Inf");
     add_int("train.threads", OG_ACC(train.threads), "CPU threads (0: all cores)");
+    add_int("train.fault_nan_step", OG_ACC(train.fault_nan_step), "testing: inject NaN into the gradient at this step");
 
     add_float("optim.lr", OG_ACC(optim.lr), "base learning rate");
     add_float("optim.weight_decay", OG_ACC(optim.weight_decay), "decoupled weight decay of matrix/vector groups");
@@ -322,17 +323,41 @@ void set_config_value(Config& c, const std::string& key_in, const std::string& v
   }
 }
 
+namespace {
+
+// Load `path` over `c`: a top-level `base: other.yaml` (relative to this file) is loaded first,
+// so experiment files only state what differs from a shared base.
+void load_yaml_file(Config& c, const std::string& path, std::vector<std::string>& chain) {
+  namespace fs = std::filesystem;
+  OG_CHECK(fs::exists(path), "config file {} does not exist", path);
+  const std::string canon = fs::weakly_canonical(path).string();
+  for (const auto& p : chain)
+    OG_CHECK(p != canon, "config file {}: 'base' chain loops back to {}", chain.front(), path);
+  chain.push_back(canon);
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::Exception& e) {
+    fail("{}: YAML syntax error: {}", path, e.what());
+  }
+  if (root.IsNull()) return;
+  OG_CHECK(root.IsMap(), "{}: the top level must be a mapping of sections", path);
+  if (root["base"]) {
+    OG_CHECK(root["base"].IsScalar(), "{}: key 'base' must be a file name", path);
+    const fs::path base = fs::path(path).parent_path() / root["base"].Scalar();
+    load_yaml_file(c, base.string(), chain);
+    root.remove("base");
+  }
+  load_yaml_node(c, root, "", path);
+}
+
+}  // namespace
+
 Config load_config(const std::string& yaml_path, const std::vector<std::string>& overrides) {
   Config c;
   if (!yaml_path.empty()) {
-    OG_CHECK(std::filesystem::exists(yaml_path), "config file {} does not exist", yaml_path);
-    YAML::Node root;
-    try {
-      root = YAML::LoadFile(yaml_path);
-    } catch (const YAML::Exception& e) {
-      fail("{}: YAML syntax error: {}", yaml_path, e.what());
-    }
-    if (!root.IsNull()) load_yaml_node(c, root, "", yaml_path);
+    std::vector<std::string> chain;
+    load_yaml_file(c, yaml_path, chain);
   }
   for (size_t i = 0; i < overrides.size(); ++i) {
     std::string arg = overrides[i];

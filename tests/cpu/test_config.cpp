@@ -129,3 +129,31 @@ TEST(LrSchedule, MatchesReferenceLambda) {
   EXPECT_DOUBLE_EQ(og::lr_multiplier(3, 40, 0.1, 0.0), 1.0);
   EXPECT_DOUBLE_EQ(og::lr_multiplier(39, 40, 0.1, 0.0), 1.0);
 }
+
+TEST(Config, BaseFilesAreLoadedFirst) {
+  const auto base = write_tmp("base.yaml", "model:\n  d_model: 256\n  n_head: 4\noptim:\n  lr: 0.01\n");
+  const auto exp = write_tmp("exp.yaml", "base: base.yaml\noptim:\n  lr: 0.05\n  matrix:\n    algorithm: muon\n");
+  og::Config c = og::load_config(exp, {"--model.n_layer", "2"});
+  EXPECT_EQ(c.model.d_model, 256);
+  EXPECT_DOUBLE_EQ(c.optim.lr, 0.05);
+  EXPECT_EQ(c.optim.matrix.algorithm, "muon");
+  EXPECT_EQ(c.model.n_layer, 2);
+  const auto loop = write_tmp("loop.yaml", "base: loop.yaml\n");
+  expect_error([&] { og::load_config(loop); }, {"loops"});
+  const auto missing = write_tmp("m.yaml", "base: nothere.yaml\n");
+  expect_error([&] { og::load_config(missing); }, {"nothere.yaml", "does not exist"});
+}
+
+// Every shipped experiment config loads and validates (1 rank; the big ones also on 8).
+TEST(Config, ShippedConfigsValidate) {
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(std::string(OG_SOURCE_DIR) + "/configs")) {
+    if (e.path().extension() != ".yaml") continue;
+    SCOPED_TRACE(e.path().string());
+    og::Config c = og::load_config(e.path().string());
+    EXPECT_NO_THROW(og::validate_config(c, 1));
+    if (c.model.d_model >= 768) EXPECT_NO_THROW(og::validate_config(c, 8));
+    ++n;
+  }
+  EXPECT_GE(n, 20);
+}
