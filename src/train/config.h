@@ -39,6 +39,7 @@ struct TrainSection {
   std::string device = "auto";     // auto | cpu | cuda
   bool skip_nonfinite = false;     // on: skip a step whose loss/grad is NaN/Inf (counted); off: stop
   int threads = 0;                 // CPU threads (0: all cores)
+  int64_t fault_nan_step = -1;     // testing: poison the gradient with NaN at this step (-1: never)
 };
 
 struct MatrixOptimSection {

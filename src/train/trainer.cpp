@@ -170,6 +170,10 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
     // Data parallel: average gradients (and the loss, for the log) over ranks.
     if (world > 1) comm.all_reduce(model->grads(), model->layout().total(), ReduceOp::Avg);
     const double loss = comm.all_reduce_scalar(loss_sum / (double)grad_accum, ReduceOp::Avg);
+    if (step == cfg.train.fault_nan_step) {  // fault injection for tests (train.fault_nan_step)
+      const float nan = std::numeric_limits<float>::quiet_NaN();
+      if (device == Device::CPU) model->grads()[0] = nan;
+    }
     const double grad_norm = std::sqrt(model->grad_norm_sq());
     const double lr = cfg.optim.lr * lr_multiplier(step, N, cfg.train.warmup_frac, cfg.train.warmdown_frac);
 
@@ -216,6 +220,8 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
   }
   validate(N);
   res.seconds = wall.seconds();
+  res.final_params.resize(model->layout().total());
+  model->download_params(res.final_params.data());
   spdlog::info("done: {} steps in {}, final train loss {:.4f}, val loss {:.4f} -> {:.4f}{}", res.steps_done,
                fmt_duration(res.seconds), res.final_train_loss, res.first_val_loss, res.final_val_loss,
                res.skipped_steps ? fmt::format(", {} steps skipped", res.skipped_steps) : std::string());

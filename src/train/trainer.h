@@ -18,6 +18,7 @@ struct TrainResult {
   int64_t skipped_steps = 0;
   double first_val_loss = 0, final_val_loss = 0, final_train_loss = 0;
   double seconds = 0;
+  std::vector<float> final_params;  // host copy of the parameters after the last step
 };
 
 // Run training as configured (the config must already be validated). Throws og::Error on bad
