@@ -220,6 +220,9 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
   }
   validate(N);
   res.seconds = wall.seconds();
+  metrics.write({{"type", "done"}, {"steps", res.steps_done}, {"skipped_steps", res.skipped_steps},
+                 {"final_train_loss", res.final_train_loss}, {"final_val_loss", res.final_val_loss},
+                 {"seconds", res.seconds}, {"train_seconds", train_seconds}});
   res.final_params.resize(model->layout().total());
   model->download_params(res.final_params.data());
   spdlog::info("done: {} steps in {}, final train loss {:.4f}, val loss {:.4f} -> {:.4f}{}", res.steps_done,
