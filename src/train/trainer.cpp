@@ -8,11 +8,14 @@
 #include <limits>
 #include <omp.h>
 
+#include <cstring>
+
 #include "core/error.h"
 #include "core/timer.h"
 #include "data/loader.h"
 #include "model/model.h"
 #include "optim/lr_schedule.h"
+#include "train/checkpoint.h"
 #include "train/metrics.h"
 
 #ifdef ORTHOGPT_CUDA
@@ -54,6 +57,43 @@ double evaluate(Model& model, Communicator& comm, DataLoader& val, int64_t batch
   return comm.all_reduce_scalar(sum / (double)batches, ReduceOp::Avg);
 }
 
+std::string model_signature(const Model& m) {
+  std::string s = fmt::format("gpt vocab={} d={} layers={} heads={} T={};", m.config().vocab_size, m.config().d_model,
+                              m.config().n_layer, m.config().n_head, m.config().seq_len);
+  for (const auto& p : m.layout().params()) s += fmt::format("{}[{}x{}];", p.name, p.rows, p.cols);
+  return s;
+}
+
+std::string optimizer_signature(const std::vector<StateTensor>& state) {
+  std::string s;
+  for (const auto& t : state) s += fmt::format("{}[{} {}];", t.name, t.count, name_of(t.dtype));
+  return s;
+}
+
+size_t state_bytes(const StateTensor& t) { return t.count * (t.dtype == StateDtype::F32 ? 4 : 2); }
+
+// Host copy of a state tensor (device state is copied through a staging buffer).
+void state_to_host(const StateTensor& t, std::vector<char>& host) {
+  host.resize(state_bytes(t));
+#ifdef ORTHOGPT_CUDA
+  if (t.device == Device::CUDA) {
+    CUDA_CHECK(cudaMemcpy(host.data(), t.data, host.size(), cudaMemcpyDeviceToHost));
+    return;
+  }
+#endif
+  std::memcpy(host.data(), t.data, host.size());
+}
+
+void state_from_host(const StateTensor& t, const std::vector<char>& host) {
+#ifdef ORTHOGPT_CUDA
+  if (t.device == Device::CUDA) {
+    CUDA_CHECK(cudaMemcpy(t.data, host.data(), host.size(), cudaMemcpyHostToDevice));
+    return;
+  }
+#endif
+  std::memcpy(t.data, host.data(), host.size());
+}
+
 }  // namespace
 
 std::vector<GroupSpec> build_group_specs(const Config& cfg) {
@@ -78,8 +118,6 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
   namespace fs = std::filesystem;
   const int rank = dist.rank, world = dist.world;
   Communicator& comm = *dist.host_comm;
-  OG_CHECK(!cfg.checkpoint.enabled && cfg.checkpoint.resume.empty(),
-           "checkpoint: checkpointing and --resume are not available in this build yet");
   if (cfg.train.threads > 0) omp_set_num_threads(cfg.train.threads);
 
   // ---- outputs ---------------------------------------------------------------------------
@@ -101,6 +139,7 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
   const int B = (int)cfg.train.micro_batch_size, T = gpt.seq_len;
   const int64_t grad_accum = cfg.train.batch_size / (cfg.train.micro_batch_size * world);
   const int64_t tokens_per_step = cfg.train.batch_size * (int64_t)T;
+  const int64_t N = cfg.train.steps;
 
   std::unique_ptr<Model> model = make_cpu_model(gpt, B);
   {
@@ -136,15 +175,72 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
   spdlog::info("optimizer groups:\n{}", groups.describe());
   if (world > 1) spdlog::info("data parallel: {} ranks, gradients averaged over {}", world, comm.backend());
 
+  // ---- resume ----------------------------------------------------------------------------
+  int64_t start_step = 0;
+  if (!cfg.checkpoint.resume.empty()) {
+    CheckpointReader ck(cfg.checkpoint.resume);
+    const CheckpointMeta& m = ck.meta();
+    OG_CHECK(m.model_signature == model_signature(*model),
+             "--resume {}: the checkpoint's model differs from this config's:\n  checkpoint: {}\n  config:     {}",
+             ck.dir(), m.model_signature.substr(0, 200), model_signature(*model).substr(0, 200));
+    std::vector<StateTensor> st = groups.state();
+    OG_CHECK(m.optimizer_signature == optimizer_signature(st),
+             "--resume {}: the checkpoint's optimizer state does not match this config's optimizer groups "
+             "(algorithm, fraction/rank or state dtype changed?)",
+             ck.dir());
+    OG_CHECK(m.world == world, "--resume {}: written by {} data-parallel rank(s), this run has {}", ck.dir(), m.world,
+             world);
+    OG_CHECK(m.step < N, "--resume {}: the checkpoint is at step {}, train.steps is {}", ck.dir(), m.step, N);
+    std::vector<float> host(model->layout().total());
+    ck.read("params", host.data(), host.size() * sizeof(float));
+    model->upload_params(host.data());
+    std::vector<char> buf;
+    for (const auto& t : st) {
+      buf.resize(state_bytes(t));
+      ck.read("optim/" + t.name, buf.data(), buf.size());
+      state_from_host(t, buf);
+    }
+    train_loader.restore(m.loaders.at(rank));
+    start_step = m.step;
+    spdlog::info("resumed from {} at step {}", ck.dir(), start_step);
+  }
+  auto save_checkpoint = [&](int64_t steps_done) {
+    Timer t;
+    // every rank's loader position, gathered to all (rank 0 writes)
+    const LoaderState mine = train_loader.state();
+    std::vector<int64_t> send = {mine.shard, mine.position, mine.epoch}, all(3 * (size_t)world);
+    comm.all_gather(send.data(), all.data(), 3, DType::I64);
+    if (rank != 0) return;
+    CheckpointMeta m;
+    m.step = steps_done;
+    m.world = world;
+    for (int r = 0; r < world; ++r) m.loaders.push_back({all[3 * r], all[3 * r + 1], all[3 * r + 2]});
+    m.model_signature = model_signature(*model);
+    std::vector<StateTensor> st = groups.state();
+    m.optimizer_signature = optimizer_signature(st);
+    m.config_yaml = resolved;
+    std::vector<float> host(model->layout().total());
+    model->download_params(host.data());
+    std::vector<std::vector<char>> bufs(st.size());
+    std::vector<NamedTensor> tensors = {{"params", host.data(), host.size() * sizeof(float)}};
+    for (size_t i = 0; i < st.size(); ++i) {
+      state_to_host(st[i], bufs[i]);
+      tensors.push_back({"optim/" + st[i].name, bufs[i].data(), bufs[i].size()});
+    }
+    const std::string dir = checkpoint_dir(cfg.log.dir, steps_done);
+    write_checkpoint(dir, m, tensors);
+    prune_checkpoints(cfg.log.dir, cfg.checkpoint.keep);
+    spdlog::info("checkpoint: {} ({:.1f}s)", dir, t.seconds());
+  };
+
   MetricsWriter metrics;
-  if (rank == 0) metrics.open((fs::path(cfg.log.dir) / "metrics.jsonl").string(), false);
+  if (rank == 0) metrics.open((fs::path(cfg.log.dir) / "metrics.jsonl").string(), start_step > 0);
 
   // ---- loop --------------------------------------------------------------------------------
   std::vector<int32_t> x((size_t)B * T), y((size_t)B * T);
   TrainResult res;
   Timer wall;
   double train_seconds = 0;  // excludes validation
-  const int64_t N = cfg.train.steps;
   auto validate = [&](int64_t step) {
     if (!val_loader) return;
     Timer t;
@@ -157,8 +253,8 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
                    {"elapsed_s", wall.seconds()}});
   };
 
-  for (int64_t step = 0; step < N; ++step) {
-    if (step == 0 || (cfg.train.val_every > 0 && step % cfg.train.val_every == 0)) validate(step);
+  for (int64_t step = start_step; step < N; ++step) {
+    if (step == 0 || (step > start_step && cfg.train.val_every > 0 && step % cfg.train.val_every == 0)) validate(step);
 
     Timer step_timer;
     model->zero_grad();
@@ -185,6 +281,8 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
       spdlog::warn("step {}: non-finite loss {} / grad norm {}; step skipped ({} so far)", step, loss, grad_norm,
                    res.skipped_steps);
       metrics.write({{"type", "skip"}, {"step", step}, {"skipped_steps", res.skipped_steps}});
+      if (cfg.checkpoint.enabled && cfg.checkpoint.every > 0 && (step + 1) % cfg.checkpoint.every == 0)
+        save_checkpoint(step + 1);
       continue;
     }
 
@@ -209,7 +307,7 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
     metrics.write(row);
 
     if ((step + 1) % cfg.log.every == 0 || step + 1 == N) {
-      const double eta = train_seconds / (double)(step + 1) * (double)(N - step - 1);
+      const double eta = train_seconds / (double)(step + 1 - start_step) * (double)(N - step - 1);
       spdlog::info("step {:>6}/{} | loss {:.4f} | lr {:.3e} | gnorm {:.3f} | {} tok/s | {} | optim {:.1f} ms | "
                    "elapsed {} | ETA {}",
                    step + 1, N, loss, lr, grad_norm, fmt_rate(tok_s),
@@ -217,6 +315,8 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
                                       : fmt::format("{:.1f} GFLOP/s", model_flops / 1e9),
                    optim_ms, fmt_duration(wall.seconds()), fmt_duration(eta));
     }
+    if (cfg.checkpoint.enabled && ((cfg.checkpoint.every > 0 && (step + 1) % cfg.checkpoint.every == 0) || step + 1 == N))
+      save_checkpoint(step + 1);
   }
   validate(N);
   res.seconds = wall.seconds();

@@ -1,0 +1,323 @@
+#include "train/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "core/rng.h"
+
+namespace og {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr char kMagic[8] = {'O', 'G', 'C', 'K', 'P', 'T', '\0', '\1'};
+constexpr uint32_t kVersion = 1;
+constexpr size_t kAlign = 64;
+
+// 64-bit checksum over a byte stream: four independent lanes of mix_u64 over 8-byte words
+// (fast enough for multi-GB files), combined at the end with the total length.
+class Checksum {
+ public:
+  void update(const void* data, size_t n) {
+    const unsigned char* p = static_cast<const unsigned char*>(data);
+    while (n > 0) {
+      const size_t take = std::min(n, sizeof(buf_) - fill_);
+      std::memcpy(buf_ + fill_, p, take);
+      fill_ += take;
+      p += take;
+      n -= take;
+      total_ += take;
+      if (fill_ == sizeof(buf_)) flush();
+    }
+  }
+  uint64_t digest() {
+    if (fill_) {
+      std::memset(buf_ + fill_, 0, sizeof(buf_) - fill_);
+      flush();
+    }
+    uint64_t h = mix_u64(total_);
+    for (uint64_t l : lane_) h = mix_u64(h ^ l);
+    return h;
+  }
+
+ private:
+  void flush() {
+    uint64_t w[sizeof(buf_) / 8];
+    std::memcpy(w, buf_, sizeof(buf_));
+    for (size_t i = 0; i < sizeof(buf_) / 8; i += 4)
+      for (int l = 0; l < 4; ++l) lane_[l] = mix_u64(lane_[l] ^ w[i + l]) + (uint64_t)l;
+    fill_ = 0;
+  }
+  unsigned char buf_[4096];
+  size_t fill_ = 0;
+  uint64_t total_ = 0;
+  uint64_t lane_[4] = {1, 2, 3, 4};
+};
+
+// A file written with checked writes and fsync; on failure the error names the path.
+class CheckedFile {
+ public:
+  explicit CheckedFile(const std::string& path) : path_(path) {
+    fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd_ < 0) fail("checkpoint: cannot create {}: {}", path, std::strerror(errno));
+  }
+  ~CheckedFile() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  void write(const void* data, size_t n) {
+    const char* p = static_cast<const char*>(data);
+    while (n > 0) {
+      const ssize_t w = ::write(fd_, p, std::min<size_t>(n, 1 << 28));
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        fail("checkpoint: write to {} failed: {}", path_, std::strerror(errno));
+      }
+      p += w;
+      n -= (size_t)w;
+    }
+  }
+  void close() {
+    if (::fsync(fd_) != 0) fail("checkpoint: fsync of {} failed: {}", path_, std::strerror(errno));
+    if (::close(fd_) != 0) {
+      fd_ = -1;
+      fail("checkpoint: close of {} failed: {}", path_, std::strerror(errno));
+    }
+    fd_ = -1;
+  }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+};
+
+void write_text(const std::string& path, const std::string& text) {
+  CheckedFile f(path);
+  f.write(text.data(), text.size());
+  f.close();
+}
+
+void fsync_dir(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+template <typename T>
+void put(std::string& s, T v) {
+  s.append(reinterpret_cast<const char*>(&v), sizeof v);
+}
+
+nlohmann::json meta_to_json(const CheckpointMeta& m) {
+  nlohmann::json loaders = nlohmann::json::array();
+  for (const auto& l : m.loaders) loaders.push_back({{"shard", l.shard}, {"position", l.position}, {"epoch", l.epoch}});
+  return {{"format", "orthogpt-checkpoint"}, {"version", kVersion}, {"step", m.step}, {"world", m.world},
+          {"loaders", loaders}, {"model_signature", m.model_signature}, {"optimizer_signature", m.optimizer_signature}};
+}
+
+}  // namespace
+
+std::string checkpoint_dir(const std::string& log_dir, int64_t step) {
+  char name[32];
+  std::snprintf(name, sizeof name, "step_%08lld", (long long)step);
+  return (fs::path(log_dir) / "checkpoints" / name).string();
+}
+
+std::string latest_checkpoint(const std::string& log_dir) {
+  const fs::path ptr = fs::path(log_dir) / "checkpoints" / "latest";
+  std::ifstream f(ptr);
+  std::string name;
+  if (!f || !std::getline(f, name) || name.empty()) return "";
+  return (fs::path(log_dir) / "checkpoints" / name).string();
+}
+
+void write_checkpoint(const std::string& dir, const CheckpointMeta& meta, const std::vector<NamedTensor>& tensors) {
+  const fs::path final_dir(dir);
+  const fs::path parent = final_dir.parent_path();
+  std::error_code ec;
+  fs::create_directories(parent, ec);
+  OG_CHECK(!ec, "checkpoint: cannot create {}: {}", parent.string(), ec.message());
+  const fs::path tmp = parent / (final_dir.filename().string() + ".tmp-" + std::to_string(::getpid()));
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp, ec);
+  OG_CHECK(!ec, "checkpoint: cannot create {}: {}", tmp.string(), ec.message());
+  try {
+    // ---- state.bin: header, table, aligned data, checksum ----
+    std::string head(kMagic, sizeof kMagic);
+    put<uint32_t>(head, kVersion);
+    put<uint32_t>(head, (uint32_t)tensors.size());
+    size_t offset = 0;
+    for (const auto& t : tensors) {
+      put<uint32_t>(head, (uint32_t)t.name.size());
+      head += t.name;
+      put<uint64_t>(head, offset);
+      put<uint64_t>(head, t.bytes);
+      offset += (t.bytes + kAlign - 1) / kAlign * kAlign;
+    }
+    put<uint64_t>(head, offset);  // data bytes
+    const size_t pad_head = (kAlign - head.size() % kAlign) % kAlign;
+    head.append(pad_head, '\0');
+    Checksum sum;
+    CheckedFile f((tmp / "state.bin").string());
+    f.write(head.data(), head.size());
+    sum.update(head.data(), head.size());
+    static const char zeros[kAlign] = {};
+    for (const auto& t : tensors) {
+      f.write(t.data, t.bytes);
+      sum.update(t.data, t.bytes);
+      const size_t pad = (kAlign - t.bytes % kAlign) % kAlign;
+      f.write(zeros, pad);
+      sum.update(zeros, pad);
+    }
+    const uint64_t digest = sum.digest();
+    f.write(&digest, sizeof digest);
+    f.close();
+    write_text((tmp / "meta.json").string(), meta_to_json(meta).dump(2) + "\n");
+    write_text((tmp / "config.yaml").string(), meta.config_yaml);
+    fsync_dir(tmp.string());
+    // ---- publish: rename into place, then repoint `latest` ----
+    if (fs::exists(final_dir)) {
+      const fs::path old = parent / (final_dir.filename().string() + ".old-" + std::to_string(::getpid()));
+      fs::rename(final_dir, old);
+      fs::rename(tmp, final_dir);
+      fs::remove_all(old, ec);
+    } else {
+      fs::rename(tmp, final_dir);
+    }
+    fsync_dir(parent.string());
+    const fs::path latest_tmp = parent / ("latest.tmp-" + std::to_string(::getpid()));
+    write_text(latest_tmp.string(), final_dir.filename().string() + "\n");
+    fs::rename(latest_tmp, parent / "latest");
+    fsync_dir(parent.string());
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+}
+
+CheckpointReader::CheckpointReader(const std::string& path) {
+  // Accept a checkpoint folder, a run's checkpoints folder, or a run folder.
+  fs::path p(path);
+  OG_CHECK(fs::exists(p), "checkpoint: {} does not exist", path);
+  if (!fs::exists(p / "state.bin")) {
+    std::string latest = latest_checkpoint(p.string());
+    if (latest.empty() && p.filename() == "checkpoints") latest = latest_checkpoint(p.parent_path().string());
+    OG_CHECK(!latest.empty(), "checkpoint: {} holds no checkpoint (no state.bin, no checkpoints/latest)", path);
+    p = latest;
+  }
+  dir_ = p.string();
+  const std::string state = (p / "state.bin").string(), meta_path = (p / "meta.json").string();
+
+  // ---- meta.json ----
+  nlohmann::json mj;
+  {
+    std::ifstream mf(meta_path);
+    OG_CHECK(mf.good(), "checkpoint: cannot read {}", meta_path);
+    try {
+      mf >> mj;
+      OG_CHECK(mj.at("format") == "orthogpt-checkpoint", "checkpoint: {} is not an orthogpt checkpoint", meta_path);
+      OG_CHECK(mj.at("version") == kVersion, "checkpoint: {} has format version {}, this build reads {}", meta_path,
+               mj.at("version").dump(), kVersion);
+      meta_.step = mj.at("step");
+      meta_.world = mj.at("world");
+      for (const auto& l : mj.at("loaders")) meta_.loaders.push_back({l.at("shard"), l.at("position"), l.at("epoch")});
+      meta_.model_signature = mj.at("model_signature");
+      meta_.optimizer_signature = mj.at("optimizer_signature");
+    } catch (const nlohmann::json::exception& e) {
+      fail("checkpoint: {} is malformed: {}", meta_path, e.what());
+    }
+  }
+  {
+    std::ifstream cf(p / "config.yaml");
+    meta_.config_yaml.assign(std::istreambuf_iterator<char>(cf), std::istreambuf_iterator<char>());
+  }
+
+  // ---- state.bin: read, verify checksum, parse table ----
+  std::ifstream f(state, std::ios::binary | std::ios::ate);
+  OG_CHECK(f.good(), "checkpoint: cannot read {}", state);
+  const size_t size = (size_t)f.tellg();
+  OG_CHECK(size >= sizeof kMagic + 16 + 8, "checkpoint: {} is truncated ({} bytes)", state, size);
+  blob_.resize(size);
+  f.seekg(0);
+  f.read(blob_.data(), (std::streamsize)size);
+  OG_CHECK(f.good(), "checkpoint: reading {} failed", state);
+  OG_CHECK(std::memcmp(blob_.data(), kMagic, sizeof kMagic) == 0, "checkpoint: {} has a wrong magic", state);
+  Checksum sum;
+  sum.update(blob_.data(), size - 8);
+  uint64_t stored = 0;
+  std::memcpy(&stored, blob_.data() + size - 8, 8);
+  OG_CHECK(sum.digest() == stored, "checkpoint: {} is corrupted (checksum mismatch)", state);
+
+  size_t pos = sizeof kMagic;
+  auto get = [&](auto& v) {
+    OG_CHECK(pos + sizeof v <= size - 8, "checkpoint: {} table is truncated", state);
+    std::memcpy(&v, blob_.data() + pos, sizeof v);
+    pos += sizeof v;
+  };
+  uint32_t version = 0, n = 0;
+  get(version);
+  get(n);
+  OG_CHECK(version == kVersion, "checkpoint: {} has format version {}, this build reads {}", state, version, kVersion);
+  for (uint32_t i = 0; i < n; ++i) {
+    uint32_t len = 0;
+    get(len);
+    OG_CHECK(pos + len <= size - 8, "checkpoint: {} table is truncated", state);
+    Entry e;
+    e.name.assign(blob_.data() + pos, len);
+    pos += len;
+    uint64_t off = 0, bytes = 0;
+    get(off);
+    get(bytes);
+    e.offset = off;
+    e.bytes = bytes;
+    entries_.push_back(std::move(e));
+  }
+  uint64_t data_bytes = 0;
+  get(data_bytes);
+  const size_t data_start = (pos + kAlign - 1) / kAlign * kAlign;
+  OG_CHECK(data_start + data_bytes + 8 == size, "checkpoint: {} has {} bytes, its table says {}", state, size,
+           data_start + data_bytes + 8);
+  for (auto& e : entries_) {
+    OG_CHECK(e.offset + e.bytes <= data_bytes, "checkpoint: {}: tensor {} lies outside the file", state, e.name);
+    e.offset += data_start;
+  }
+}
+
+void CheckpointReader::read(const std::string& name, void* dst, size_t bytes) const {
+  for (const auto& e : entries_) {
+    if (e.name != name) continue;
+    OG_CHECK(e.bytes == bytes, "checkpoint {}: tensor {} has {} bytes, expected {}", dir_, name, e.bytes, bytes);
+    std::memcpy(dst, blob_.data() + e.offset, bytes);
+    return;
+  }
+  fail("checkpoint {}: no tensor named {}", dir_, name);
+}
+
+std::vector<std::string> CheckpointReader::names() const {
+  std::vector<std::string> n;
+  for (const auto& e : entries_) n.push_back(e.name);
+  return n;
+}
+
+void prune_checkpoints(const std::string& log_dir, int keep) {
+  const fs::path dir = fs::path(log_dir) / "checkpoints";
+  if (!fs::exists(dir)) return;
+  std::vector<fs::path> all;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string n = e.path().filename().string();
+    if (e.is_directory() && n.rfind("step_", 0) == 0 && n.find('.') == std::string::npos) all.push_back(e.path());
+  }
+  std::sort(all.begin(), all.end());
+  std::error_code ec;
+  for (size_t i = 0; i + keep < all.size(); ++i) fs::remove_all(all[i], ec);
+}
+
+}  // namespace og
