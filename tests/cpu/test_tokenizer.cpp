@@ -41,20 +41,10 @@ void write_file(const fs::path& path, const std::string& text) {
   out << text;
 }
 
-// One tokenizer for the whole file (loading takes ~0.1 s).
+// One tokenizer for the whole file (loading takes ~0.1 s). Tests call REQUIRE_TOKENIZER() first.
 const og::GPT2Tokenizer& tok() {
-  static og::GPT2Tokenizer* t = [] {
-    const std::string dir = tokenizer_dir();
-    if (!fs::exists(dir + "/encoder.json") || !fs::exists(dir + "/vocab.bpe")) return (og::GPT2Tokenizer*)nullptr;
-    return new og::GPT2Tokenizer(og::GPT2Tokenizer::load(dir));
-  }();
-  if (!t) {
-    ADD_FAILURE() << "GPT-2 tokenizer files missing in " << tokenizer_dir()
-                  << ": run scripts/get_tokenizer.sh first";
-    static og::GPT2Tokenizer empty;
-    return empty;
-  }
-  return *t;
+  static const og::GPT2Tokenizer t = og::GPT2Tokenizer::load(tokenizer_dir());
+  return t;
 }
 
 #define REQUIRE_TOKENIZER()                                    \
