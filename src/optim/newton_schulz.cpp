@@ -31,11 +31,12 @@ constexpr Coeffs kPolarExpress[5] = {{8.156554524902461, -22.48329292557795, 15.
                                      {3.285753657755655, -2.3681294933425376, 0.46449024233003106},
                                      {2.3465413258596377, -1.7097828382687081, 0.42323551169305323}};
 
-// Row-block height for the symmetric products: about 8 blocks, so ~56% of the full product is
-// computed; small matrices are one block (the saving is not worth the extra calls).
+// Row-block height for the symmetric products: at most 4 blocks (62.5% of the full product) of at
+// least 192 rows; below 384 rows one full call. Many thin blocks would lose more to per-call
+// packing and thread synchronization in the gemm than the skipped triangle saves.
 int64_t sym_block(int64_t n) {
-  if (n <= 128) return n;
-  return std::max<int64_t>(64, ((n + 7) / 8 + 15) / 16 * 16);
+  if (n < 384) return n;
+  return std::max<int64_t>(192, ((n + 3) / 4 + 15) / 16 * 16);
 }
 
 void mirror_upper(float* c, int64_t n) {
@@ -116,16 +117,20 @@ void orthonormalize(Ortho kind, const NsSource& src, float* out, int64_t ld_out,
   float* x = ws.x.data();
   const bool sel_rows = src.index && src.axis == SliceAxis::Rows;
   const bool sel_cols = src.index && src.axis == SliceAxis::Cols;
-  for (int64_t i = 0; i < R; ++i) {
-    const float* row = src.data + (sel_rows ? src.index[i] : i) * src.ld;
-    for (int64_t j = 0; j < C; ++j) {
-      const float v = row[sel_cols ? src.index[j] : j];
-      if (transposed)
-        x[j * R + i] = v;
-      else
-        x[i * C + j] = v;
-    }
-  }
+  // 32 x 32 tiles keep the transposed writes in cache.
+  constexpr int64_t kTile = 32;
+  for (int64_t i0 = 0; i0 < R; i0 += kTile)
+    for (int64_t j0 = 0; j0 < C; j0 += kTile)
+      for (int64_t i = i0; i < std::min(R, i0 + kTile); ++i) {
+        const float* row = src.data + (sel_rows ? src.index[i] : i) * src.ld;
+        for (int64_t j = j0; j < std::min(C, j0 + kTile); ++j) {
+          const float v = row[sel_cols ? src.index[j] : j];
+          if (transposed)
+            x[j * R + i] = v;
+          else
+            x[i * C + j] = v;
+        }
+      }
 
   // Normalize so every singular value is <= 1 (the iteration diverges otherwise).
   const double norm = frobenius_norm(x, ws.x.size());
@@ -135,8 +140,11 @@ void orthonormalize(Ortho kind, const NsSource& src, float* out, int64_t ld_out,
   iterate(polar ? kPolarExpress : kNs5, m, n, left, ws);
 
   x = ws.x.data();
-  for (int64_t i = 0; i < R; ++i)
-    for (int64_t j = 0; j < C; ++j) out[i * ld_out + j] = transposed ? x[j * R + i] : x[i * C + j];
+  for (int64_t i0 = 0; i0 < R; i0 += kTile)
+    for (int64_t j0 = 0; j0 < C; j0 += kTile)
+      for (int64_t i = i0; i < std::min(R, i0 + kTile); ++i)
+        for (int64_t j = j0; j < std::min(C, j0 + kTile); ++j)
+          out[i * ld_out + j] = transposed ? x[j * R + i] : x[i * C + j];
 }
 
 void orthonormalize_batch(Ortho kind, const std::vector<NsJob>& jobs, float eps) {
