@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "core/bf16.h"
 #include "core/error.h"
 #include "core/gemm_cpu.h"
 #include "core/rng.h"
@@ -25,33 +26,6 @@ namespace og {
 namespace {
 
 using dion::DionShape;
-
-// lr_eff / lr for a (rows, cols) matrix (OPTIMIZERS.md "Learning-rate shape factor").
-// TODO(lead): this duplicates og::adjusted_lr (implemented on the optim branch); switch to it at
-// merge. Kept local so this branch links on its own.
-float dion_lr_scale(AdjustLr rule, int64_t rows, int64_t cols) {
-  switch (rule) {
-    case AdjustLr::SpectralNorm: return (float)std::sqrt((double)rows / (double)cols);
-    case AdjustLr::RmsNorm: return (float)(0.2 * std::sqrt((double)std::max(rows, cols)));
-    case AdjustLr::None: return 1.0f;
-  }
-  return 1.0f;
-}
-
-// bf16 storage: round to nearest even; NaN stays a (quiet) NaN.
-uint16_t bf16_from_float(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x0040u);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (uint16_t)(u >> 16);
-}
-float float_from_bf16(uint16_t h) {
-  const uint32_t u = (uint32_t)h << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 
 constexpr float kColumnNormEps = 1e-8f;  // Q <- R / (||R_j|| + eps), as the reference
 
@@ -92,7 +66,7 @@ class DionCpu final : public Optimizer {
       if (bf16) {
         d.momentum16.assign(p.numel(), 0);
         d.q16.resize(qn);
-        for (size_t k = 0; k < qn; ++k) d.q16[k] = bf16_from_float(q0[k]);
+        for (size_t k = 0; k < qn; ++k) d.q16[k] = bf16_bits_from_float(q0[k]);
       } else {
         d.momentum.assign(p.numel(), 0.0f);
         d.q = std::move(q0);
@@ -123,8 +97,8 @@ class DionCpu final : public Optimizer {
       float* M = bf16 ? m32_.data() : d.momentum.data();
       float* Q = bf16 ? q32_.data() : d.q.data();
       if (bf16) {
-        for (size_t k = 0; k < mn; ++k) M[k] = float_from_bf16(d.momentum16[k]);
-        for (size_t k = 0; k < qn; ++k) Q[k] = float_from_bf16(d.q16[k]);
+        for (size_t k = 0; k < mn; ++k) M[k] = float_from_bf16_bits(d.momentum16[k]);
+        for (size_t k = 0; k < qn; ++k) Q[k] = float_from_bf16_bits(d.q16[k]);
       }
       const MatrixStats s = step_matrix(d, M, Q, ctx.lr, step);
       if (s.ef_ratio >= 0.0) {
@@ -133,8 +107,8 @@ class DionCpu final : public Optimizer {
       }
       fallbacks += s.fallbacks;
       if (bf16) {
-        for (size_t k = 0; k < mn; ++k) d.momentum16[k] = bf16_from_float(M[k]);
-        for (size_t k = 0; k < qn; ++k) d.q16[k] = bf16_from_float(Q[k]);
+        for (size_t k = 0; k < mn; ++k) d.momentum16[k] = bf16_bits_from_float(M[k]);
+        for (size_t k = 0; k < qn; ++k) d.q16[k] = bf16_bits_from_float(Q[k]);
       }
     }
     stats_.clear();
@@ -221,7 +195,7 @@ class DionCpu final : public Optimizer {
     }
 
     // W <- W (1 - lr wd) - lr_eff (P Q^T), transposed back for a wide parameter (Q P^T).
-    const float lr_eff = lr * dion_lr_scale(hp_.adjust_lr, m, n);
+    const float lr_eff = adjusted_lr(lr, hp_.adjust_lr, m, n);
     const float decay = 1.0f - lr * hp_.weight_decay;
     float* W = d.slot.w;
     if (!tr)

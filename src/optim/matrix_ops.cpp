@@ -1,23 +1,14 @@
 // Per-matrix building blocks of the CPU optimizers (see matrix_ops.h).
 #include "optim/matrix_ops.h"
 
+#include "core/bf16.h"
+
 #include <cmath>
 #include <cstring>
 
 namespace og {
 
-float round_bf16(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return x;  // NaN: keep (quiet) as is
-  // Round to nearest, ties to even, on the 16 bits that bf16 drops.
-  const uint32_t lsb = (u >> 16) & 1u;
-  u += 0x7fffu + lsb;
-  u &= 0xffff0000u;
-  float r;
-  std::memcpy(&r, &u, 4);
-  return r;
-}
+float round_bf16(float x) { return round_to_bf16(x); }
 
 void round_bf16_inplace(float* x, size_t n) {
   for (size_t i = 0; i < n; ++i) x[i] = round_bf16(x[i]);

@@ -104,10 +104,7 @@ std::unique_ptr<Optimizer> make_optimizer(const OptimHParams& hp, std::vector<Pa
     case Algorithm::NorMuon: return make_normuon_cpu(hp, std::move(params));
     case Algorithm::Dion2: return make_dion2_cpu(hp, std::move(params));
     case Algorithm::NorDion2: return make_nordion2_cpu(hp, std::move(params));
-    case Algorithm::Dion:
-      // >>> DION DISPATCH (wired at merge): return make_dion_cpu(hp, std::move(params));
-      // make_dion_cpu (optim/dion.h) is implemented on the dion branch; this branch does not have it.
-      fail("dion: not in this build");
+    case Algorithm::Dion: return make_dion_cpu(hp, std::move(params));
   }
   fail("unknown algorithm {}", (int)hp.algorithm);
 }

@@ -1,0 +1,66 @@
+// Data parallel on CPU ranks: R ranks on the same global batch end with the same weights as
+// one process (gradients averaged; fp32 summation order differs, so a tolerance applies).
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "tests/common/tiny_run.h"
+#include "tests/mpi/mpi_env.h"
+#include "train/trainer.h"
+
+using og_test::comm;
+
+namespace {
+
+// Max |a - b| / max|b| over all parameters.
+double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num = std::max(num, (double)std::fabs(a[i] - b[i]));
+    den = std::max(den, (double)std::fabs(b[i]));
+  }
+  return num / den;
+}
+
+void check_ddp_matches_single(const std::string& algorithm, const std::string& select) {
+  const int R = comm().size(), r = comm().rank();
+  // rank 0 writes the shards into a folder every rank can read (same machine)
+  std::string dir = (std::filesystem::temp_directory_path() / ("og_ddp_" + algorithm + select)).string();
+  if (r == 0) {
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    og_test::write_random_shards(dir, "train", 2, 6000, 256, 11);
+    og_test::write_random_shards(dir, "val", 1, 3000, 256, 12);
+  }
+  comm().barrier();
+  og_test::TempDir out_single("og_ddp_single"), out_multi("og_ddp_multi");
+  og::Config c = og_test::tiny_config(dir, out_multi.str());
+  c.train.batch_size = 12;  // divisible by micro 2 x R for R = 2, 3
+  c.optim.matrix.algorithm = algorithm;
+  c.optim.matrix.select = select;
+  c.optim.matrix.fraction = 0.5;
+  og::validate_config(c, R);
+  const og::TrainResult multi = og::run_train(c, *og_test::g_dist);
+
+  og::DistContext self;
+  self.host_comm = og::make_self_communicator();
+  c.log.dir = out_single.str();
+  const og::TrainResult single = og::run_train(c, self);
+
+  const double d = rel_diff(multi.final_params, single.final_params);
+  EXPECT_LT(d, 2e-4) << algorithm << "/" << select << " on " << R << " ranks: max rel diff " << d;
+  EXPECT_NEAR(multi.final_val_loss, single.final_val_loss, 1e-3);
+  // every rank holds the same weights
+  std::vector<float> mine = multi.final_params, maxv = mine;
+  comm().all_reduce(maxv.data(), maxv.size(), og::DType::F32, og::ReduceOp::Max);
+  EXPECT_EQ(rel_diff(mine, maxv), 0.0);
+  comm().barrier();
+  if (r == 0) std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+
+TEST(DDP, AdamWMatchesSingleProcess) { check_ddp_matches_single("adamw", "l1"); }
+TEST(DDP, MuonMatchesSingleProcess) { check_ddp_matches_single("muon", "l1"); }
+TEST(DDP, Dion2L1MatchesSingleProcess) { check_ddp_matches_single("dion2", "l1"); }
+TEST(DDP, Dion2RandomMatchesSingleProcess) { check_ddp_matches_single("dion2", "random"); }
