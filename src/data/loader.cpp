@@ -1,72 +1,117 @@
+// Distributed data loader: each data-parallel rank reads its own B*T+1 token window of a step
+// span of world*B*T+1 tokens; spans tile the shards in order, cyclically (see loader.h).
+//
+// One deliberate difference from the reference (models/gpt_utils.py): the reference decides to
+// switch shards with its *own* position (position + world*B*T + 1 > length), which for ranks > 0
+// is stricter than for rank 0, so near a shard's end ranks can switch at different steps and
+// read unrelated data. Here the test uses the step's base position (rank 0's), so all ranks
+// switch together and a step's windows always form one contiguous span; for rank 0 (and for
+// world = 1) the sequence is exactly the reference's.
 #include "data/loader.h"
+
+#include <cstring>
 
 #include "core/error.h"
 
 namespace og {
 
-DataLoader::DataLoader(const std::string& glob, const std::string& what, int B, int T, int rank, int world, int vocab)
-    : B_(B), T_(T), rank_(rank), world_(world), vocab_(vocab) {
-  OG_CHECK(B > 0 && T > 0 && world > 0 && rank >= 0 && rank < world, "{}: bad loader shape B={} T={} rank {}/{}",
-           what, B, T, rank, world);
+DataLoader::DataLoader(const std::string& glob, const std::string& what, int B, int T, int rank, int world,
+                       int vocab_size)
+    : B_(B), T_(T), rank_(rank), world_(world), vocab_(vocab_size) {
+  OG_CHECK(B > 0 && T > 0, "{}: batch size B and sequence length T must be positive, got B={} T={}", what, B, T);
+  OG_CHECK(world > 0 && rank >= 0 && rank < world, "{}: rank {} is not in [0, world={})", what, rank, world);
+  OG_CHECK(vocab_size > 0, "{}: vocab size must be positive, got {}", what, vocab_size);
+  what_ = what;
   files_ = expand_glob(glob, what);
-  // Validate every shard up front (header, size), and that each holds at least one window for
-  // the last rank: the reference's next-shard rule needs position + R*B*T + 1 <= length.
-  const size_t need = (size_t)world * B * T + 1;
-  for (const auto& f : files_) {
-    Shard s = Shard::open(f);
-    OG_CHECK(s.num_tokens() >= need,
-             "{}: shard {} has {} tokens, fewer than one step of windows for {} rank(s) x {} x {} (+1) = {}", what, f,
-             s.num_tokens(), world, B, T, need);
+
+  // Every shard must hold one full step span so that every rank's first window fits. The test
+  // does not depend on the rank, so all ranks accept or reject the same shards.
+  const int64_t min_tokens = step_tokens() + 1;
+  sizes_.reserve(files_.size());
+  for (const std::string& f : files_) {
+    Shard s;
+    try {
+      s = Shard::open(f);
+    } catch (const Error& e) {
+      fail("{}: {}", what, e.what());
+    }
+    if (static_cast<int64_t>(s.num_tokens()) < min_tokens)
+      fail("{}: shard '{}' has {} tokens, too few for one step: it needs at least world*B*T+1 = {}*{}*{}+1 = {}",
+           what, f, s.num_tokens(), world, B, T, min_tokens);
     sizes_.push_back(s.num_tokens());
   }
   reset();
 }
 
-void DataLoader::reset() {
-  state_ = {0, (int64_t)rank_ * B_ * T_, 0};
-  open_current();
+int64_t DataLoader::total_tokens() const {
+  int64_t total = 0;
+  for (size_t n : sizes_) total += static_cast<int64_t>(n);
+  return total;
 }
+
+void DataLoader::reset() { state_ = LoaderState{0, first_position(), 0}; }
 
 void DataLoader::open_current() {
   if (current_index_ == state_.shard) return;
-  current_ = Shard::open(files_[state_.shard]);
-  OG_CHECK(current_.num_tokens() == sizes_[state_.shard], "shard {} changed size while training ({} -> {} tokens)",
-           files_[state_.shard], sizes_[state_.shard], current_.num_tokens());
+  current_ = Shard();  // unmap the previous shard before mapping the next
+  current_index_ = -1;
+  const std::string& f = files_[static_cast<size_t>(state_.shard)];
+  Shard s;
+  try {
+    s = Shard::open(f);
+  } catch (const Error& e) {
+    fail("{}: {}", what_, e.what());
+  }
+  const size_t expected = sizes_[static_cast<size_t>(state_.shard)];
+  if (s.num_tokens() != expected)
+    fail("{}: shard '{}' changed while training: it now has {} tokens, it had {} when the loader started", what_, f,
+         s.num_tokens(), expected);
+  current_ = std::move(s);
   current_index_ = state_.shard;
 }
 
 void DataLoader::next_batch(int32_t* inputs, int32_t* targets) {
-  const size_t n = (size_t)B_ * T_;
   open_current();
-  // B*T+1 contiguous tokens: inputs are the first B*T, targets the same shifted by one.
-  current_.read((size_t)state_.position, n, inputs, vocab_);
-  current_.read((size_t)state_.position + 1, n, targets, vocab_);
-  state_.position += (int64_t)world_ * B_ * T_;
-  if ((size_t)state_.position + (size_t)world_ * B_ * T_ + 1 > sizes_[state_.shard]) {
+  const size_t window = static_cast<size_t>(B_) * static_cast<size_t>(T_);
+  const size_t pos = static_cast<size_t>(state_.position);
+  try {
+    current_.read(pos, window, inputs, vocab_);
+    // targets = tokens [pos+1, pos+window+1): all but the last are already in inputs.
+    std::memcpy(targets, inputs + 1, (window - 1) * sizeof(int32_t));
+    current_.read(pos + window, 1, targets + window - 1, vocab_);
+  } catch (const Error& e) {
+    fail("{}: {}", what_, e.what());
+  }
+
+  // Advance; move to the next shard when the next step's span does not fit in this one.
+  state_.position += step_tokens();
+  const int64_t base = state_.position - first_position();
+  if (base + step_tokens() + 1 > static_cast<int64_t>(sizes_[static_cast<size_t>(state_.shard)])) {
     state_.shard += 1;
-    if (state_.shard == (int64_t)files_.size()) {
+    if (state_.shard == static_cast<int64_t>(files_.size())) {
       state_.shard = 0;
       state_.epoch += 1;
     }
-    state_.position = (int64_t)rank_ * B_ * T_;
+    state_.position = first_position();
   }
 }
 
 void DataLoader::restore(const LoaderState& s) {
-  OG_CHECK(s.shard >= 0 && s.shard < (int64_t)files_.size(), "loader state: shard index {} but only {} shard(s)",
-           s.shard, files_.size());
-  OG_CHECK(s.position >= 0 && (size_t)s.position + (size_t)B_ * T_ + 1 <= sizes_[s.shard],
-           "loader state: position {} does not fit shard {} ({} tokens) with windows of {} x {}", s.position,
-           files_[s.shard], sizes_[s.shard], B_, T_);
-  OG_CHECK(s.epoch >= 0, "loader state: negative epoch {}", s.epoch);
+  const int64_t n_shards = static_cast<int64_t>(files_.size());
+  auto bad = [&](const std::string& why) {
+    fail("{}: cannot restore the loader state (shard {}, position {}, epoch {}) for rank {} of {}, B={} T={}: {}",
+         what_, s.shard, s.position, s.epoch, rank_, world_, B_, T_, why);
+  };
+  if (s.shard < 0 || s.shard >= n_shards) bad(fmt::format("shard index out of range [0, {})", n_shards));
+  if (s.epoch < 0) bad("negative epoch");
+  const int64_t base = s.position - first_position();
+  if (base < 0 || base % step_tokens() != 0)
+    bad(fmt::format("the position is not rank*B*T + k*world*B*T (a state saved with another world size, B or T?)"));
+  const int64_t len = static_cast<int64_t>(sizes_[static_cast<size_t>(s.shard)]);
+  if (base + step_tokens() + 1 > len)
+    bad(fmt::format("the step at base {} does not fit in shard '{}' of {} tokens",
+                    base, files_[static_cast<size_t>(s.shard)], len));
   state_ = s;
-  open_current();
-}
-
-int64_t DataLoader::total_tokens() const {
-  int64_t n = 0;
-  for (size_t s : sizes_) n += (int64_t)s;
-  return n;
 }
 
 }  // namespace og

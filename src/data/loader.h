@@ -1,9 +1,10 @@
 // Distributed data loader over a sorted list of shards (the reference's scheme): data-parallel
 // rank r of R reads B*T+1 contiguous tokens starting at position r*B*T of the current shard;
 // inputs are the first B*T, targets the same shifted by one. After each batch the position
-// advances by R*B*T; when the next window would not fit (position + R*B*T + 1 > shard length)
-// the loader moves to the next shard (cyclically) at position r*B*T. Deterministic; its
-// position can be saved and restored exactly.
+// advances by R*B*T; when the next step would not fit (base + R*B*T + 1 > shard length, with
+// base = position - r*B*T, the same for all ranks, so ranks switch shards together) the loader
+// moves to the next shard (cyclically) at position r*B*T. Deterministic; its position can be
+// saved and restored exactly.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -36,6 +37,9 @@ class DataLoader {
 
  private:
   void open_current();
+  int64_t step_tokens() const { return int64_t(world_) * B_ * T_; }  // one step's span, less 1
+  int64_t first_position() const { return int64_t(rank_) * B_ * T_; }  // this rank's offset in a step
+  std::string what_;  // config key for error messages, e.g. "data.train"
   std::vector<std::string> files_;
   std::vector<size_t> sizes_;
   Shard current_;
