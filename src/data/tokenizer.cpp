@@ -10,6 +10,9 @@
 // every valid character matches some alternative of the pattern) are BPE-encoded as one word of
 // their own. So invalid bytes split words around them, nothing is lost or replaced, and
 // decode(encode(bytes)) == bytes for any input.
+// Unicode tables: \p{L}, \p{N} and \s come from the PCRE2 library (10.42: Unicode 14). They can
+// differ from Python `regex` / tiktoken only on characters assigned after that version (and on
+// U+180E, which PCRE2 still counts as \s); tests/data/tokenizer_cases.json avoids those.
 // decode(ids): concatenation of each token's bytes (id 50256 is the literal "<|endoftext|>").
 #include "data/tokenizer.h"
 
