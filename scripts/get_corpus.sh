@@ -31,7 +31,8 @@ fi
 if ! command -v bible >/dev/null; then
   echo "get_corpus.sh: 'bible' not found; installing the Debian package bible-kjv ..." >&2
   if [[ $(id -u) -eq 0 ]]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get install -y bible-kjv >&2 \
+  # A fresh machine may have no package lists yet: update once and retry.
+  $SUDO apt-get install -y bible-kjv >&2 || { $SUDO apt-get update >&2 && $SUDO apt-get install -y bible-kjv >&2; } \
     || die "apt-get install -y bible-kjv failed; install the package bible-kjv and re-run"
   command -v bible >/dev/null || die "bible-kjv installed but the 'bible' command is still missing"
 fi

@@ -118,7 +118,9 @@ class Progress {
  private:
   void print(bool final) {
     const double s = std::max(timer_.seconds(), 1e-9);
-    const uint64_t bytes = bytes_.load(), docs = docs_.load();
+    // Document bytes exclude the separators; the final line reports the whole input.
+    const uint64_t bytes = final ? std::max<uint64_t>(bytes_.load(), total_bytes_) : bytes_.load();
+    const uint64_t docs = docs_.load();
     const int64_t tokens = tokens_.load();
     const double frac = total_bytes_ ? std::min(1.0, double(bytes) / double(total_bytes_)) : 1.0;
     constexpr int kWidth = 30;

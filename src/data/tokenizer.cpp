@@ -3,13 +3,16 @@
 // encode(text):
 //   1. Pre-tokenize with GPT-2's regex (PCRE2, UTF + Unicode properties, JIT when available).
 //   2. Each piece ("word") becomes one token per byte, then BPE merges (data/bpe_merges.h);
-//      results for short words are cached (a sharded, mutex-guarded map, so encode() is
-//      thread-safe and const).
+//      results for short words are cached per thread (lock-free; encode() is const and
+//      thread-safe).
 // Invalid UTF-8: the regex is compiled with PCRE2_MATCH_INVALID_UTF, under which an invalid
 // sequence is never part of a match. The bytes between two matches (always invalid UTF-8, since
 // every valid character matches some alternative of the pattern) are BPE-encoded as one word of
 // their own. So invalid bytes split words around them, nothing is lost or replaced, and
 // decode(encode(bytes)) == bytes for any input.
+// Unicode tables: \p{L}, \p{N} and \s come from the PCRE2 library (10.42: Unicode 14). They can
+// differ from Python `regex` / tiktoken only on characters assigned after that version (and on
+// U+180E, which PCRE2 still counts as \s); tests/data/tokenizer_cases.json avoids those.
 // decode(ids): concatenation of each token's bytes (id 50256 is the literal "<|endoftext|>").
 #include "data/tokenizer.h"
 
@@ -17,11 +20,11 @@
 #include <pcre2.h>
 
 #include <array>
+#include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <mutex>
 #include <sstream>
 #include <string>
 #include <unordered_map>
@@ -111,41 +114,31 @@ std::string read_tokenizer_file(const std::filesystem::path& path) {
   return ss.str();
 }
 
-// Cache of BPE results for short words, shared by all threads: kShards maps, each behind its
-// own mutex, so concurrent encoders rarely wait on each other. A shard that reaches
-// kMaxEntriesPerShard is emptied (bounded memory on unbounded vocabularies of words).
-class WordCache {
- public:
+// Per-thread cache of BPE results for short words: no locks on the hot path. Each thread keeps
+// one map, tagged with the id of the tokenizer that filled it (ids are never reused, so a
+// thread switching tokenizers starts afresh instead of reading another vocabulary's results).
+// A map that reaches kMaxEntries is emptied (bounded memory on unbounded sets of words).
+struct WordCache {
   static constexpr size_t kMaxWordBytes = 64;
-
-  bool lookup(std::string_view word, size_t h, std::vector<int>& out) {
-    Shard& s = shards_[h % kShards];
-    std::lock_guard<std::mutex> lock(s.mu);
-    auto it = s.map.find(word);
-    if (it == s.map.end()) return false;
-    out.insert(out.end(), it->second.begin(), it->second.end());
-    return true;
-  }
-  void insert(std::string_view word, size_t h, const std::vector<int>& ids) {
-    Shard& s = shards_[h % kShards];
-    std::lock_guard<std::mutex> lock(s.mu);
-    if (s.map.size() >= kMaxEntriesPerShard) s.map.clear();
-    s.map.emplace(std::string(word), ids);
-  }
-
- private:
-  static constexpr size_t kShards = 64;
-  static constexpr size_t kMaxEntriesPerShard = 16384;
+  static constexpr size_t kMaxEntries = size_t(1) << 16;  // ~10 MB
   struct StringHash {
     using is_transparent = void;
     size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
   };
-  struct Shard {
-    std::mutex mu;
-    std::unordered_map<std::string, std::vector<int>, StringHash, std::equal_to<>> map;
-  };
-  std::array<Shard, kShards> shards_;
+  uint64_t owner = 0;
+  std::unordered_map<std::string, std::vector<int>, StringHash, std::equal_to<>> map;
+
+  static WordCache& for_tokenizer(uint64_t tokenizer_id) {
+    thread_local WordCache cache;
+    if (cache.owner != tokenizer_id) {
+      cache.map.clear();
+      cache.owner = tokenizer_id;
+    }
+    return cache;
+  }
 };
+
+std::atomic<uint64_t> next_tokenizer_id{1};
 
 }  // namespace
 
@@ -154,7 +147,7 @@ struct GPT2Tokenizer::Impl {
   std::array<int, 256> byte_token{};     // byte -> id of its one-byte token
   BpeMergeTable merges;
   pcre2_code* regex = nullptr;
-  mutable WordCache cache;
+  const uint64_t id = next_tokenizer_id.fetch_add(1);  // tags this tokenizer's per-thread caches
 
   ~Impl() {
     if (regex) pcre2_code_free(regex);
@@ -180,17 +173,23 @@ struct GPT2Tokenizer::Impl {
       out.push_back(byte_token[static_cast<unsigned char>(word[0])]);
       return;
     }
-    const bool cacheable = word.size() <= WordCache::kMaxWordBytes;
-    size_t h = 0;
-    if (cacheable) {
-      h = std::hash<std::string_view>{}(word);
-      if (cache.lookup(word, h, out)) return;
+    WordCache* cache = nullptr;
+    if (word.size() <= WordCache::kMaxWordBytes) {
+      cache = &WordCache::for_tokenizer(id);
+      auto it = cache->map.find(word);
+      if (it != cache->map.end()) {
+        out.insert(out.end(), it->second.begin(), it->second.end());
+        return;
+      }
     }
     thread_local std::vector<int> symbols;
     symbols.clear();
     for (char c : word) symbols.push_back(byte_token[static_cast<unsigned char>(c)]);
     merges.apply(symbols);
-    if (cacheable) cache.insert(word, h, symbols);
+    if (cache) {
+      if (cache->map.size() >= WordCache::kMaxEntries) cache->map.clear();
+      cache->map.emplace(std::string(word), symbols);
+    }
     out.insert(out.end(), symbols.begin(), symbols.end());
   }
 };
