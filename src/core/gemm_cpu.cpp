@@ -80,7 +80,14 @@ void pack_a(T* Ap, bool trans_a, const T* A, int64_t lda, int64_t i0, int64_t mc
         for (; ii < rows; ++ii) d[ii] = src[ii];
         for (; ii < kMR; ++ii) d[ii] = T(0);
       }
-    } else {  // op(A)(i, k) = A[i, k]: read rows, write with stride MR
+    } else if (rows == kMR) {  // op(A)(i, k) = A[i, k]: MR row streams, contiguous writes
+      const T* src[kMR];
+      for (int ii = 0; ii < kMR; ++ii) src[ii] = A + (i0 + p + ii) * lda + k0;
+      for (int64_t k = 0; k < kc; ++k) {
+        T* d = dst + k * kMR;
+        for (int ii = 0; ii < kMR; ++ii) d[ii] = src[ii][k];
+      }
+    } else {  // partial panel: read rows, write with stride MR
       for (int64_t ii = 0; ii < rows; ++ii) {
         const T* src = A + (i0 + p + ii) * lda + k0;
         for (int64_t k = 0; k < kc; ++k) dst[k * kMR + ii] = src[k];
