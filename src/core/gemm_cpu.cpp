@@ -11,8 +11,10 @@
 // data) and zero-pads edge panels, so the kernel has no edge cases; only the write-back of a
 // partial tile does. The micro-kernel uses GCC vector extensions: with -march=native on an
 // AVX-512 machine each vector is one zmm register and each update one FMA; on other targets
-// the compiler splits the vectors (still correct, just slower).
+// the compiler splits the vectors (still correct, just slower). C must not overlap A or B.
 #include "core/gemm_cpu.h"
+
+#include "core/error.h"
 
 #include <omp.h>
 
@@ -257,6 +259,9 @@ template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
           int64_t ldb, T beta, T* C, int64_t ldc) {
   if (M <= 0 || N <= 0) return;
+  OG_CHECK(ldc >= N && (K <= 0 || (lda >= (trans_a ? M : K) && ldb >= (trans_b ? K : N))),
+           "gemm: leading dimension too small (M={} N={} K={} trans_a={} trans_b={} lda={} ldb={} ldc={})", M, N, K,
+           trans_a, trans_b, lda, ldb, ldc);
   if (K <= 0) {
     scale_c(M, N, beta, C, ldc);
     return;
