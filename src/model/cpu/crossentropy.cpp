@@ -6,7 +6,7 @@
 // The backward reads a row completely before writing it, so dlogits may alias logits: the model
 // turns its one [N, V] logits buffer into dlogits in place.
 // Rows are independent and handled by one thread each. The per-row sums accumulate in double;
-// the float version uses a branch-free polynomial exp on 16-float vectors (the exps of the
+// the float version uses a branch-free polynomial exp on float vectors (the exps of the
 // V = 50304 logits of every token are otherwise the most expensive part after the lm_head gemm).
 #include <algorithm>
 #include <cmath>
@@ -22,21 +22,29 @@ namespace {
 // exp(x) for x <= 88 (softmax arguments are <= 0), relative error < 2e-7 (about 2 ulp);
 // arguments below -87.3 return exp(-87.3) ~ 1e-38 rather than a denormal or 0, which is
 // invisible next to the softmax denominator (>= 1). Written once for a scalar float and for a
-// vector of 16 floats (GCC vector extensions: one AVX-512 register with -march=native).
-typedef float v16f __attribute__((vector_size(64)));
-typedef int32_t v16i __attribute__((vector_size(64)));
-typedef float v16f_u __attribute__((vector_size(64), aligned(4)));  // unaligned load/store
+// vector of floats (GCC vector extensions, one register of the target: 16 floats on AVX-512).
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+#elif defined(__AVX__)
+constexpr int kVecBytes = 32;
+#else
+constexpr int kVecBytes = 16;
+#endif
+constexpr int kLanes = kVecBytes / 4;
+typedef float vf __attribute__((vector_size(kVecBytes)));
+typedef int32_t vi __attribute__((vector_size(kVecBytes)));
+typedef float vf_u __attribute__((vector_size(kVecBytes), aligned(4)));  // unaligned load/store
 
 inline int32_t to_int(float n) { return (int32_t)n; }
-inline v16i to_int(v16f n) { return __builtin_convertvector(n, v16i); }
+inline vi to_int(vf n) { return __builtin_convertvector(n, vi); }
 inline float as_float(int32_t i) {
   float f;
   std::memcpy(&f, &i, sizeof(f));
   return f;
 }
-inline v16f as_float(v16i i) { return (v16f)i; }
+inline vf as_float(vi i) { return (vf)i; }
 inline float clamp(float x, float lo, float hi) { return std::min(std::max(x, lo), hi); }
-inline v16f clamp(v16f x, float lo, float hi) {
+inline vf clamp(vf x, float lo, float hi) {
   x = x < lo ? lo : x;
   return x > hi ? hi : x;
 }
@@ -78,34 +86,34 @@ template <typename T> void row_write_grad(T* d, const T* x, int64_t V, T shift, 
 template <> float row_max<float>(const float* x, int64_t V) {
   int64_t j = 0;
   float m = x[0];
-  if (V >= 16) {
-    v16f mv = *(const v16f_u*)x;
-    for (j = 16; j + 16 <= V; j += 16) {
-      const v16f xv = *(const v16f_u*)(x + j);
+  if (V >= kLanes) {
+    vf mv = *(const vf_u*)x;
+    for (j = kLanes; j + kLanes <= V; j += kLanes) {
+      const vf xv = *(const vf_u*)(x + j);
       mv = xv > mv ? xv : mv;
     }
-    for (int i = 0; i < 16; ++i) m = std::max(m, mv[i]);
+    for (int i = 0; i < kLanes; ++i) m = std::max(m, mv[i]);
   }
   for (; j < V; ++j) m = std::max(m, x[j]);
   return m;
 }
 template <> double row_sum_exp<float>(const float* x, int64_t V, float m) {
-  // 16 float lanes summed over blocks of 1024 elements, each block's lanes then added in
-  // double: float rounding only within 64 terms per lane.
+  // Float lanes summed over blocks of 64 vectors, each block's lanes then added in double:
+  // float rounding only within 64 terms per lane.
   double s = 0.0;
   int64_t j = 0;
-  for (; j + 16 <= V;) {
-    v16f acc = {};
-    const int64_t end = std::min(V, j + 1024);
-    for (; j + 16 <= end; j += 16) acc += exp_poly(*(const v16f_u*)(x + j) - m);
-    for (int i = 0; i < 16; ++i) s += (double)acc[i];
+  for (; j + kLanes <= V;) {
+    vf acc = {};
+    const int64_t end = std::min(V, j + 64 * kLanes);
+    for (; j + kLanes <= end; j += kLanes) acc += exp_poly(*(const vf_u*)(x + j) - m);
+    for (int i = 0; i < kLanes; ++i) s += (double)acc[i];
   }
   for (; j < V; ++j) s += (double)exp_poly(x[j] - m);
   return s;
 }
 template <> void row_write_grad<float>(float* d, const float* x, int64_t V, float shift, float dl) {
   int64_t j = 0;
-  for (; j + 16 <= V; j += 16) *(v16f_u*)(d + j) = dl * exp_poly(*(const v16f_u*)(x + j) - shift);
+  for (; j + kLanes <= V; j += kLanes) *(vf_u*)(d + j) = dl * exp_poly(*(const vf_u*)(x + j) - shift);
   for (; j < V; ++j) d[j] = dl * exp_poly(x[j] - shift);
 }
 inline float exp_one(float x) { return exp_poly(x); }
