@@ -9,10 +9,12 @@
 // (or, when all of K fits, pc innermost: see gemm_chunk).
 // Packing absorbs the transposes (every orientation runs the same micro-kernel on contiguous
 // data) and zero-pads edge panels, so the kernel has no edge cases; only the write-back of a
-// partial tile does. The micro-kernel uses GCC vector extensions: with -march=native on an
-// AVX-512 machine each vector is one zmm register and each update one FMA; on other targets
-// the compiler splits the vectors (still correct, just slower).
+// partial tile does. The micro-kernel uses GCC vector extensions sized to the target (see kVecBytes):
+// with -march=native on an AVX-512 machine each vector is one zmm register and each update one
+// FMA (12 x 32 floats per tile). C must not overlap A or B.
 #include "core/gemm_cpu.h"
+
+#include "core/error.h"
 
 #include <omp.h>
 
@@ -24,28 +26,32 @@
 namespace og::cpu {
 namespace {
 
-// 64-byte vectors: 16 floats or 8 doubles. The unaligned flavour is for rows of C.
-template <typename T> struct Vec;
-template <> struct Vec<float> {
-  typedef float type __attribute__((vector_size(64)));
-  typedef float utype __attribute__((vector_size(64), aligned(4)));
-};
-template <> struct Vec<double> {
-  typedef double type __attribute__((vector_size(64)));
-  typedef double utype __attribute__((vector_size(64), aligned(8)));
-};
-
-// Register tile MR x NR with NR = 2 vectors: 12 x 2 = 24 accumulators + 2 B vectors + 1
-// broadcast A value fits the 32 vector registers of AVX-512.
+// The vector width and register tile follow the instruction set compiled for, so the tile of C
+// fits the register file: AVX-512 has 32 registers of 64 bytes (a 12 x 2-vector tile is 24
+// accumulators + 2 B vectors + 1 broadcast); AVX/AVX2 and SSE/NEON baselines have 16 (6 x 2).
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
 constexpr int kMR = 12;
+#elif defined(__AVX__)
+constexpr int kVecBytes = 32;
+constexpr int kMR = 6;
+#else
+constexpr int kVecBytes = 16;
+constexpr int kMR = 6;
+#endif
+// Vectors of kVecBytes; the unaligned flavour is for rows of C.
+template <typename T> struct Vec {
+  typedef T type __attribute__((vector_size(kVecBytes)));
+  typedef T utype __attribute__((vector_size(kVecBytes), aligned(sizeof(T))));
+};
 constexpr int kNV = 2;  // vectors per tile row
-template <typename T> constexpr int kLanes = 64 / sizeof(T);
+template <typename T> constexpr int kLanes = kVecBytes / sizeof(T);
 template <typename T> constexpr int kNR = kNV * kLanes<T>;
 
 // Cache blocks. KC x NR of B (one micro-panel) should stay in L1, MC x KC of A in L2, and
 // KC x NC of B in L2/L3. Sizes in elements; MC is a multiple of MR, NC of NR.
 template <typename T> constexpr int64_t kKC = 256 * 4 / (int64_t)sizeof(T);
-constexpr int64_t kMC = 16 * kMR;  // 192
+constexpr int64_t kMC = 16 * kMR;
 constexpr int64_t kNC = 3072;
 
 // Growable 64-byte-aligned scratch, one per thread and kind (no allocation in steady state).
@@ -80,7 +86,14 @@ void pack_a(T* Ap, bool trans_a, const T* A, int64_t lda, int64_t i0, int64_t mc
         for (; ii < rows; ++ii) d[ii] = src[ii];
         for (; ii < kMR; ++ii) d[ii] = T(0);
       }
-    } else {  // op(A)(i, k) = A[i, k]: read rows, write with stride MR
+    } else if (rows == kMR) {  // op(A)(i, k) = A[i, k]: MR row streams, contiguous writes
+      const T* src[kMR];
+      for (int ii = 0; ii < kMR; ++ii) src[ii] = A + (i0 + p + ii) * lda + k0;
+      for (int64_t k = 0; k < kc; ++k) {
+        T* d = dst + k * kMR;
+        for (int ii = 0; ii < kMR; ++ii) d[ii] = src[ii][k];
+      }
+    } else {  // partial panel: read rows, write with stride MR
       for (int64_t ii = 0; ii < rows; ++ii) {
         const T* src = A + (i0 + p + ii) * lda + k0;
         for (int64_t k = 0; k < kc; ++k) dst[k * kMR + ii] = src[k];
@@ -250,6 +263,9 @@ template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
           int64_t ldb, T beta, T* C, int64_t ldc) {
   if (M <= 0 || N <= 0) return;
+  OG_CHECK(ldc >= N && (K <= 0 || (lda >= (trans_a ? M : K) && ldb >= (trans_b ? K : N))),
+           "gemm: leading dimension too small (M={} N={} K={} trans_a={} trans_b={} lda={} ldb={} ldc={})", M, N, K,
+           trans_a, trans_b, lda, ldb, ldc);
   if (K <= 0) {
     scale_c(M, N, beta, C, ldc);
     return;

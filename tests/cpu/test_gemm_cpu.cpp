@@ -75,8 +75,8 @@ template <typename T> void check_case(const Case& c, double rel_tol, uint64_t se
 
 std::vector<Case> cases() {
   std::vector<Case> out;
-  // Sizes straddle the register tile (12 x 32 floats / 12 x 16 doubles) and the cache blocks
-  // (KC = 256 floats, MC = 192, NC = 3072).
+  // Sizes straddle the register tile (AVX-512: 12 x 32 floats / 12 x 16 doubles; else 6 x 2 vectors)
+  // and the cache blocks (KC = 256 floats, MC = 16 tiles, NC = 3072).
   const int64_t shapes[][3] = {{1, 1, 1},    {3, 5, 7},     {13, 33, 17}, {12, 32, 256}, {25, 47, 300},
                                {193, 65, 513}, {37, 3100, 9}, {200, 19, 31}, {7, 1, 1025}};
   int n = 0;

@@ -10,12 +10,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <ctime>
 #include <complex>
 #include <string>
 #include <numeric>
 #include <vector>
 
 #include "core/error.h"
+#include "core/timer.h"
 #include "grad_check.h"
 #include "model/cpu/gpt_cpu.h"
 #include "model/cpu/ops.h"
@@ -328,6 +331,44 @@ TEST(ModelGrad, ModelInterface) {
   cpu::GptCpu<float> fresh(cfg, 1);
   std::vector<float> g(n, 0.0f);
   EXPECT_THROW(fresh.backward(p1.data(), g.data(), 1.0f), og::Error);  // no forward yet
+}
+
+}  // namespace
+}  // namespace og::test
+
+namespace og::test {
+namespace {
+
+// Not a correctness test: the forward+backward speed of the lead's tiny CPU training config
+// (vocab 50304, d 128, 4 layers, 4 heads, seq 128, micro-batch 8). Run by hand:
+//   build/tests/cpu_test_model_grad --gtest_also_run_disabled_tests --gtest_filter='*Speed*'
+TEST(ModelGrad, DISABLED_SpeedTinyTrainingConfig) {
+  GPTConfig cfg;
+  cfg.vocab_size = 50304;
+  cfg.d_model = 128;
+  cfg.n_layer = 4;
+  cfg.n_head = 4;
+  cfg.seq_len = 128;
+  const int B = 8, T = 128;
+  auto model = make_cpu_model(cfg, B);
+  const auto inputs = random_tokens(B * T, cfg.vocab_size, 61), targets = random_tokens(B * T, cfg.vocab_size, 62);
+  model->zero_grad();
+  model->forward_backward(inputs.data(), targets.data(), B, T, 1.0f);  // warm-up
+  const int steps = 5;
+  // Wall time, and process CPU time (all threads): on a shared machine the wall time swings with
+  // the other load while CPU time per step stays put.
+  og::Timer timer;
+  const std::clock_t c0 = std::clock();
+  float loss = 0;
+  for (int s = 0; s < steps; ++s) loss = model->forward_backward(inputs.data(), targets.data(), B, T, 1.0f);
+  const double per_step = timer.seconds() / steps;
+  const double cpu_per_step = (double)(std::clock() - c0) / CLOCKS_PER_SEC / steps;
+  og::Timer ft;
+  for (int s = 0; s < steps; ++s) model->forward_loss(inputs.data(), targets.data(), B, T);
+  const double fwd = ft.seconds() / steps;
+  std::printf("tiny config fwd+bwd: %.1f ms/step wall (forward %.1f ms), %.0f tokens/s; %.1f CPU-ms/step; loss %.4f\n",
+              per_step * 1e3, fwd * 1e3, B * T / per_step, cpu_per_step * 1e3, loss);
+  EXPECT_TRUE(std::isfinite(loss));
 }
 
 }  // namespace

@@ -25,6 +25,7 @@ template <typename T> void rmsnorm_backward(T* dinp, const T* dout, const T* inp
 // Rotary embedding on x[B, T, H, hd], halves rotated: for i < hd/2, theta = t * base^(-2i/hd),
 // y[i] = x[i]*cos + x[i+hd/2]*sin;  y[i+hd/2] = -x[i]*sin + x[i+hd/2]*cos   (writes; out may alias inp)
 template <typename T> void rotary_forward(T* out, const T* inp, int B, int T_, int H, int hd, double base);
+// rotary_backward also WRITES (the transposed rotation; dinp may alias dout). cos/sin in double.
 template <typename T> void rotary_backward(T* dinp, const T* dout, int B, int T_, int H, int hd, double base);
 
 // Causal softmax attention, scale 1/sqrt(hd). q, k, v, out: [B, T, H, hd]; probs: [B, H, T, T]
@@ -44,7 +45,9 @@ template <typename T> void embedding_forward(T* out, const int32_t* tokens, cons
 template <typename T> void embedding_backward(T* dwte, const T* dout, const int32_t* tokens, int64_t N, int64_t C);
 
 // Cross-entropy from logits[N, V]: losses[n] = logsumexp(logits[n]) - logits[n, target[n]] (writes).
-// Backward writes dlogits[n, :] = dlosses[n] * (softmax(logits[n]) - onehot(target[n])).
+// Backward writes dlogits[n, :] = dlosses[n] * (softmax(logits[n]) - onehot(target[n])); dlogits may
+// alias logits (the model converts its logits buffer in place). target -1 = ignored (loss 0,
+// gradient row 0); any other target outside [0, V) throws og::Error.
 template <typename T> void crossentropy_forward(T* losses, const T* logits, const int32_t* targets, int64_t N, int64_t V);
 template <typename T>
 void crossentropy_backward(T* dlogits, const T* logits, const int32_t* targets, const T* dlosses, int64_t N, int64_t V);
