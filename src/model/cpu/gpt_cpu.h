@@ -11,7 +11,6 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
-#include <memory>
 #include <vector>
 
 #include "model/gpt_config.h"
@@ -29,6 +28,7 @@ template <typename T> class GptCpu {
   const GPTConfig& config() const { return cfg_; }
   const ParamLayout& layout() const { return layout_; }
   int max_batch() const { return max_batch_; }
+  size_t activation_bytes() const { return arena_elems_ * sizeof(T); }  // the planned arena
 
   // Forward on inputs/targets [B, Tn] (B <= max_batch, Tn <= seq_len). Returns the mean loss over
   // the targets that are not -1 and keeps the activations for backward(). With targets == nullptr
