@@ -14,6 +14,7 @@
 #include <numeric>
 #include <utility>
 
+#include "optim/cpu_optimizers.h"
 #include "optim/cuda/chunk_table.h"
 #include "optim/cuda/dion2_kernels.h"
 #include "optim/cuda/dion2_optimizer.h"
@@ -21,6 +22,7 @@
 #include "optim/cuda/neuron_norm.h"
 #include "optim/cuda/newton_schulz.h"
 #include "optim/cuda/state_arena.h"
+#include "optim/slice_select.h"
 
 namespace og::cuda {
 namespace {
@@ -58,11 +60,12 @@ class CudaDion2 final : public CudaOptimizer {
     for (size_t i = 0; i < nm; ++i) {
       const ParamSlot& p = params_[i];
       Geo& g = geo[i];
-      g.by_cols = !nordion2_ && (hp_.select_dim == SelectDim::Cols ||
-                                 (hp_.select_dim == SelectDim::Shorter && p.rows > p.cols));
+      g.by_cols = !nordion2_ && selection_axis(hp_.select_dim, p.rows, p.cols) == SliceAxis::Cols;
       g.n = g.by_cols ? p.cols : p.rows;
       g.L = g.by_cols ? p.rows : p.cols;
-      g.k = dion2_slices(hp_.fraction, g.n);
+      g.k = select_count(hp_.fraction, g.n);
+      k_sum_ += (double)g.k;
+      frac_sum_ += (double)g.k / (double)g.n;
       g.nparts = g.by_cols ? (p.rows + kColChunkRows - 1) / kColChunkRows : 1;
       g.part_off = part_total;
       g.sel_off = sel_total;
@@ -139,7 +142,7 @@ class CudaDion2 final : public CudaOptimizer {
       d.k = (int32_t)g.k;
       d.nparts = (int32_t)g.nparts;
       d.p = (int32_t)i;
-      d.lr_factor = lr_shape_factor(hp_.adjust_lr, p.rows, p.cols);
+      d.lr_factor = adjusted_lr(1.0f, hp_.adjust_lr, p.rows, p.cols);
       d.part_l1 = part_l1_.data() + g.part_off;
       d.part_l2 = part_l2_.data() + g.part_off;
       d.sel = sel_.data() + g.sel_off;
@@ -190,6 +193,7 @@ class CudaDion2 final : public CudaOptimizer {
   cudaStream_t stream() const override { return blas_.stream(); }
 
   void step(const StepContext& ctx) override {
+    check_step_context(ctx, hp_.algorithm);
     if (params_.empty()) return;
     cudaStream_t s = blas_.stream();
     const float decay = 1.0f - ctx.lr * hp_.weight_decay;
@@ -211,10 +215,13 @@ class CudaDion2 final : public CudaOptimizer {
     if (!hp_.ef) scale_state(s, momentum_.base(), momentum_.total(), hp_.state_dtype, ef_decay_);
   }
 
+  // Per parameter, as the CPU reference: momentum, and for NorDion2 variance_neuron (rows).
   std::vector<StateTensor> state() override {
     std::vector<StateTensor> out;
-    momentum_.append_views(out, names_, "momentum");
-    if (nordion2_) variance_.append_views(out, names_, "variance");
+    for (size_t i = 0; i < params_.size(); ++i) {
+      out.push_back(momentum_.view(i, names_[i], "momentum"));
+      if (nordion2_) out.push_back(variance_.view(i, names_[i], "variance_neuron"));
+    }
     return out;
   }
 
@@ -224,7 +231,10 @@ class CudaDion2 final : public CudaOptimizer {
     CUDA_CHECK(cudaMemcpyAsync(mass.data(), mass_.data(), mass.size() * sizeof(float), cudaMemcpyDeviceToHost,
                                blas_.stream()));
     CUDA_CHECK(cudaStreamSynchronize(blas_.stream()));
-    return {{"select_mass", std::accumulate(mass.begin(), mass.end(), 0.0) / (double)mass.size()}};
+    const double np = (double)params_.size();
+    return {{"select_mass", std::accumulate(mass.begin(), mass.end(), 0.0) / np},
+            {"select_k", k_sum_ / np},
+            {"select_fraction", frac_sum_ / np}};
   }
 
   std::vector<std::vector<int32_t>> last_selection() override {
@@ -262,6 +272,7 @@ class CudaDion2 final : public CudaOptimizer {
   int64_t n_row_blocks_ = 0, n_col_blocks_ = 0, max_col_n_ = 0;
   int npow2_ = 1;
   bool vec4_ = false;
+  double k_sum_ = 0.0, frac_sum_ = 0.0;  // diagnostics: Σ k and Σ k/n over the matrices
   std::vector<int64_t> sel_host_off_, k_host_;
 };
 

@@ -13,6 +13,7 @@
 #include <memory>
 #include <utility>
 
+#include "optim/cpu_optimizers.h"
 #include "optim/cuda/chunk_table.h"
 #include "optim/cuda/device_math.cuh"
 #include "optim/cuda/matrix_rules.h"
@@ -47,7 +48,7 @@ __global__ void muon_momentum_kernel(const ChunkRef* __restrict__ chunks, const 
   const int64_t end = min(c.start + kChunkElems, d.numel);
   float sq = 0.0f;
   auto one = [&](float g, float& mm) {
-    mm = mu * mm + g;
+    mm = to_f32(from_f32<S>(mu * mm + g));  // as stored (bf16 state: rounded), like the CPU reference
     const float u = nesterov ? mu * mm + g : mm;
     const float x = __bfloat162float(__float2bfloat16_rn(u));
     sq += x * x;
@@ -203,7 +204,6 @@ class CudaMuon final : public CudaOptimizer {
       }
       upload(g->descs, descs);
       if (normuon_) upload(g->ndescs, ndescs);
-      g->lr_factor = lr_shape_factor(hp_.adjust_lr, g->shape.rows, g->shape.cols);
       NsBuffers buf;
       buf.x[0] = ws_x_[0].data();
       buf.x[1] = ws_x_[1].data();
@@ -220,6 +220,7 @@ class CudaMuon final : public CudaOptimizer {
   cudaStream_t stream() const override { return blas_.stream(); }
 
   void step(const StepContext& ctx) override {
+    check_step_context(ctx, hp_.algorithm);
     cudaStream_t s = blas_.stream();
     const bool bf16_state = hp_.state_dtype == StateDtype::BF16;
     const float decay = 1.0f - ctx.lr * hp_.weight_decay;
@@ -252,7 +253,7 @@ class CudaMuon final : public CudaOptimizer {
         neuron_norm_factors(s, out, g->shape.count, g->shape.rows, g->shape.cols, g->ndescs.data(), hp_.state_dtype,
                             hp_.beta2, rowsq_.data(), factors_.data());
 
-      const float lr_eff = ctx.lr * g->lr_factor;
+      const float lr_eff = adjusted_lr(ctx.lr, hp_.adjust_lr, g->shape.rows, g->shape.cols);
       if (g->vec4)
         muon_update_kernel<4><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, decay, lr_eff);
       else
@@ -261,10 +262,13 @@ class CudaMuon final : public CudaOptimizer {
     }
   }
 
+  // Per parameter, as the CPU reference: momentum, and for NorMuon variance_neuron (rows).
   std::vector<StateTensor> state() override {
     std::vector<StateTensor> out;
-    momentum_.append_views(out, names_, "momentum");
-    if (normuon_) variance_.append_views(out, names_, "variance");
+    for (size_t i = 0; i < params_.size(); ++i) {
+      out.push_back(momentum_.view(i, names_[i], "momentum"));
+      if (normuon_) out.push_back(variance_.view(i, names_[i], "variance_neuron"));
+    }
     return out;
   }
 
@@ -276,7 +280,6 @@ class CudaMuon final : public CudaOptimizer {
     DeviceBuffer<MuonDesc> descs;
     DeviceBuffer<NeuronNormDesc> ndescs;
     NsBatch ns;
-    float lr_factor = 1.0f;
     bool vec4 = false;
   };
 

@@ -48,8 +48,7 @@ __global__ void neuron_factors_kernel(const float* __restrict__ rowsq, const Neu
     const float sq = rs[j];
     float vv = to_f32(v[r]);
     vv = vv + (1.0f - beta2) * (sq / (float)L - vv);
-    v[r] = from_f32<V>(vv);
-    vv = to_f32(v[r]);  // the stored value, as a later step will see it
+    v[r] = from_f32<V>(vv);  // the factor uses the unrounded value, like the CPU reference
     const float inv = 1.0f / (sqrtf(vv) + 1e-8f);
     f[j] = inv;
     sum_o += sq;

@@ -3,6 +3,7 @@
 // arithmetic, state in fp32 or bf16.
 #include <cmath>
 
+#include "optim/cpu_optimizers.h"
 #include "optim/cuda/chunk_table.h"
 #include "optim/cuda/device_math.cuh"
 #include "optim/cuda/scalar_optimizers.h"
@@ -16,6 +17,7 @@ struct ScalarDesc {
   const float* g;
   void* m;  // momentum (fp32 or bf16)
   void* v;  // AdamW second moment (fp32 or bf16); unused by Lion
+  float* step;  // AdamW: the step the state was last updated at (one fp32); unused by Lion
   int64_t numel;
 };
 
@@ -23,6 +25,7 @@ struct AdamWArgs {
   float lr, wd, beta1, beta2, eps;
   float step_size;      // lr / (1 - beta1^t)
   float inv_sqrt_bc2;   // 1 / sqrt(1 - beta2^t)
+  float t;              // the step, recorded in the state
 };
 struct LionArgs {
   float lr, wd, beta1, beta2;
@@ -31,6 +34,7 @@ struct LionArgs {
 // One block per chunk, kChunkThreads threads, VEC elements per thread per iteration.
 //   W <- W(1 - lr wd);  M <- b1 M + (1-b1) G;  V <- b2 V + (1-b2) G²
 //   W <- W - step_size · M / (sqrt(V)/sqrt(1-b2^t) + eps)
+// With bf16 state, the W update uses M and V as stored (rounded), like the CPU reference.
 template <int VEC, typename S>
 __global__ void adamw_kernel(const ChunkRef* __restrict__ chunks, const ScalarDesc* __restrict__ descs, AdamWArgs a) {
   const ChunkRef c = chunks[blockIdx.x];
@@ -39,10 +43,11 @@ __global__ void adamw_kernel(const ChunkRef* __restrict__ chunks, const ScalarDe
   S* v = static_cast<S*>(d.v);
   const int64_t end = min(c.start + kChunkElems, d.numel);
   const float decay = 1.0f - a.lr * a.wd;
+  if (c.start == 0 && threadIdx.x == 0) *d.step = a.t;
   auto update = [&](float& w, float g, float& mm, float& vv) {
     w *= decay;
-    mm = a.beta1 * mm + (1.0f - a.beta1) * g;
-    vv = a.beta2 * vv + (1.0f - a.beta2) * g * g;
+    mm = to_f32(from_f32<S>(a.beta1 * mm + (1.0f - a.beta1) * g));
+    vv = to_f32(from_f32<S>(a.beta2 * vv + (1.0f - a.beta2) * g * g));
     w -= a.step_size * mm / (sqrtf(vv) * a.inv_sqrt_bc2 + a.eps);
   };
   for (int64_t i = c.start + (int64_t)threadIdx.x * VEC; i < end; i += (int64_t)blockDim.x * VEC) {
@@ -114,13 +119,17 @@ class CudaScalarOptimizer final : public CudaOptimizer {
       numel.push_back((int64_t)p.numel());
     }
     momentum_.init(numel, hp_.state_dtype);
-    if (hp_.algorithm == Algorithm::AdamW) variance_.init(numel, hp_.state_dtype);
+    if (hp_.algorithm == Algorithm::AdamW) {
+      variance_.init(numel, hp_.state_dtype);
+      step_.init(std::vector<int64_t>(params_.size(), 1), StateDtype::F32);
+    }
     std::vector<ScalarDesc> descs;
     vec4_ = true;
     for (size_t i = 0; i < params_.size(); ++i) {
       const ParamSlot& p = params_[i];
-      descs.push_back({p.w, p.g, momentum_.ptr(i), hp_.algorithm == Algorithm::AdamW ? variance_.ptr(i) : nullptr,
-                       (int64_t)p.numel()});
+      const bool adamw = hp_.algorithm == Algorithm::AdamW;
+      descs.push_back({p.w, p.g, momentum_.ptr(i), adamw ? variance_.ptr(i) : nullptr,
+                       adamw ? static_cast<float*>(step_.ptr(i)) : nullptr, (int64_t)p.numel()});
       vec4_ = vec4_ && aligned_to(p.w, 16) && aligned_to(p.g, 16);  // state arenas are 256-B aligned
     }
     upload(descs_, descs);
@@ -132,7 +141,7 @@ class CudaScalarOptimizer final : public CudaOptimizer {
   cudaStream_t stream() const override { return stream_; }
 
   void step(const StepContext& ctx) override {
-    OG_CHECK(ctx.step >= 1, "{}: step must be >= 1 (got {})", name_of(hp_.algorithm), ctx.step);
+    check_step_context(ctx, hp_.algorithm);
     const int64_t nblocks = chunks_.count();
     if (nblocks == 0) return;
     const bool bf16_state = hp_.state_dtype == StateDtype::BF16;
@@ -143,6 +152,7 @@ class CudaScalarOptimizer final : public CudaOptimizer {
       const double bc2 = 1.0 - std::pow((double)hp_.betas[1], (double)ctx.step);
       a.step_size = (float)(ctx.lr / bc1);
       a.inv_sqrt_bc2 = (float)(1.0 / std::sqrt(bc2));
+      a.t = (float)ctx.step;
       launch(adamw_kernel<4, float>, adamw_kernel<1, float>, adamw_kernel<4, bf16>, adamw_kernel<1, bf16>,
              bf16_state, nblocks, a);
     } else {
@@ -152,10 +162,16 @@ class CudaScalarOptimizer final : public CudaOptimizer {
     }
   }
 
+  // Per parameter, as the CPU reference: momentum, and for AdamW variance and step.
   std::vector<StateTensor> state() override {
     std::vector<StateTensor> out;
-    momentum_.append_views(out, names_, "momentum");
-    if (hp_.algorithm == Algorithm::AdamW) variance_.append_views(out, names_, "variance");
+    for (size_t i = 0; i < params_.size(); ++i) {
+      out.push_back(momentum_.view(i, names_[i], "momentum"));
+      if (hp_.algorithm == Algorithm::AdamW) {
+        out.push_back(variance_.view(i, names_[i], "variance"));
+        out.push_back(step_.view(i, names_[i], "step"));
+      }
+    }
     return out;
   }
 
@@ -171,7 +187,7 @@ class CudaScalarOptimizer final : public CudaOptimizer {
   std::vector<ParamSlot> params_;
   std::vector<std::string> names_;
   cudaStream_t stream_;
-  StateArena momentum_, variance_;
+  StateArena momentum_, variance_, step_;
   DeviceBuffer<ScalarDesc> descs_;
   ChunkTable chunks_;
   bool vec4_ = false;

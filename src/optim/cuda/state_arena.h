@@ -35,10 +35,9 @@ class StateArena {
   void* base() { return buf_.data(); }
   int64_t total() const { return total_; }  // elements including alignment padding (zeros)
 
-  // Append one StateTensor per tensor, named "<param name>/<suffix>".
-  void append_views(std::vector<StateTensor>& out, const std::vector<std::string>& names, const char* suffix) {
-    for (size_t i = 0; i < counts_.size(); ++i)
-      out.push_back({names[i] + "/" + suffix, ptr(i), (size_t)counts_[i], dtype_, Device::CUDA});
+  // The StateTensor of tensor i, named "<param name>/<what>" (the CPU reference's names).
+  StateTensor view(size_t i, const std::string& param, const char* what) {
+    return {param + "/" + what, ptr(i), (size_t)counts_[i], dtype_, Device::CUDA};
   }
 
  private:
