@@ -26,7 +26,10 @@ struct CudaOptimOptions {
   Symmetric symmetric = Symmetric::Auto;
   int symmetric_block = 256;  // b, a multiple of 32
   // Time the cuBLASLt heuristic's candidate algorithms once at construction and keep the fastest.
-  bool autotune_gemm = true;
+  // Off by default: timing can pick different algorithms on different ranks, and ranks that run
+  // the same update redundantly (DDP) must round identically; the heuristic's first choice is
+  // deterministic.
+  bool autotune_gemm = false;
 };
 
 class CudaOptimizer : public Optimizer {
