@@ -63,6 +63,7 @@ struct DeviceGroup {
       CUDA_CHECK(cudaMemcpy(w[i].data(), h.w[i].data(), h.w[i].size() * 4, cudaMemcpyHostToDevice));
       CUDA_CHECK(cudaMemcpy(g[i].data(), h.g[i].data(), h.g[i].size() * 4, cudaMemcpyHostToDevice));
     }
+    CUDA_CHECK(cudaDeviceSynchronize());  // pageable copies may still be in flight on return
   }
   std::vector<std::vector<float>> download_w() {
     CUDA_CHECK(cudaDeviceSynchronize());

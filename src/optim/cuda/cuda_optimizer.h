@@ -34,6 +34,8 @@ struct CudaOptimOptions {
 
 class CudaOptimizer : public Optimizer {
  public:
+  // Later steps go on `stream`; work already enqueued on the previous one is not ordered with it
+  // (synchronize or record an event first).
   virtual void set_stream(cudaStream_t stream) = 0;
   virtual cudaStream_t stream() const = 0;
   // Dion2 / NorDion2 only (empty otherwise): the slice indices selected at the last step, per

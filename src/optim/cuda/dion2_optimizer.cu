@@ -185,7 +185,9 @@ class CudaDion2 final : public CudaOptimizer {
       buf.b = ws_b_.data();
       g->ns.plan(blas_, hp_.ortho, g->shape, buf, opt);
     }
-    CUDA_CHECK(cudaStreamSynchronize(opt.stream));
+    // Descriptor uploads and memsets ran on the legacy stream, asynchronously: finish them before
+    // any step can run on another stream.
+    CUDA_CHECK(cudaDeviceSynchronize());
   }
 
   Algorithm algorithm() const override { return hp_.algorithm; }

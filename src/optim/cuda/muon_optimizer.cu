@@ -212,7 +212,9 @@ class CudaMuon final : public CudaOptimizer {
       g->ns.plan(blas_, hp_.ortho, g->shape, buf, opt);
     }
     partials_.resize((size_t)std::max<int64_t>(max_chunks, 1));
-    CUDA_CHECK(cudaStreamSynchronize(opt.stream));
+    // Descriptor uploads and memsets ran on the legacy stream, asynchronously: finish them before
+    // any step can run on another stream.
+    CUDA_CHECK(cudaDeviceSynchronize());
   }
 
   Algorithm algorithm() const override { return hp_.algorithm; }

@@ -134,6 +134,9 @@ class CudaScalarOptimizer final : public CudaOptimizer {
     }
     upload(descs_, descs);
     chunks_.build(numel);
+    // Descriptor uploads and memsets ran on the legacy stream, asynchronously: finish them before
+    // any step can run on another stream.
+    CUDA_CHECK(cudaDeviceSynchronize());
   }
 
   Algorithm algorithm() const override { return hp_.algorithm; }
