@@ -379,7 +379,8 @@ TEST(CudaOptim, ReferenceCasesPass) {
 }
 
 // Two instances on the same inputs give bit-identical weights and state (fixed-order reductions,
-// the heuristic's deterministic GEMM choice), one of them on its own non-blocking stream.
+// the heuristic's deterministic GEMM choice): one on the default stream with concurrent Dion2
+// groups, the other on its own non-blocking stream with the groups in sequence.
 TEST(CudaOptim, DeterministicAcrossInstancesAndStreams) {
   SKIP_WITHOUT_CUDA();
   cudaStream_t stream;
@@ -391,6 +392,7 @@ TEST(CudaOptim, DeterministicAcrossInstancesAndStreams) {
     DeviceGroup a(host), b(host);
     CudaOptimOptions on_stream;
     on_stream.stream = stream;
+    on_stream.concurrent_groups = false;
     auto oa = make_cuda_optimizer(hp, a.slots);
     auto ob = make_cuda_optimizer(hp, b.slots, on_stream);
     EXPECT_EQ(ob->stream(), stream);

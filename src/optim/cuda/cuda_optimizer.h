@@ -30,6 +30,9 @@ struct CudaOptimOptions {
   // the same update redundantly (DDP) must round identically; the heuristic's first choice is
   // deterministic.
   bool autotune_gemm = false;
+  // Dion2 / NorDion2: run the per-shape NS groups concurrently on internal streams (forked from
+  // and joined back into `stream`, so the step stays ordered on it).
+  bool concurrent_groups = true;
 };
 
 class CudaOptimizer : public Optimizer {

@@ -5,6 +5,8 @@
 //   (column slices)  →  select (one block per matrix)  →  per NS group of same-shape k×L
 //   submatrices: gather (with selective decay) → Newton–Schulz → [NorDion2: neuron factors] →
 //   scatter update  →  [ef off: M ← ef_decay·M].
+// The NS groups are independent and each too small to fill the GPU (k ≪ rows): with
+// concurrent_groups they run on their own streams, forked from and joined back into the step stream.
 // Pass 1 is the memory floor (20 bytes per element); the rest touches only the k selected slices.
 // Submatrices are always stored k×L (slices as rows), so a wide 768×3072 (rows selected) and a
 // tall 3072×768 (columns selected) land in the same NS batch.
@@ -37,7 +39,8 @@ class CudaDion2 final : public CudaOptimizer {
     OG_CHECK(!(nordion2_ && hp_.select_dim == SelectDim::Cols),
              "nordion2 always selects rows (its second moment is per row); select_dim cols is not allowed");
     ef_decay_ = nordion2_ ? hp_.mu : hp_.ef_decay;
-    blas_.set_stream(opt.stream);
+    main_ = opt.stream;
+    concurrent_ = opt.concurrent_groups;
     const size_t nm = params_.size();
 
     std::vector<int64_t> numel, rows;
@@ -87,6 +90,7 @@ class CudaDion2 final : public CudaOptimizer {
     // NS groups by submatrix shape (k, L), first-seen order.
     std::map<std::pair<int64_t, int64_t>, size_t> index;
     std::vector<int> slot(nm);
+    std::vector<size_t> group_of(nm);
     for (size_t i = 0; i < nm; ++i) {
       const auto key = std::make_pair(geo[i].k, geo[i].L);
       auto it = index.find(key);
@@ -97,28 +101,37 @@ class CudaDion2 final : public CudaOptimizer {
         groups_.back()->shape.cols = key.second;
       }
       Group& g = *groups_[it->second];
+      group_of[i] = it->second;
       slot[i] = (int)g.members.size();
       g.members.push_back((int32_t)i);
     }
-    int64_t max_x = 0, max_gram = 0, max_rows = 0;
-    for (auto& g : groups_) {
-      g->shape.count = (int)g->members.size();
-      max_x = std::max(max_x, g->shape.x_elems());
-      max_gram = std::max(max_gram, g->shape.gram_elems());
-      max_rows = std::max(max_rows, (int64_t)g->shape.count * g->shape.rows);
+    // Each group has its own workspace and cuBLAS context; with concurrent_groups, the groups
+    // after the first run on their own streams (fork after select, join before the step ends).
+    for (size_t gi = 0; gi < groups_.size(); ++gi) {
+      Group& g = *groups_[gi];
+      g.shape.count = (int)g.members.size();
+      for (auto* b : {&g.x[0], &g.x[1]}) {
+        b->resize((size_t)g.shape.x_elems());
+        CUDA_CHECK(cudaMemset(b->data(), 0, b->bytes()));  // autotuning reads them
+      }
+      for (auto* b : {&g.a, &g.b}) {
+        b->resize((size_t)g.shape.gram_elems());
+        CUDA_CHECK(cudaMemset(b->data(), 0, b->bytes()));
+      }
+      if (nordion2_) {
+        g.rowsq.resize((size_t)g.shape.count * g.shape.rows);
+        g.factors.resize((size_t)g.shape.count * g.shape.rows);
+      }
+      g.blas = std::make_unique<BlasContext>();
+      if (concurrent_ && gi > 0) {
+        CUDA_CHECK(cudaStreamCreateWithFlags(&g.own_stream.s, cudaStreamNonBlocking));
+        CUDA_CHECK(cudaEventCreateWithFlags(&g.done.e, cudaEventDisableTiming));
+        g.blas->set_stream(g.own_stream.s);
+      } else {
+        g.blas->set_stream(main_);
+      }
     }
-    ws_x_[0].resize((size_t)max_x);
-    ws_x_[1].resize((size_t)max_x);
-    ws_a_.resize((size_t)max_gram);
-    ws_b_.resize((size_t)max_gram);
-    CUDA_CHECK(cudaMemset(ws_x_[0].data(), 0, ws_x_[0].bytes()));  // autotuning reads them
-    CUDA_CHECK(cudaMemset(ws_x_[1].data(), 0, ws_x_[1].bytes()));
-    CUDA_CHECK(cudaMemset(ws_a_.data(), 0, ws_a_.bytes()));
-    CUDA_CHECK(cudaMemset(ws_b_.data(), 0, ws_b_.bytes()));
-    if (nordion2_) {
-      rowsq_.resize((size_t)max_rows);
-      factors_.resize((size_t)max_rows);
-    }
+    if (concurrent_ && groups_.size() > 1) CUDA_CHECK(cudaEventCreateWithFlags(&fork_.e, cudaEventDisableTiming));
 
     // The device matrix table and pass-1 block tables.
     vec4_ = true;
@@ -148,9 +161,10 @@ class CudaDion2 final : public CudaOptimizer {
       d.sel = sel_.data() + g.sel_off;
       d.scale = scale_.data() + i;
       d.mass = mass_.data() + i;
-      d.s = ws_x_[0].data() + (int64_t)slot[i] * per;
-      d.o = ws_x_[1].data() + (int64_t)slot[i] * per;
-      d.row_factor = nordion2_ ? factors_.data() + (int64_t)slot[i] * g.k : nullptr;
+      Group& grp = *groups_[group_of[i]];
+      d.s = grp.x[0].data() + (int64_t)slot[i] * per;
+      d.o = grp.x[1].data() + (int64_t)slot[i] * per;
+      d.row_factor = nordion2_ ? grp.factors.data() + (int64_t)slot[i] * g.k : nullptr;
       if (!g.by_cols) {
         for (int64_t r0 = 0; r0 < p.rows; r0 += kRowsPerBlock) row_blocks.push_back({(int32_t)i, 0, r0, 0});
       } else {
@@ -179,11 +193,11 @@ class CudaDion2 final : public CudaOptimizer {
         upload(g->ndescs, nd);
       }
       NsBuffers buf;
-      buf.x[0] = ws_x_[0].data();
-      buf.x[1] = ws_x_[1].data();
-      buf.a = ws_a_.data();
-      buf.b = ws_b_.data();
-      g->ns.plan(blas_, hp_.ortho, g->shape, buf, opt);
+      buf.x[0] = g->x[0].data();
+      buf.x[1] = g->x[1].data();
+      buf.a = g->a.data();
+      buf.b = g->b.data();
+      g->ns.plan(*g->blas, hp_.ortho, g->shape, buf, opt);
     }
     // Descriptor uploads and memsets ran on the legacy stream, asynchronously: finish them before
     // any step can run on another stream.
@@ -191,28 +205,40 @@ class CudaDion2 final : public CudaOptimizer {
   }
 
   Algorithm algorithm() const override { return hp_.algorithm; }
-  void set_stream(cudaStream_t s) override { blas_.set_stream(s); }
-  cudaStream_t stream() const override { return blas_.stream(); }
+  void set_stream(cudaStream_t s) override {
+    main_ = s;
+    for (auto& g : groups_)
+      if (!g->own_stream.s) g->blas->set_stream(s);
+  }
+  cudaStream_t stream() const override { return main_; }
 
   void step(const StepContext& ctx) override {
     check_step_context(ctx, hp_.algorithm);
     if (params_.empty()) return;
-    cudaStream_t s = blas_.stream();
+    cudaStream_t s = main_;
     const float decay = 1.0f - ctx.lr * hp_.weight_decay;
     dion2_pass1(s, mats_.data(), row_blocks_.data(), n_row_blocks_, col_blocks_.data(), n_col_blocks_, vec4_,
                 hp_.state_dtype, decay);
     dion2_reduce_partials(s, mats_.data(), col_mats_.data(), (int)col_mats_.size(), max_col_n_);
     dion2_select(s, mats_.data(), (int)params_.size(), npow2_, hp_.select == Select::Random, hp_.seed, ctx.step,
                  ns_norm_multiplier(hp_.ortho), hp_.eps);
+    if (fork_.e) CUDA_CHECK(cudaEventRecord(fork_.e, s));
     for (auto& g : groups_) {
+      cudaStream_t gs = g->own_stream.s ? g->own_stream.s : s;
+      if (g->own_stream.s) CUDA_CHECK(cudaStreamWaitEvent(gs, fork_.e, 0));
       const int64_t k = g->shape.rows, L = g->shape.cols;
-      dion2_gather(s, mats_.data(), g->members_dev.data(), g->shape.count, k, L, hp_.state_dtype, hp_.ef, ef_decay_);
-      bf16* out = g->ns.run(blas_);
-      OG_CHECK(out == ws_x_[1].data(), "internal: NS result expected in the second buffer");
+      dion2_gather(gs, mats_.data(), g->members_dev.data(), g->shape.count, k, L, hp_.state_dtype, hp_.ef,
+                   ef_decay_);
+      bf16* out = g->ns.run(*g->blas);
+      OG_CHECK(out == g->x[1].data(), "internal: NS result expected in the second buffer");
       if (nordion2_)
-        neuron_norm_factors(s, out, g->shape.count, k, L, g->ndescs.data(), hp_.state_dtype, hp_.beta2,
-                            rowsq_.data(), factors_.data());
-      dion2_update(s, mats_.data(), g->members_dev.data(), g->shape.count, k, L, ctx.lr);
+        neuron_norm_factors(gs, out, g->shape.count, k, L, g->ndescs.data(), hp_.state_dtype, hp_.beta2,
+                            g->rowsq.data(), g->factors.data());
+      dion2_update(gs, mats_.data(), g->members_dev.data(), g->shape.count, k, L, ctx.lr);
+      if (g->own_stream.s) {  // join
+        CUDA_CHECK(cudaEventRecord(g->done.e, gs));
+        CUDA_CHECK(cudaStreamWaitEvent(s, g->done.e, 0));
+      }
     }
     if (!hp_.ef) scale_state(s, momentum_.base(), momentum_.total(), hp_.state_dtype, ef_decay_);
   }
@@ -231,8 +257,8 @@ class CudaDion2 final : public CudaOptimizer {
     if (!hp_.diagnostics || params_.empty()) return {};
     std::vector<float> mass(params_.size());
     CUDA_CHECK(cudaMemcpyAsync(mass.data(), mass_.data(), mass.size() * sizeof(float), cudaMemcpyDeviceToHost,
-                               blas_.stream()));
-    CUDA_CHECK(cudaStreamSynchronize(blas_.stream()));
+                               main_));
+    CUDA_CHECK(cudaStreamSynchronize(main_));
     const double np = (double)params_.size();
     return {{"select_mass", std::accumulate(mass.begin(), mass.end(), 0.0) / np},
             {"select_k", k_sum_ / np},
@@ -241,8 +267,8 @@ class CudaDion2 final : public CudaOptimizer {
 
   std::vector<std::vector<int32_t>> last_selection() override {
     std::vector<int32_t> all(sel_.size());
-    CUDA_CHECK(cudaMemcpyAsync(all.data(), sel_.data(), sel_.bytes(), cudaMemcpyDeviceToHost, blas_.stream()));
-    CUDA_CHECK(cudaStreamSynchronize(blas_.stream()));
+    CUDA_CHECK(cudaMemcpyAsync(all.data(), sel_.data(), sel_.bytes(), cudaMemcpyDeviceToHost, main_));
+    CUDA_CHECK(cudaStreamSynchronize(main_));
     std::vector<std::vector<int32_t>> out;
     for (size_t i = 0; i < params_.size(); ++i)
       out.emplace_back(all.begin() + sel_host_off_[i], all.begin() + sel_host_off_[i] + k_host_[i]);
@@ -250,11 +276,29 @@ class CudaDion2 final : public CudaOptimizer {
   }
 
  private:
+  struct OwnedStream {
+    cudaStream_t s = nullptr;
+    ~OwnedStream() {
+      if (s) cudaStreamDestroy(s);
+    }
+  };
+  struct OwnedEvent {
+    cudaEvent_t e = nullptr;
+    ~OwnedEvent() {
+      if (e) cudaEventDestroy(e);
+    }
+  };
+  // Members are destroyed in reverse order: the cuBLAS context before its stream.
   struct Group {
+    OwnedStream own_stream;  // set only for concurrent groups after the first
+    OwnedEvent done;
     NsShape shape;  // rows = k, cols = L
     std::vector<int32_t> members;
     DeviceBuffer<int32_t> members_dev;
     DeviceBuffer<NeuronNormDesc> ndescs;
+    DeviceBuffer<bf16> x[2], a, b;  // NS input (gathered submatrices) / output, Gram products
+    DeviceBuffer<float> rowsq, factors;  // NorDion2
+    std::unique_ptr<BlasContext> blas;
     NsBatch ns;
   };
 
@@ -263,14 +307,15 @@ class CudaDion2 final : public CudaOptimizer {
   std::vector<std::string> names_;
   bool nordion2_;
   float ef_decay_ = 0.95f;
-  BlasContext blas_;
+  cudaStream_t main_ = nullptr;
+  bool concurrent_ = true;
+  OwnedEvent fork_;
   StateArena momentum_, variance_;
   std::vector<std::unique_ptr<Group>> groups_;
   DeviceBuffer<Dion2Mat> mats_;
   DeviceBuffer<Pass1Block> row_blocks_, col_blocks_;
   DeviceBuffer<int32_t> col_mats_, sel_;
-  DeviceBuffer<float> part_l1_, part_l2_, scale_, mass_, rowsq_, factors_;
-  DeviceBuffer<bf16> ws_x_[2], ws_a_, ws_b_;
+  DeviceBuffer<float> part_l1_, part_l2_, scale_, mass_;
   int64_t n_row_blocks_ = 0, n_col_blocks_ = 0, max_col_n_ = 0;
   int npow2_ = 1;
   bool vec4_ = false;
