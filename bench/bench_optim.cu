@@ -219,14 +219,17 @@ int main(int argc, char** argv) {
       add("1B dion2 a=0.25 l1", m1b.get(), hp_of(Algorithm::Dion2), 8.0, 0, base);
     }
     if (variants) {
-      CudaOptimOptions off = base, on = base, tuned = base;
+      CudaOptimOptions off = base, on = base, tuned = base, serial = base;
       off.symmetric = CudaOptimOptions::Symmetric::Off;
       on.symmetric = CudaOptimOptions::Symmetric::On;
       tuned.autotune_gemm = true;
+      serial.concurrent_groups = false;
       add("160M muon [sym off]", &m160, hp_of(Algorithm::Muon), 0, 0, off);
       add("160M muon [sym on]", &m160, hp_of(Algorithm::Muon), 0, 0, on);
       add("160M muon [autotune]", &m160, hp_of(Algorithm::Muon), 0, 0, tuned);
       add("160M dion2 a=0.25 l1 [autotune]", &m160, hp_of(Algorithm::Dion2), 0, 0, tuned);
+      add("160M dion2 a=0.25 l1 [serial groups]", &m160, hp_of(Algorithm::Dion2), 0, 0, serial);
+      add("160M dion2 a=0.5 l1 [serial groups]", &m160, hp_of(Algorithm::Dion2, 0.5f), 0, 0, serial);
       if (m1b) {
         add("1B muon [sym off]", m1b.get(), hp_of(Algorithm::Muon), 0, 0, off);
         add("1B muon [sym on]", m1b.get(), hp_of(Algorithm::Muon), 0, 0, on);
