@@ -145,7 +145,7 @@ void run_case(const Case& c, int steps) {
   const std::string target = c.target_ms > 0 ? fmt::format("{:.2f}{}", c.target_ms, median <= c.target_ms ? " ok" : " MISS")
                                              : std::string("-");
   const std::string ref = c.ref_ms > 0 ? fmt::format("{:.2f}", c.ref_ms) : std::string("-");
-  fmt::print("{:<34} {:>9.3f} {:>9.3f} {:>9.3f} {:>9.3f} {:>9.3f} {:>6.2f} {:>10} {:>8}\n", c.label, median, ms.front(),
+  fmt::print("{:<38} {:>9.3f} {:>9.3f} {:>9.3f} {:>9.3f} {:>9.3f} {:>6.2f} {:>10} {:>8}\n", c.label, median, ms.front(),
              flop_ms, byte_ms, flop_ms + byte_ms, median / (flop_ms + byte_ms), target, ref);
   std::fflush(stdout);
 }
@@ -243,7 +243,7 @@ int main(int argc, char** argv) {
                prop.name, steps, sym, block, autotune);
     fmt::print("160M set: {} matrices, {:.1f}M elements", m160.slots.size(), m160.elems / 1e6);
     if (m1b) fmt::print("; 1B set: {} matrices, {:.1f}M elements", m1b->slots.size(), m1b->elems / 1e6);
-    fmt::print("\n{:<34} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>8}\n", "case", "median ms", "min ms",
+    fmt::print("\n{:<38} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>8}\n", "case", "median ms", "min ms",
                "FLOP flr", "byte flr", "floor", "gap", "target", "pytorch");
     for (const Case& c : cases)
       if (only.empty() || c.label.find(only) != std::string::npos) run_case(c, steps);
