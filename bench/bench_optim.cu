@@ -1,0 +1,255 @@
+// Optimizer step benchmark on the GPU: the hidden-matrix set of the 160M model (12 layers ×
+// [4 of 768×768, 3072×768, 768×3072]) and of the 1B model (16 layers, d_model 2048), fp32 master
+// weights and random gradients in one contiguous buffer each (as the trainer lays them out).
+// Per case: 3 warm-up steps, then the median (and min) over --steps steps of the optimizer step
+// time measured with CUDA events on the optimizer's stream.
+//
+// Floors (H100 SXM ceilings: 989 TFLOP/s dense bf16, 3.35 TB/s HBM3):
+//   FLOP floor = Σ NS FLOPs / 989e12, NS FLOPs of an m×n (m ≤ n) input = 5·(2m²n + 2m³ + 2m²n)
+//                (full products; the symmetric path needs fewer), Dion2 on its k×L submatrices
+//   byte floor = fp32 traffic that any implementation needs / 3.35e12:
+//                AdamW 28 B/elem (W, M, V read+write, G read); Muon, NorMuon, Dion2 20 B/elem
+//                (W, M read+write, G read)
+//   gap = median / (FLOP floor + byte floor): the NS and the elementwise passes are sequential.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "core/cuda_utils.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "optim/cuda/cuda_optimizer.h"
+#include "optim/cuda/newton_schulz.h"
+#include "optim/optimizer.h"
+#include "optim/slice_select.h"
+
+using namespace og;
+
+namespace {
+
+constexpr double kPeakFlops = 989e12;
+constexpr double kPeakBytes = 3.35e12;
+
+// x[i] = scale · (uniform in [-1, 1)) from a counter hash. grid-stride, block 256.
+__global__ void fill_uniform_kernel(float* x, int64_t n, uint64_t seed, float scale) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    x[i] = scale * (float)(2.0 * counter_uniform(seed, (uint64_t)i) - 1.0);
+}
+
+void fill_uniform(float* x, int64_t n, uint64_t seed, float scale) {
+  fill_uniform_kernel<<<4096, 256>>>(x, n, seed, scale);
+  CUDA_CHECK_LAUNCH();
+}
+
+// The hidden matrices of a GPT: per layer q, k, v, o (d×d), fc (4d×d), proj (d×4d).
+struct MatrixSet {
+  std::string name;
+  std::vector<ParamSlot> slots;
+  DeviceBuffer<float> w, g;
+  int64_t elems = 0;
+
+  MatrixSet(std::string n, int layers, int64_t d) : name(std::move(n)) {
+    std::vector<std::pair<int64_t, int64_t>> shapes;
+    for (int l = 0; l < layers; ++l) {
+      for (int i = 0; i < 4; ++i) shapes.push_back({d, d});
+      shapes.push_back({4 * d, d});
+      shapes.push_back({d, 4 * d});
+    }
+    std::vector<size_t> off;
+    size_t total = 0;
+    for (auto [r, c] : shapes) {
+      off.push_back(total);
+      total += ((size_t)(r * c) + 63) / 64 * 64;  // 256-byte aligned views, as ParamLayout
+      elems += r * c;
+    }
+    w.resize(total);
+    g.resize(total);
+    fill_uniform(w.data(), (int64_t)total, 1, 0.02f);
+    fill_uniform(g.data(), (int64_t)total, 2, 1e-3f);
+    const char* names[6] = {"q", "k", "v", "o", "fc", "proj"};
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      ParamSlot s;
+      s.name = fmt::format("h.{}.{}", i / 6, names[i % 6]);
+      s.rows = shapes[i].first;
+      s.cols = shapes[i].second;
+      s.w = w.data() + off[i];
+      s.g = g.data() + off[i];
+      slots.push_back(s);
+    }
+    CUDA_CHECK(cudaDeviceSynchronize());
+  }
+};
+
+struct Case {
+  std::string label;
+  MatrixSet* set;
+  OptimHParams hp;
+  CudaOptimOptions opt;
+  double target_ms = 0.0;  // 0: none
+  double ref_ms = 0.0;     // PyTorch reference (microsoft/dion) on an H100; 0: not measured
+};
+
+double ns_flops_of(const Case& c) {
+  double f = 0.0;
+  for (const ParamSlot& s : c.set->slots) {
+    switch (c.hp.algorithm) {
+      case Algorithm::Muon:
+      case Algorithm::NorMuon: f += cuda::ns_flops(s.rows, s.cols); break;
+      case Algorithm::Dion2:
+      case Algorithm::NorDion2: {
+        const bool rows = c.hp.algorithm == Algorithm::NorDion2 ||
+                          selection_axis(c.hp.select_dim, s.rows, s.cols) == SliceAxis::Rows;
+        const int64_t n = rows ? s.rows : s.cols, L = rows ? s.cols : s.rows;
+        f += cuda::ns_flops(select_count(c.hp.fraction, n), L);
+        break;
+      }
+      default: break;
+    }
+  }
+  return f;
+}
+
+double floor_bytes_of(const Case& c) {
+  const double per = c.hp.algorithm == Algorithm::AdamW ? 28.0 : 20.0;  // Lion: W, M read+write, G read
+  return per * (double)c.set->elems;
+}
+
+void run_case(const Case& c, int steps) {
+  std::unique_ptr<CudaOptimizer> opt = make_cuda_optimizer(c.hp, c.set->slots, c.opt);
+  cudaStream_t s = opt->stream();
+  cudaEvent_t e0, e1;
+  CUDA_CHECK(cudaEventCreate(&e0));
+  CUDA_CHECK(cudaEventCreate(&e1));
+  const float lr = 1e-4f;
+  int64_t t = 1;
+  for (int i = 0; i < 3; ++i) opt->step({t++, lr});
+  CUDA_CHECK(cudaStreamSynchronize(s));
+  std::vector<float> ms;
+  for (int i = 0; i < steps; ++i) {
+    CUDA_CHECK(cudaEventRecord(e0, s));
+    opt->step({t++, lr});
+    CUDA_CHECK(cudaEventRecord(e1, s));
+    CUDA_CHECK(cudaEventSynchronize(e1));
+    float x = 0.0f;
+    CUDA_CHECK(cudaEventElapsedTime(&x, e0, e1));
+    ms.push_back(x);
+  }
+  CUDA_CHECK(cudaEventDestroy(e0));
+  CUDA_CHECK(cudaEventDestroy(e1));
+  std::sort(ms.begin(), ms.end());
+  const double median = ms.size() % 2 ? ms[ms.size() / 2] : 0.5 * (ms[ms.size() / 2 - 1] + ms[ms.size() / 2]);
+  const double flop_ms = ns_flops_of(c) / kPeakFlops * 1e3, byte_ms = floor_bytes_of(c) / kPeakBytes * 1e3;
+  const std::string target = c.target_ms > 0 ? fmt::format("{:.2f}{}", c.target_ms, median <= c.target_ms ? " ok" : " MISS")
+                                             : std::string("-");
+  const std::string ref = c.ref_ms > 0 ? fmt::format("{:.2f}", c.ref_ms) : std::string("-");
+  fmt::print("{:<38} {:>9.3f} {:>9.3f} {:>9.3f} {:>9.3f} {:>9.3f} {:>6.2f} {:>10} {:>8}\n", c.label, median, ms.front(),
+             flop_ms, byte_ms, flop_ms + byte_ms, median / (flop_ms + byte_ms), target, ref);
+  std::fflush(stdout);
+}
+
+OptimHParams hp_of(Algorithm a, float fraction = 0.25f, Select sel = Select::L1) {
+  OptimHParams hp;
+  hp.algorithm = a;
+  hp.weight_decay = 0.01f;
+  hp.nesterov = (a == Algorithm::Muon || a == Algorithm::NorMuon);  // the paper's runs
+  hp.fraction = fraction;
+  hp.select = sel;
+  return hp;
+}
+
+CudaOptimOptions::Symmetric parse_sym(const std::string& s) {
+  if (s == "auto") return CudaOptimOptions::Symmetric::Auto;
+  if (s == "on") return CudaOptimOptions::Symmetric::On;
+  if (s == "off") return CudaOptimOptions::Symmetric::Off;
+  fail("--sym must be auto, on or off (got '{}')", s);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"orthogpt optimizer step benchmark (GPU)"};
+  int steps = 20, block = 256;
+  std::string only, sym = "auto";
+  bool autotune = false, variants = true, big = true;
+  app.add_option("--steps", steps, "timed steps per case (after 3 warm-up steps)")->check(CLI::Range(1, 10000));
+  app.add_option("--only", only, "run only the cases whose label contains this text");
+  app.add_option("--sym", sym, "symmetric block products: auto, on or off");
+  app.add_option("--block", block, "block size of the symmetric products (multiple of 32)");
+  app.add_flag("--autotune", autotune, "time the cuBLASLt candidates at construction");
+  app.add_flag("!--no-variants", variants, "skip the symmetric/autotune variant rows");
+  app.add_flag("!--no-1b", big, "skip the 1B matrix set");
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    if (!cuda_available()) {
+      fmt::print("bench_optim: no CUDA device, nothing to measure\n");
+      return 0;
+    }
+    cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    CudaOptimOptions base;
+    base.symmetric = parse_sym(sym);
+    base.symmetric_block = block;
+    base.autotune_gemm = autotune;
+
+    MatrixSet m160("160M", 12, 768);
+    std::unique_ptr<MatrixSet> m1b;
+    if (big) m1b = std::make_unique<MatrixSet>("1B", 16, 2048);
+
+    std::vector<Case> cases;
+    auto add = [&](std::string label, MatrixSet* set, OptimHParams hp, double target, double ref,
+                   CudaOptimOptions o) { cases.push_back({std::move(label), set, hp, o, target, ref}); };
+    add("160M adamw", &m160, hp_of(Algorithm::AdamW), 1.2, 1.43, base);
+    add("160M muon", &m160, hp_of(Algorithm::Muon), 3.0, 5.59, base);
+    add("160M normuon", &m160, hp_of(Algorithm::NorMuon), 0, 0, base);
+    for (float a : {0.5f, 0.25f, 0.125f})
+      for (Select sel : {Select::L1, Select::Random}) {
+        const double target = sel == Select::L1 ? (a == 0.5f ? 1.8 : a == 0.25f ? 1.0 : 0.0) : 0.0;
+        const double ref = sel == Select::L1 ? (a == 0.5f ? 18.5 : a == 0.25f ? 13.2 : 0.0) : 0.0;
+        add(fmt::format("160M dion2 a={} {}", a, name_of(sel)), &m160, hp_of(Algorithm::Dion2, a, sel), target, ref,
+            base);
+      }
+    add("160M nordion2 a=0.25 l1", &m160, hp_of(Algorithm::NorDion2), 0, 0, base);
+    if (m1b) {
+      add("1B adamw", m1b.get(), hp_of(Algorithm::AdamW), 0, 0, base);
+      add("1B muon", m1b.get(), hp_of(Algorithm::Muon), 40.0, 69.3, base);
+      add("1B dion2 a=0.25 l1", m1b.get(), hp_of(Algorithm::Dion2), 8.0, 0, base);
+    }
+    if (variants) {
+      CudaOptimOptions off = base, on = base, tuned = base, serial = base;
+      off.symmetric = CudaOptimOptions::Symmetric::Off;
+      on.symmetric = CudaOptimOptions::Symmetric::On;
+      tuned.autotune_gemm = true;
+      serial.concurrent_groups = false;
+      add("160M muon [sym off]", &m160, hp_of(Algorithm::Muon), 0, 0, off);
+      add("160M muon [sym on]", &m160, hp_of(Algorithm::Muon), 0, 0, on);
+      add("160M muon [autotune]", &m160, hp_of(Algorithm::Muon), 0, 0, tuned);
+      add("160M dion2 a=0.25 l1 [autotune]", &m160, hp_of(Algorithm::Dion2), 0, 0, tuned);
+      add("160M dion2 a=0.25 l1 [serial groups]", &m160, hp_of(Algorithm::Dion2), 0, 0, serial);
+      add("160M dion2 a=0.5 l1 [serial groups]", &m160, hp_of(Algorithm::Dion2, 0.5f), 0, 0, serial);
+      if (m1b) {
+        add("1B muon [sym off]", m1b.get(), hp_of(Algorithm::Muon), 0, 0, off);
+        add("1B muon [sym on]", m1b.get(), hp_of(Algorithm::Muon), 0, 0, on);
+        add("1B muon [autotune]", m1b.get(), hp_of(Algorithm::Muon), 0, 0, tuned);
+        add("1B dion2 a=0.25 l1 [sym off]", m1b.get(), hp_of(Algorithm::Dion2), 0, 0, off);
+      }
+    }
+
+    fmt::print("device: {}; {} timed steps per case; ceilings 989 TFLOP/s bf16, 3.35 TB/s; sym={} block={} "
+               "autotune={}\n",
+               prop.name, steps, sym, block, autotune);
+    fmt::print("160M set: {} matrices, {:.1f}M elements", m160.slots.size(), m160.elems / 1e6);
+    if (m1b) fmt::print("; 1B set: {} matrices, {:.1f}M elements", m1b->slots.size(), m1b->elems / 1e6);
+    fmt::print("\n{:<38} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>8}\n", "case", "median ms", "min ms",
+               "FLOP flr", "byte flr", "floor", "gap", "target", "pytorch");
+    for (const Case& c : cases)
+      if (only.empty() || c.label.find(only) != std::string::npos) run_case(c, steps);
+  } catch (const Error& e) {
+    fmt::print(stderr, "bench_optim: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}

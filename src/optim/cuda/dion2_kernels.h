@@ -1,0 +1,74 @@
+// The kernels of Dion2 / NorDion2 (OPTIMIZERS.md "Dion2"), launched by dion2_optimizer.cu:
+//   pass 1      M ← M + G and W ← W·(1 − lr·wd) over every matrix in one read of W, M, G, with the
+//               ℓ1 and squared-ℓ2 norm of every slice (row or column) as a by-product
+//   select      per matrix on the device: the k slices with the largest ℓ1 norm (ties: smaller
+//               index) or with the smallest hash_u64(seed, step, p, i), as ascending indices,
+//               and the normalization scale 1/(mult·‖M[K]‖_F + eps) of the selected submatrix
+//   gather      S = bf16(scale·M[K]) as a k×L row-major matrix (L = slice length) into the NS
+//               batch buffer, with the selective decay M[K] ← ef_decay·M[K]
+//   update      W[K] ← W[K] − lr_eff·f_j·O (scatter of the NS output; f_j: NorDion2's factors)
+// Slices are rows (S = M[K, :]) or columns (S = M[:, K]ᵀ); column slices go through 32×32
+// shared-memory tiles so that both the matrix and S are accessed along rows.
+#pragma once
+#include <cstdint>
+
+#include "optim/cuda/blas.h"
+#include "optim/hparams.h"
+
+namespace og::cuda {
+
+// One matrix as the Dion2 kernels see it (device array, built once).
+struct Dion2Mat {
+  float* w;
+  const float* g;
+  void* m;                  // momentum, fp32 or bf16
+  int64_t rows, cols;
+  int32_t by_cols;          // slices are columns (length rows) rather than rows (length cols)
+  int32_t n, k;             // slices available, slices selected
+  int32_t nparts;           // rows of partial norms (column slices: one per kColChunkRows rows)
+  int32_t p;                // index of the parameter in the group (random selection key)
+  float lr_factor;          // lr_eff / lr from the whole shape
+  float* part_l1;           // nparts × n partial ℓ1 norms; row 0 holds the totals after reduce
+  float* part_l2;           // nparts × n partial squared ℓ2 norms
+  int32_t* sel;             // k selected slice indices, ascending
+  float* scale;             // 1 float: 1/(mult·‖M[K]‖_F + eps)
+  float* mass;              // 1 float: the selected share of the ℓ1 mass (diagnostics)
+  bf16* s;                  // its k×L slot in the NS input buffer
+  const bf16* o;            // its k×L slot in the NS output buffer
+  const float* row_factor;  // NorDion2: k factors; else nullptr
+};
+
+// A block of pass 1: rows [row0, row0 + kRowsPerBlock) for row slices; rows
+// [row0, row0 + kColChunkRows) × columns [col0, col0 + 256·VEC) for column slices.
+struct Pass1Block {
+  int32_t mat;
+  int32_t pad;
+  int64_t row0, col0;
+};
+
+constexpr int kRowsPerBlock = 8;
+constexpr int kColChunkRows = 32;
+constexpr int kSelectThreads = 1024;
+constexpr int kMaxSelectSlices = 16384;  // shared memory of the bitonic sort: 12 bytes per slot
+
+// Dynamic shared memory of the select kernel for slices up to npow2 (a power of two).
+size_t dion2_select_smem(int npow2);
+// Allow the select kernel that much shared memory (construction time).
+void dion2_select_prepare(int npow2);
+
+void dion2_pass1(cudaStream_t s, const Dion2Mat* mats, const Pass1Block* row_blocks, int64_t n_row_blocks,
+                 const Pass1Block* col_blocks, int64_t n_col_blocks, bool vec4, StateDtype dtype, float decay);
+// Column-slice matrices: sum the partial norms into row 0 (fixed order).
+void dion2_reduce_partials(cudaStream_t s, const Dion2Mat* mats, const int32_t* col_mats, int n_col_mats,
+                           int64_t max_n);
+void dion2_select(cudaStream_t s, const Dion2Mat* mats, int n_mats, int npow2, bool random, uint64_t seed,
+                  int64_t step, float mult, float eps);
+// The k×L NS batch of `count` matrices mats[members[z]].
+void dion2_gather(cudaStream_t s, const Dion2Mat* mats, const int32_t* members, int count, int64_t k, int64_t L,
+                  StateDtype dtype, bool decay_selected, float ef_decay);
+void dion2_update(cudaStream_t s, const Dion2Mat* mats, const int32_t* members, int count, int64_t k, int64_t L,
+                  float lr);
+// x ← f·x over `total` state elements.
+void scale_state(cudaStream_t s, void* x, int64_t total, StateDtype dtype, float f);
+
+}  // namespace og::cuda

@@ -1,0 +1,333 @@
+// Dion2 and NorDion2 on the GPU (OPTIMIZERS.md "Dion2", "NorDion2").
+//
+// One step, all on the device (dion2_kernels.h):
+//   pass 1 over every matrix (M ← M + G, W ← W·(1 − lr·wd), slice norms)  →  partial-norm reduce
+//   (column slices)  →  select (one block per matrix)  →  per NS group of same-shape k×L
+//   submatrices: gather (with selective decay) → Newton–Schulz → [NorDion2: neuron factors] →
+//   scatter update  →  [ef off: M ← ef_decay·M].
+// The NS groups are independent and each too small to fill the GPU (k ≪ rows): with
+// concurrent_groups they run on their own streams, forked from and joined back into the step stream.
+// Pass 1 is the memory floor (20 bytes per element); the rest touches only the k selected slices.
+// Submatrices are always stored k×L (slices as rows), so a wide 768×3072 (rows selected) and a
+// tall 3072×768 (columns selected) land in the same NS batch.
+#include <cmath>
+#include <map>
+#include <memory>
+#include <numeric>
+#include <utility>
+
+#include "optim/cpu_optimizers.h"
+#include "optim/cuda/chunk_table.h"
+#include "optim/cuda/dion2_kernels.h"
+#include "optim/cuda/dion2_optimizer.h"
+#include "optim/cuda/matrix_rules.h"
+#include "optim/cuda/neuron_norm.h"
+#include "optim/cuda/newton_schulz.h"
+#include "optim/cuda/state_arena.h"
+#include "optim/slice_select.h"
+
+namespace og::cuda {
+namespace {
+
+class CudaDion2 final : public CudaOptimizer {
+ public:
+  CudaDion2(const OptimHParams& hp, std::vector<ParamSlot> params, const CudaOptimOptions& opt)
+      : hp_(hp), params_(std::move(params)), nordion2_(hp.algorithm == Algorithm::NorDion2) {
+    check_matrix_params(hp_, params_);
+    OG_CHECK(hp_.fraction > 0.0f && hp_.fraction <= 1.0f, "{}: fraction must be in (0, 1] (got {})",
+             name_of(hp_.algorithm), hp_.fraction);
+    OG_CHECK(!(nordion2_ && hp_.select_dim == SelectDim::Cols),
+             "nordion2 always selects rows (its second moment is per row); select_dim cols is not allowed");
+    ef_decay_ = nordion2_ ? hp_.mu : hp_.ef_decay;
+    main_ = opt.stream;
+    concurrent_ = opt.concurrent_groups;
+    const size_t nm = params_.size();
+
+    std::vector<int64_t> numel, rows;
+    for (const auto& p : params_) {
+      names_.push_back(p.name);
+      numel.push_back((int64_t)p.numel());
+      rows.push_back(p.rows);
+    }
+    momentum_.init(numel, hp_.state_dtype);
+    if (nordion2_) variance_.init(rows, hp_.state_dtype);
+
+    // Per-matrix geometry and buffer offsets.
+    struct Geo {
+      bool by_cols;
+      int64_t n, k, L, nparts, part_off, sel_off;
+    };
+    std::vector<Geo> geo(nm);
+    int64_t part_total = 0, sel_total = 0;
+    npow2_ = 1;
+    for (size_t i = 0; i < nm; ++i) {
+      const ParamSlot& p = params_[i];
+      Geo& g = geo[i];
+      g.by_cols = !nordion2_ && selection_axis(hp_.select_dim, p.rows, p.cols) == SliceAxis::Cols;
+      g.n = g.by_cols ? p.cols : p.rows;
+      g.L = g.by_cols ? p.rows : p.cols;
+      g.k = select_count(hp_.fraction, g.n);
+      k_sum_ += (double)g.k;
+      frac_sum_ += (double)g.k / (double)g.n;
+      g.nparts = g.by_cols ? (p.rows + kColChunkRows - 1) / kColChunkRows : 1;
+      g.part_off = part_total;
+      g.sel_off = sel_total;
+      part_total += g.nparts * g.n;
+      sel_total += g.k;
+      OG_CHECK(g.n <= kMaxSelectSlices, "{}: parameter '{}' has {} slices to select from; the CUDA selection "
+               "supports at most {}", name_of(hp_.algorithm), p.name, g.n, kMaxSelectSlices);
+      while (npow2_ < g.n) npow2_ <<= 1;
+    }
+    part_l1_.resize((size_t)std::max<int64_t>(part_total, 1));
+    part_l2_.resize((size_t)std::max<int64_t>(part_total, 1));
+    sel_.resize((size_t)std::max<int64_t>(sel_total, 1));
+    scale_.resize(std::max<size_t>(nm, 1));
+    mass_.resize(std::max<size_t>(nm, 1));
+    CUDA_CHECK(cudaMemset(sel_.data(), 0, sel_.bytes()));
+    CUDA_CHECK(cudaMemset(mass_.data(), 0, mass_.bytes()));
+    dion2_select_prepare(npow2_);
+
+    // NS groups by submatrix shape (k, L), first-seen order.
+    std::map<std::pair<int64_t, int64_t>, size_t> index;
+    std::vector<int> slot(nm);
+    std::vector<size_t> group_of(nm);
+    for (size_t i = 0; i < nm; ++i) {
+      const auto key = std::make_pair(geo[i].k, geo[i].L);
+      auto it = index.find(key);
+      if (it == index.end()) {
+        it = index.emplace(key, groups_.size()).first;
+        groups_.push_back(std::make_unique<Group>());
+        groups_.back()->shape.rows = key.first;
+        groups_.back()->shape.cols = key.second;
+      }
+      Group& g = *groups_[it->second];
+      group_of[i] = it->second;
+      slot[i] = (int)g.members.size();
+      g.members.push_back((int32_t)i);
+    }
+    // Each group has its own workspace and cuBLAS context; with concurrent_groups, the groups
+    // after the first run on their own streams (fork after select, join before the step ends).
+    for (size_t gi = 0; gi < groups_.size(); ++gi) {
+      Group& g = *groups_[gi];
+      g.shape.count = (int)g.members.size();
+      for (auto* b : {&g.x[0], &g.x[1]}) {
+        b->resize((size_t)g.shape.x_elems());
+        CUDA_CHECK(cudaMemset(b->data(), 0, b->bytes()));  // autotuning reads them
+      }
+      for (auto* b : {&g.a, &g.b}) {
+        b->resize((size_t)g.shape.gram_elems());
+        CUDA_CHECK(cudaMemset(b->data(), 0, b->bytes()));
+      }
+      if (nordion2_) {
+        g.rowsq.resize((size_t)g.shape.count * g.shape.rows);
+        g.factors.resize((size_t)g.shape.count * g.shape.rows);
+      }
+      g.blas = std::make_unique<BlasContext>();
+      if (concurrent_ && gi > 0) {
+        CUDA_CHECK(cudaStreamCreateWithFlags(&g.own_stream.s, cudaStreamNonBlocking));
+        CUDA_CHECK(cudaEventCreateWithFlags(&g.done.e, cudaEventDisableTiming));
+        g.blas->set_stream(g.own_stream.s);
+      } else {
+        g.blas->set_stream(main_);
+      }
+    }
+    if (concurrent_ && groups_.size() > 1) CUDA_CHECK(cudaEventCreateWithFlags(&fork_.e, cudaEventDisableTiming));
+
+    // The device matrix table and pass-1 block tables.
+    vec4_ = true;
+    for (const auto& p : params_) vec4_ = vec4_ && p.cols % 4 == 0 && aligned_to(p.w, 16) && aligned_to(p.g, 16);
+    const int vec = vec4_ ? 4 : 1;
+    std::vector<Dion2Mat> mats(nm);
+    std::vector<Pass1Block> row_blocks, col_blocks;
+    std::vector<int32_t> col_mats;
+    for (size_t i = 0; i < nm; ++i) {
+      const ParamSlot& p = params_[i];
+      const Geo& g = geo[i];
+      const int64_t per = g.k * g.L;
+      Dion2Mat& d = mats[i];
+      d.w = p.w;
+      d.g = p.g;
+      d.m = momentum_.ptr(i);
+      d.rows = p.rows;
+      d.cols = p.cols;
+      d.by_cols = g.by_cols;
+      d.n = (int32_t)g.n;
+      d.k = (int32_t)g.k;
+      d.nparts = (int32_t)g.nparts;
+      d.p = (int32_t)i;
+      d.lr_factor = adjusted_lr(1.0f, hp_.adjust_lr, p.rows, p.cols);
+      d.part_l1 = part_l1_.data() + g.part_off;
+      d.part_l2 = part_l2_.data() + g.part_off;
+      d.sel = sel_.data() + g.sel_off;
+      d.scale = scale_.data() + i;
+      d.mass = mass_.data() + i;
+      Group& grp = *groups_[group_of[i]];
+      d.s = grp.x[0].data() + (int64_t)slot[i] * per;
+      d.o = grp.x[1].data() + (int64_t)slot[i] * per;
+      d.row_factor = nordion2_ ? grp.factors.data() + (int64_t)slot[i] * g.k : nullptr;
+      if (!g.by_cols) {
+        for (int64_t r0 = 0; r0 < p.rows; r0 += kRowsPerBlock) row_blocks.push_back({(int32_t)i, 0, r0, 0});
+      } else {
+        col_mats.push_back((int32_t)i);
+        max_col_n_ = std::max(max_col_n_, g.n);
+        for (int64_t r0 = 0; r0 < p.rows; r0 += kColChunkRows)
+          for (int64_t c0 = 0; c0 < p.cols; c0 += 256 * vec) col_blocks.push_back({(int32_t)i, 0, r0, c0});
+      }
+      sel_host_off_.push_back(g.sel_off);
+      k_host_.push_back(g.k);
+    }
+    OG_CHECK(row_blocks.size() < (size_t)INT32_MAX && col_blocks.size() < (size_t)INT32_MAX,
+             "{}: too many blocks for one launch", name_of(hp_.algorithm));
+    upload(mats_, mats);
+    upload(row_blocks_, row_blocks);
+    upload(col_blocks_, col_blocks);
+    upload(col_mats_, col_mats);
+    n_row_blocks_ = (int64_t)row_blocks.size();
+    n_col_blocks_ = (int64_t)col_blocks.size();
+
+    for (auto& g : groups_) {
+      upload(g->members_dev, g->members);
+      if (nordion2_) {
+        std::vector<NeuronNormDesc> nd;
+        for (int32_t i : g->members) nd.push_back({variance_.ptr(i), sel_.data() + geo[i].sel_off});
+        upload(g->ndescs, nd);
+      }
+      NsBuffers buf;
+      buf.x[0] = g->x[0].data();
+      buf.x[1] = g->x[1].data();
+      buf.a = g->a.data();
+      buf.b = g->b.data();
+      g->ns.plan(*g->blas, hp_.ortho, g->shape, buf, opt);
+    }
+    // Descriptor uploads and memsets ran on the legacy stream, asynchronously: finish them before
+    // any step can run on another stream.
+    CUDA_CHECK(cudaDeviceSynchronize());
+  }
+
+  Algorithm algorithm() const override { return hp_.algorithm; }
+  void set_stream(cudaStream_t s) override {
+    main_ = s;
+    for (auto& g : groups_)
+      if (!g->own_stream.s) g->blas->set_stream(s);
+  }
+  cudaStream_t stream() const override { return main_; }
+
+  void step(const StepContext& ctx) override {
+    check_step_context(ctx, hp_.algorithm);
+    if (params_.empty()) return;
+    cudaStream_t s = main_;
+    const float decay = 1.0f - ctx.lr * hp_.weight_decay;
+    dion2_pass1(s, mats_.data(), row_blocks_.data(), n_row_blocks_, col_blocks_.data(), n_col_blocks_, vec4_,
+                hp_.state_dtype, decay);
+    dion2_reduce_partials(s, mats_.data(), col_mats_.data(), (int)col_mats_.size(), max_col_n_);
+    dion2_select(s, mats_.data(), (int)params_.size(), npow2_, hp_.select == Select::Random, hp_.seed, ctx.step,
+                 ns_norm_multiplier(hp_.ortho), hp_.eps);
+    if (fork_.e) CUDA_CHECK(cudaEventRecord(fork_.e, s));
+    for (auto& g : groups_) {
+      cudaStream_t gs = g->own_stream.s ? g->own_stream.s : s;
+      if (g->own_stream.s) CUDA_CHECK(cudaStreamWaitEvent(gs, fork_.e, 0));
+      const int64_t k = g->shape.rows, L = g->shape.cols;
+      dion2_gather(gs, mats_.data(), g->members_dev.data(), g->shape.count, k, L, hp_.state_dtype, hp_.ef,
+                   ef_decay_);
+      bf16* out = g->ns.run(*g->blas);
+      OG_CHECK(out == g->x[1].data(), "internal: NS result expected in the second buffer");
+      if (nordion2_)
+        neuron_norm_factors(gs, out, g->shape.count, k, L, g->ndescs.data(), hp_.state_dtype, hp_.beta2,
+                            g->rowsq.data(), g->factors.data());
+      dion2_update(gs, mats_.data(), g->members_dev.data(), g->shape.count, k, L, ctx.lr);
+      if (g->own_stream.s) {  // join
+        CUDA_CHECK(cudaEventRecord(g->done.e, gs));
+        CUDA_CHECK(cudaStreamWaitEvent(s, g->done.e, 0));
+      }
+    }
+    if (!hp_.ef) scale_state(s, momentum_.base(), momentum_.total(), hp_.state_dtype, ef_decay_);
+  }
+
+  // Per parameter, as the CPU reference: momentum, and for NorDion2 variance_neuron (rows).
+  std::vector<StateTensor> state() override {
+    std::vector<StateTensor> out;
+    for (size_t i = 0; i < params_.size(); ++i) {
+      out.push_back(momentum_.view(i, names_[i], "momentum"));
+      if (nordion2_) out.push_back(variance_.view(i, names_[i], "variance_neuron"));
+    }
+    return out;
+  }
+
+  std::map<std::string, double> stats() const override {
+    if (!hp_.diagnostics || params_.empty()) return {};
+    std::vector<float> mass(params_.size());
+    CUDA_CHECK(cudaMemcpyAsync(mass.data(), mass_.data(), mass.size() * sizeof(float), cudaMemcpyDeviceToHost,
+                               main_));
+    CUDA_CHECK(cudaStreamSynchronize(main_));
+    const double np = (double)params_.size();
+    return {{"select_mass", std::accumulate(mass.begin(), mass.end(), 0.0) / np},
+            {"select_k", k_sum_ / np},
+            {"select_fraction", frac_sum_ / np}};
+  }
+
+  std::vector<std::vector<int32_t>> last_selection() override {
+    std::vector<int32_t> all(sel_.size());
+    CUDA_CHECK(cudaMemcpyAsync(all.data(), sel_.data(), sel_.bytes(), cudaMemcpyDeviceToHost, main_));
+    CUDA_CHECK(cudaStreamSynchronize(main_));
+    std::vector<std::vector<int32_t>> out;
+    for (size_t i = 0; i < params_.size(); ++i)
+      out.emplace_back(all.begin() + sel_host_off_[i], all.begin() + sel_host_off_[i] + k_host_[i]);
+    return out;
+  }
+
+ private:
+  struct OwnedStream {
+    cudaStream_t s = nullptr;
+    ~OwnedStream() {
+      if (s) cudaStreamDestroy(s);
+    }
+  };
+  struct OwnedEvent {
+    cudaEvent_t e = nullptr;
+    ~OwnedEvent() {
+      if (e) cudaEventDestroy(e);
+    }
+  };
+  // Members are destroyed in reverse order: the cuBLAS context before its stream.
+  struct Group {
+    OwnedStream own_stream;  // set only for concurrent groups after the first
+    OwnedEvent done;
+    NsShape shape;  // rows = k, cols = L
+    std::vector<int32_t> members;
+    DeviceBuffer<int32_t> members_dev;
+    DeviceBuffer<NeuronNormDesc> ndescs;
+    DeviceBuffer<bf16> x[2], a, b;  // NS input (gathered submatrices) / output, Gram products
+    DeviceBuffer<float> rowsq, factors;  // NorDion2
+    std::unique_ptr<BlasContext> blas;
+    NsBatch ns;
+  };
+
+  OptimHParams hp_;
+  std::vector<ParamSlot> params_;
+  std::vector<std::string> names_;
+  bool nordion2_;
+  float ef_decay_ = 0.95f;
+  cudaStream_t main_ = nullptr;
+  bool concurrent_ = true;
+  OwnedEvent fork_;
+  StateArena momentum_, variance_;
+  std::vector<std::unique_ptr<Group>> groups_;
+  DeviceBuffer<Dion2Mat> mats_;
+  DeviceBuffer<Pass1Block> row_blocks_, col_blocks_;
+  DeviceBuffer<int32_t> col_mats_, sel_;
+  DeviceBuffer<float> part_l1_, part_l2_, scale_, mass_;
+  int64_t n_row_blocks_ = 0, n_col_blocks_ = 0, max_col_n_ = 0;
+  int npow2_ = 1;
+  bool vec4_ = false;
+  double k_sum_ = 0.0, frac_sum_ = 0.0;  // diagnostics: Σ k and Σ k/n over the matrices
+  std::vector<int64_t> sel_host_off_, k_host_;
+};
+
+}  // namespace
+
+std::unique_ptr<CudaOptimizer> make_cuda_dion2(const OptimHParams& hp, std::vector<ParamSlot> params,
+                                               const CudaOptimOptions& options) {
+  return std::make_unique<CudaDion2>(hp, std::move(params), options);
+}
+
+}  // namespace og::cuda

@@ -1,0 +1,13 @@
+// Dion2 and NorDion2 on the GPU (internal; use make_cuda_optimizer).
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "optim/cuda/cuda_optimizer.h"
+
+namespace og::cuda {
+
+std::unique_ptr<CudaOptimizer> make_cuda_dion2(const OptimHParams& hp, std::vector<ParamSlot> params,
+                                               const CudaOptimOptions& options);
+
+}  // namespace og::cuda

@@ -1,0 +1,306 @@
+// Muon and NorMuon on the GPU (OPTIMIZERS.md "Muon", "NorMuon").
+//
+// Parameters are grouped by shape; per group and step, five launches plus the NS engine:
+//   1. momentum:   M ← mu·M + G;  U = nesterov ? mu·M + G : M;  X₀ ← bf16(U) into the group's
+//                  batched NS buffer; per-block partial sums of X₀² (deterministic, no atomics)
+//   2. normalize:  X₀ ← X₀ / (mult·‖X₀‖_F + eps), ‖X₀‖ summed from its blocks' partials
+//   3. NS / Polar Express on the whole group (newton_schulz.h)
+//   4. NorMuon only: neuron-wise factors (neuron_norm.h)
+//   5. update:     W ← W·(1 − lr·wd) − lr_eff·f_row·O
+// Bytes per element: 14 (1) + 4 (2) + 10 (5); the NS workspace is shared by the groups.
+#include <cmath>
+#include <map>
+#include <memory>
+#include <utility>
+
+#include "optim/cpu_optimizers.h"
+#include "optim/cuda/chunk_table.h"
+#include "optim/cuda/device_math.cuh"
+#include "optim/cuda/matrix_rules.h"
+#include "optim/cuda/muon_optimizer.h"
+#include "optim/cuda/neuron_norm.h"
+#include "optim/cuda/newton_schulz.h"
+#include "optim/cuda/state_arena.h"
+
+namespace og::cuda {
+namespace {
+
+struct MuonDesc {
+  float* w;
+  const float* g;
+  void* m;                  // momentum, fp32 or bf16
+  bf16* x;                  // this matrix's slot in the NS input buffer
+  const bf16* o;            // its slot in the NS output buffer
+  const float* row_factor;  // NorMuon: one factor per row; Muon: nullptr
+  int64_t numel, cols;
+  int64_t first_chunk, end_chunk;  // its chunks in the group's table
+};
+
+// One block per chunk (kChunkThreads threads).  M ← mu·M + G;  X₀ ← bf16(nesterov ? mu·M + G : M);
+// partial[chunk] = Σ X₀² over the chunk.
+template <int VEC, typename S>
+__global__ void muon_momentum_kernel(const ChunkRef* __restrict__ chunks, const MuonDesc* __restrict__ descs,
+                                     float mu, bool nesterov, float* __restrict__ partial) {
+  __shared__ float scratch[32];
+  const ChunkRef c = chunks[blockIdx.x];
+  const MuonDesc d = descs[c.tensor];
+  S* m = static_cast<S*>(d.m);
+  const int64_t end = min(c.start + kChunkElems, d.numel);
+  float sq = 0.0f;
+  auto one = [&](float g, float& mm) {
+    mm = to_f32(from_f32<S>(mu * mm + g));  // as stored (bf16 state: rounded), like the CPU reference
+    const float u = nesterov ? mu * mm + g : mm;
+    const float x = __bfloat162float(__float2bfloat16_rn(u));
+    sq += x * x;
+    return x;
+  };
+  for (int64_t i = c.start + (int64_t)threadIdx.x * VEC; i < end; i += (int64_t)blockDim.x * VEC) {
+    if (i + VEC <= end) {
+      float g[VEC], mm[VEC], x[VEC];
+      load_vec<VEC>(d.g + i, g);
+      load_vec<VEC>(m + i, mm);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) x[e] = one(g[e], mm[e]);
+      store_vec<VEC>(m + i, mm);
+      store_vec<VEC>(d.x + i, x);
+    } else {
+      for (int64_t j = i; j < end; ++j) {
+        float mm = to_f32(m[j]);
+        const float x = one(d.g[j], mm);
+        m[j] = from_f32<S>(mm);
+        d.x[j] = __float2bfloat16_rn(x);
+      }
+    }
+  }
+  sq = block_sum(sq, scratch);
+  if (threadIdx.x == 0) partial[blockIdx.x] = sq;
+}
+
+// Same launch shape.  X₀ ← X₀ / (mult·sqrt(Σ partials of the matrix) + eps)
+template <int VEC>
+__global__ void muon_normalize_kernel(const ChunkRef* __restrict__ chunks, const MuonDesc* __restrict__ descs,
+                                      const float* __restrict__ partial, float mult, float eps) {
+  __shared__ float scratch[32];
+  const ChunkRef c = chunks[blockIdx.x];
+  const MuonDesc d = descs[c.tensor];
+  float s = 0.0f;
+  for (int64_t b = d.first_chunk + threadIdx.x; b < d.end_chunk; b += blockDim.x) s += partial[b];
+  s = block_sum(s, scratch);
+  const float scale = 1.0f / (mult * sqrtf(s) + eps);
+  const int64_t end = min(c.start + kChunkElems, d.numel);
+  for (int64_t i = c.start + (int64_t)threadIdx.x * VEC; i < end; i += (int64_t)blockDim.x * VEC) {
+    if (i + VEC <= end) {
+      float x[VEC];
+      load_vec<VEC>(d.x + i, x);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) x[e] *= scale;
+      store_vec<VEC>(d.x + i, x);
+    } else {
+      for (int64_t j = i; j < end; ++j) d.x[j] = __float2bfloat16_rn(__bfloat162float(d.x[j]) * scale);
+    }
+  }
+}
+
+// Same launch shape.  W ← W·decay − lr_eff·f_row·O  (f_row = 1 without row factors). With VEC = 4
+// the caller guarantees cols % 4 == 0, so the 4 elements share a row.
+template <int VEC>
+__global__ void muon_update_kernel(const ChunkRef* __restrict__ chunks, const MuonDesc* __restrict__ descs,
+                                   float decay, float lr_eff) {
+  const ChunkRef c = chunks[blockIdx.x];
+  const MuonDesc d = descs[c.tensor];
+  const int64_t end = min(c.start + kChunkElems, d.numel);
+  for (int64_t i = c.start + (int64_t)threadIdx.x * VEC; i < end; i += (int64_t)blockDim.x * VEC) {
+    if (i + VEC <= end) {
+      const float step = d.row_factor ? lr_eff * d.row_factor[i / d.cols] : lr_eff;
+      float w[VEC], o[VEC];
+      load_vec<VEC>(d.w + i, w);
+      load_vec<VEC>(d.o + i, o);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) w[e] = w[e] * decay - step * o[e];
+      store_vec<VEC>(d.w + i, w);
+    } else {
+      for (int64_t j = i; j < end; ++j) {
+        const float step = d.row_factor ? lr_eff * d.row_factor[j / d.cols] : lr_eff;
+        d.w[j] = d.w[j] * decay - step * __bfloat162float(d.o[j]);
+      }
+    }
+  }
+}
+
+class CudaMuon final : public CudaOptimizer {
+ public:
+  CudaMuon(const OptimHParams& hp, std::vector<ParamSlot> params, const CudaOptimOptions& opt)
+      : hp_(hp), params_(std::move(params)), normuon_(hp.algorithm == Algorithm::NorMuon) {
+    check_matrix_params(hp_, params_);
+    blas_.set_stream(opt.stream);
+    std::vector<int64_t> numel, rows;
+    for (const auto& p : params_) {
+      names_.push_back(p.name);
+      numel.push_back((int64_t)p.numel());
+      rows.push_back(p.rows);
+    }
+    momentum_.init(numel, hp_.state_dtype);
+    if (normuon_) variance_.init(rows, hp_.state_dtype);
+
+    // Shape groups in first-seen order.
+    std::map<std::pair<int64_t, int64_t>, size_t> index;
+    for (size_t i = 0; i < params_.size(); ++i) {
+      const auto key = std::make_pair(params_[i].rows, params_[i].cols);
+      auto it = index.find(key);
+      if (it == index.end()) {
+        it = index.emplace(key, groups_.size()).first;
+        groups_.push_back(std::make_unique<Group>());
+        groups_.back()->shape.rows = key.first;
+        groups_.back()->shape.cols = key.second;
+      }
+      groups_[it->second]->members.push_back((int)i);
+    }
+    int64_t max_x = 0, max_gram = 0, max_chunks = 0, max_rows = 0;
+    for (auto& g : groups_) {
+      g->shape.count = (int)g->members.size();
+      max_x = std::max(max_x, g->shape.x_elems());
+      max_gram = std::max(max_gram, g->shape.gram_elems());
+      max_rows = std::max(max_rows, (int64_t)g->shape.count * g->shape.rows);
+    }
+    ws_x_[0].resize((size_t)max_x);
+    ws_x_[1].resize((size_t)max_x);
+    ws_a_.resize((size_t)max_gram);
+    ws_b_.resize((size_t)max_gram);
+    CUDA_CHECK(cudaMemset(ws_x_[0].data(), 0, ws_x_[0].bytes()));  // autotuning reads them
+    CUDA_CHECK(cudaMemset(ws_x_[1].data(), 0, ws_x_[1].bytes()));
+    CUDA_CHECK(cudaMemset(ws_a_.data(), 0, ws_a_.bytes()));
+    CUDA_CHECK(cudaMemset(ws_b_.data(), 0, ws_b_.bytes()));
+    if (normuon_) {
+      rowsq_.resize((size_t)max_rows);
+      factors_.resize((size_t)max_rows);
+    }
+
+    for (auto& g : groups_) {
+      const int64_t per = g->shape.rows * g->shape.cols;
+      std::vector<int64_t> gnumel;
+      for (int q : g->members) gnumel.push_back((int64_t)params_[q].numel());
+      g->chunks.build(gnumel);
+      max_chunks = std::max(max_chunks, g->chunks.count());
+      g->vec4 = g->shape.cols % 4 == 0;
+      std::vector<MuonDesc> descs;
+      std::vector<NeuronNormDesc> ndescs;
+      for (size_t j = 0; j < g->members.size(); ++j) {
+        const int q = g->members[j];
+        const ParamSlot& p = params_[q];
+        MuonDesc d{};
+        d.w = p.w;
+        d.g = p.g;
+        d.m = momentum_.ptr(q);
+        d.x = ws_x_[0].data() + (int64_t)j * per;
+        d.o = ws_x_[1].data() + (int64_t)j * per;
+        d.row_factor = normuon_ ? factors_.data() + (int64_t)j * g->shape.rows : nullptr;
+        d.numel = (int64_t)p.numel();
+        d.cols = p.cols;
+        d.first_chunk = g->chunks.first_chunk[j];
+        d.end_chunk = g->chunks.first_chunk[j + 1];
+        descs.push_back(d);
+        if (normuon_) ndescs.push_back({variance_.ptr(q), nullptr});
+        g->vec4 = g->vec4 && aligned_to(p.w, 16) && aligned_to(p.g, 16) && aligned_to(d.x, 8);
+      }
+      upload(g->descs, descs);
+      if (normuon_) upload(g->ndescs, ndescs);
+      NsBuffers buf;
+      buf.x[0] = ws_x_[0].data();
+      buf.x[1] = ws_x_[1].data();
+      buf.a = ws_a_.data();
+      buf.b = ws_b_.data();
+      g->ns.plan(blas_, hp_.ortho, g->shape, buf, opt);
+    }
+    partials_.resize((size_t)std::max<int64_t>(max_chunks, 1));
+    // Descriptor uploads and memsets ran on the legacy stream, asynchronously: finish them before
+    // any step can run on another stream.
+    CUDA_CHECK(cudaDeviceSynchronize());
+  }
+
+  Algorithm algorithm() const override { return hp_.algorithm; }
+  void set_stream(cudaStream_t s) override { blas_.set_stream(s); }
+  cudaStream_t stream() const override { return blas_.stream(); }
+
+  void step(const StepContext& ctx) override {
+    check_step_context(ctx, hp_.algorithm);
+    cudaStream_t s = blas_.stream();
+    const bool bf16_state = hp_.state_dtype == StateDtype::BF16;
+    const float decay = 1.0f - ctx.lr * hp_.weight_decay;
+    const float mult = ns_norm_multiplier(hp_.ortho);
+    for (auto& g : groups_) {
+      const unsigned nblocks = (unsigned)g->chunks.count();
+      const ChunkRef* ch = g->chunks.chunks.data();
+      const MuonDesc* ds = g->descs.data();
+      if (g->vec4) {
+        if (bf16_state)
+          muon_momentum_kernel<4, bf16><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, hp_.mu, hp_.nesterov, partials_.data());
+        else
+          muon_momentum_kernel<4, float><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, hp_.mu, hp_.nesterov, partials_.data());
+        CUDA_CHECK_LAUNCH();
+        muon_normalize_kernel<4><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, partials_.data(), mult, hp_.eps);
+      } else {
+        if (bf16_state)
+          muon_momentum_kernel<1, bf16><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, hp_.mu, hp_.nesterov, partials_.data());
+        else
+          muon_momentum_kernel<1, float><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, hp_.mu, hp_.nesterov, partials_.data());
+        CUDA_CHECK_LAUNCH();
+        muon_normalize_kernel<1><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, partials_.data(), mult, hp_.eps);
+      }
+      CUDA_CHECK_LAUNCH();
+
+      bf16* out = g->ns.run(blas_);
+      OG_CHECK(out == ws_x_[1].data(), "internal: NS result expected in the second buffer");
+
+      if (normuon_)
+        neuron_norm_factors(s, out, g->shape.count, g->shape.rows, g->shape.cols, g->ndescs.data(), hp_.state_dtype,
+                            hp_.beta2, rowsq_.data(), factors_.data());
+
+      const float lr_eff = adjusted_lr(ctx.lr, hp_.adjust_lr, g->shape.rows, g->shape.cols);
+      if (g->vec4)
+        muon_update_kernel<4><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, decay, lr_eff);
+      else
+        muon_update_kernel<1><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, decay, lr_eff);
+      CUDA_CHECK_LAUNCH();
+    }
+  }
+
+  // Per parameter, as the CPU reference: momentum, and for NorMuon variance_neuron (rows).
+  std::vector<StateTensor> state() override {
+    std::vector<StateTensor> out;
+    for (size_t i = 0; i < params_.size(); ++i) {
+      out.push_back(momentum_.view(i, names_[i], "momentum"));
+      if (normuon_) out.push_back(variance_.view(i, names_[i], "variance_neuron"));
+    }
+    return out;
+  }
+
+ private:
+  struct Group {
+    NsShape shape;
+    std::vector<int> members;  // indices into params_
+    ChunkTable chunks;
+    DeviceBuffer<MuonDesc> descs;
+    DeviceBuffer<NeuronNormDesc> ndescs;
+    NsBatch ns;
+    bool vec4 = false;
+  };
+
+  OptimHParams hp_;
+  std::vector<ParamSlot> params_;
+  std::vector<std::string> names_;
+  bool normuon_;
+  BlasContext blas_;
+  StateArena momentum_, variance_;
+  std::vector<std::unique_ptr<Group>> groups_;
+  DeviceBuffer<bf16> ws_x_[2], ws_a_, ws_b_;
+  DeviceBuffer<float> partials_, rowsq_, factors_;
+};
+
+}  // namespace
+
+std::unique_ptr<CudaOptimizer> make_cuda_muon(const OptimHParams& hp, std::vector<ParamSlot> params,
+                                              const CudaOptimOptions& options) {
+  return std::make_unique<CudaMuon>(hp, std::move(params), options);
+}
+
+}  // namespace og::cuda

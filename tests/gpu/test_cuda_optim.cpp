@@ -1,0 +1,439 @@
+// The CUDA optimizers against the CPU reference (make_optimizer(..., Device::CPU)) on random
+// inputs, and against the PyTorch reference vectors (tests/data/reference).
+//
+// Protocol: both backends get the same W and G at every step (the GPU's W is re-synced to the
+// CPU's before each step; each keeps its own state) and the per-step update ΔW = W_after − W_before
+// is compared per parameter by ‖ΔW_gpu − ΔW_cpu‖ / ‖ΔW_cpu‖. Tolerances:
+//   AdamW, Lion            1e-5 (fp32 state), 1e-3 (bf16 state: a rounding tie can flip one ulp)
+//   matrix algorithms      5e-2 (NS in bf16 vs the CPU's fp64 NS), 6e-2 with Polar Express
+//   state                  momentum 1e-5 (fp32 elementwise on both sides), 1e-2 with bf16 state;
+//                          NorMuon's variance_neuron 1e-1 (it is a function of the bf16 NS output)
+// Dion2 / NorDion2: the selected slices must equal the CPU's at every step (ℓ1 on Gaussian inputs,
+// whose slice norms have no near-ties, and the random hash rule).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/cuda_utils.h"
+#include "core/error.h"
+#include "cpu/optim_test_group.h"
+#include "optim/check_reference.h"
+#include "optim/cuda/cuda_optimizer.h"
+#include "optim/dion2_cpu.h"
+#include "optim/optimizer.h"
+#include "optim/reference_case.h"
+
+using namespace og;
+using og::test::rel_diff;
+using og::test::TestGroup;
+
+namespace {
+
+#define SKIP_WITHOUT_CUDA() \
+  if (!og::cuda_available()) GTEST_SKIP() << "no CUDA device"
+
+using Shapes = std::vector<std::pair<int64_t, int64_t>>;
+
+// Square, wide, tall, odd (scalar kernel paths) and multiple-of-4 (vectorized paths).
+const Shapes kMixedShapes = {{64, 64}, {48, 80}, {96, 40}, {33, 47}, {47, 33}, {256, 512}, {512, 256}};
+
+// The weights and gradients of a TestGroup, mirrored on the GPU.
+struct DeviceGroup {
+  std::vector<DeviceBuffer<float>> w, g;
+  std::vector<ParamSlot> slots;
+
+  explicit DeviceGroup(const TestGroup& h) {
+    for (const ParamSlot& s : h.slots) {
+      w.emplace_back(s.numel());
+      g.emplace_back(s.numel());
+      ParamSlot d = s;
+      d.w = w.back().data();
+      d.g = g.back().data();
+      slots.push_back(d);
+    }
+  }
+  void upload(const TestGroup& h) {
+    for (size_t i = 0; i < slots.size(); ++i) {
+      CUDA_CHECK(cudaMemcpy(w[i].data(), h.w[i].data(), h.w[i].size() * 4, cudaMemcpyHostToDevice));
+      CUDA_CHECK(cudaMemcpy(g[i].data(), h.g[i].data(), h.g[i].size() * 4, cudaMemcpyHostToDevice));
+    }
+    CUDA_CHECK(cudaDeviceSynchronize());  // pageable copies may still be in flight on return
+  }
+  std::vector<std::vector<float>> download_w() {
+    CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<std::vector<float>> out;
+    for (size_t i = 0; i < slots.size(); ++i) {
+      out.emplace_back(slots[i].numel());
+      CUDA_CHECK(cudaMemcpy(out.back().data(), w[i].data(), out.back().size() * 4, cudaMemcpyDeviceToHost));
+    }
+    return out;
+  }
+};
+
+// A state tensor's values on the host as fp32, wherever it lives and whatever its dtype.
+std::vector<float> state_values(const StateTensor& s) {
+  const size_t esize = s.dtype == StateDtype::BF16 ? 2 : 4;
+  std::vector<unsigned char> raw(s.count * esize);
+  if (s.device == Device::CUDA) {
+    CUDA_CHECK(cudaDeviceSynchronize());
+    CUDA_CHECK(cudaMemcpy(raw.data(), s.data, raw.size(), cudaMemcpyDeviceToHost));
+  } else {
+    std::memcpy(raw.data(), s.data, raw.size());
+  }
+  std::vector<float> out(s.count);
+  for (size_t i = 0; i < s.count; ++i) {
+    if (esize == 2) {
+      uint16_t h;
+      std::memcpy(&h, raw.data() + 2 * i, 2);
+      const uint32_t u = (uint32_t)h << 16;
+      std::memcpy(&out[i], &u, 4);
+    } else {
+      std::memcpy(&out[i], raw.data() + 4 * i, 4);
+    }
+  }
+  return out;
+}
+
+struct CompareSpec {
+  double dw_tol = 5e-2;
+  double state_tol = 1e-5;
+  double variance_neuron_tol = 1e-1;
+  int steps = 3;
+  float lr = 0.02f;
+  uint64_t seed = 1;
+  CudaOptimOptions options;
+};
+
+struct CompareResult {
+  double worst_dw = 0.0, worst_state = 0.0;
+};
+
+// Run both backends side by side (see the file comment) and check every step.
+void compare_with_cpu(const OptimHParams& hp, const Shapes& shapes, const CompareSpec& spec) {
+  CompareResult res;
+  TestGroup host(shapes, spec.seed);
+  DeviceGroup dev(host);
+  std::unique_ptr<Optimizer> cpu = make_optimizer(hp, host.slots, Device::CPU);
+  std::unique_ptr<CudaOptimizer> gpu = make_cuda_optimizer(hp, dev.slots, spec.options);
+  const bool selects = hp.algorithm == Algorithm::Dion2 || hp.algorithm == Algorithm::NorDion2;
+  for (int64_t t = 1; t <= spec.steps; ++t) {
+    host.new_grads(spec.seed * 1000 + (uint64_t)t);
+    dev.upload(host);
+    const std::vector<std::vector<float>> before = host.w;
+    cpu->step(StepContext{t, spec.lr});
+    gpu->step(StepContext{t, spec.lr});
+    const std::vector<std::vector<float>> after = dev.download_w();
+    for (size_t p = 0; p < shapes.size(); ++p) {
+      std::vector<float> d_gpu(before[p].size()), d_cpu(before[p].size());
+      for (size_t i = 0; i < d_gpu.size(); ++i) {
+        d_gpu[i] = after[p][i] - before[p][i];
+        d_cpu[i] = host.w[p][i] - before[p][i];
+      }
+      const double e = rel_diff(d_gpu, d_cpu);
+      res.worst_dw = std::max(res.worst_dw, std::isnan(e) ? INFINITY : e);
+      EXPECT_LE(e, spec.dw_tol) << name_of(hp.algorithm) << " step " << t << " param " << p << " (" << shapes[p].first
+                                << "x" << shapes[p].second << ")";
+    }
+    if (selects) {
+      const auto& ref = dynamic_cast<Dion2Cpu&>(*cpu);
+      const std::vector<std::vector<int32_t>> sel = gpu->last_selection();
+      ASSERT_EQ(sel.size(), shapes.size());
+      for (size_t p = 0; p < shapes.size(); ++p) {
+        const std::vector<int64_t>& want = ref.selected(p);
+        EXPECT_EQ(std::vector<int64_t>(sel[p].begin(), sel[p].end()), want)
+            << name_of(hp.algorithm) << " selection, step " << t << " param " << p;
+      }
+    }
+    const std::vector<StateTensor> sc = cpu->state(), sg = gpu->state();
+    ASSERT_EQ(sc.size(), sg.size());
+    for (size_t i = 0; i < sc.size(); ++i) {
+      ASSERT_EQ(sc[i].name, sg[i].name);
+      ASSERT_EQ(sc[i].count, sg[i].count) << sc[i].name;
+      EXPECT_EQ(sg[i].dtype, sc[i].name.find("/step") != std::string::npos ? StateDtype::F32 : hp.state_dtype);
+      EXPECT_EQ(sg[i].device, Device::CUDA);
+      const double e = rel_diff(state_values(sg[i]), state_values(sc[i]));
+      const bool vn = sc[i].name.find("variance_neuron") != std::string::npos;
+      if (!vn) res.worst_state = std::max(res.worst_state, e);
+      EXPECT_LE(e, vn ? spec.variance_neuron_tol : spec.state_tol) << sc[i].name << " step " << t;
+    }
+  }
+  std::printf("  %-9s worst dW rel err %.3e  worst state rel err %.3e\n", name_of(hp.algorithm), res.worst_dw,
+              res.worst_state);
+}
+
+OptimHParams make_hp(Algorithm a) {
+  OptimHParams hp;
+  hp.algorithm = a;
+  hp.weight_decay = 0.01f;
+  return hp;
+}
+
+}  // namespace
+
+// ---- scalar optimizers ---------------------------------------------------------------------------
+
+TEST(CudaOptim, AdamWMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  for (StateDtype dt : {StateDtype::F32, StateDtype::BF16}) {
+    OptimHParams hp = make_hp(Algorithm::AdamW);
+    hp.state_dtype = dt;
+    CompareSpec spec;
+    spec.lr = 3e-3f;
+    spec.dw_tol = dt == StateDtype::F32 ? 1e-5 : 1e-3;
+    spec.state_tol = dt == StateDtype::F32 ? 1e-5 : 1e-2;
+    compare_with_cpu(hp, {{33, 47}, {64, 32}, {1, 100}, {128, 256}, {3, 5}}, spec);
+  }
+}
+
+TEST(CudaOptim, LionMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  for (StateDtype dt : {StateDtype::F32, StateDtype::BF16}) {
+    OptimHParams hp = make_hp(Algorithm::Lion);
+    hp.state_dtype = dt;
+    CompareSpec spec;
+    spec.lr = 1e-3f;
+    spec.dw_tol = dt == StateDtype::F32 ? 1e-5 : 1e-3;
+    spec.state_tol = dt == StateDtype::F32 ? 1e-5 : 1e-2;
+    compare_with_cpu(hp, {{33, 47}, {64, 32}, {1, 100}, {128, 256}, {3, 5}}, spec);
+  }
+}
+
+// ---- Muon / NorMuon --------------------------------------------------------------------------------
+
+TEST(CudaOptim, MuonMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  struct Variant {
+    bool nesterov;
+    AdjustLr adjust;
+    Ortho ortho;
+  };
+  for (const Variant& v : {Variant{false, AdjustLr::SpectralNorm, Ortho::NewtonSchulz},
+                           Variant{true, AdjustLr::RmsNorm, Ortho::NewtonSchulz},
+                           Variant{false, AdjustLr::None, Ortho::PolarExpress}}) {
+    OptimHParams hp = make_hp(Algorithm::Muon);
+    hp.nesterov = v.nesterov;
+    hp.adjust_lr = v.adjust;
+    hp.ortho = v.ortho;
+    CompareSpec spec;
+    spec.dw_tol = v.ortho == Ortho::PolarExpress ? 6e-2 : 5e-2;
+    compare_with_cpu(hp, kMixedShapes, spec);
+  }
+}
+
+TEST(CudaOptim, MuonBf16StateMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  OptimHParams hp = make_hp(Algorithm::Muon);
+  hp.nesterov = true;
+  hp.state_dtype = StateDtype::BF16;
+  CompareSpec spec;
+  spec.state_tol = 1e-2;
+  compare_with_cpu(hp, kMixedShapes, spec);
+}
+
+TEST(CudaOptim, NorMuonMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  OptimHParams hp = make_hp(Algorithm::NorMuon);
+  hp.nesterov = true;
+  compare_with_cpu(hp, kMixedShapes, CompareSpec{});
+}
+
+// The block-triangle symmetric products (forced on, small blocks so that small shapes use them)
+// agree with the CPU, and with the full-GEMM path to bf16 noise.
+TEST(CudaOptim, SymmetricBlockProducts) {
+  SKIP_WITHOUT_CUDA();
+  const Shapes shapes = {{128, 192}, {192, 128}, {192, 192}, {128, 128}, {64, 320}};
+  for (Algorithm a : {Algorithm::Muon, Algorithm::NorMuon}) {
+    OptimHParams hp = make_hp(a);
+    hp.nesterov = true;
+    CompareSpec on;
+    on.options.symmetric = CudaOptimOptions::Symmetric::On;
+    on.options.symmetric_block = 64;
+    compare_with_cpu(hp, shapes, on);
+  }
+  // On vs off on the GPU.
+  OptimHParams hp = make_hp(Algorithm::Muon);
+  TestGroup host(shapes, 5);
+  DeviceGroup a(host), b(host);
+  CudaOptimOptions on, off;
+  on.symmetric = CudaOptimOptions::Symmetric::On;
+  on.symmetric_block = 64;
+  off.symmetric = CudaOptimOptions::Symmetric::Off;
+  auto oa = make_cuda_optimizer(hp, a.slots, on);
+  auto ob = make_cuda_optimizer(hp, b.slots, off);
+  a.upload(host);
+  b.upload(host);
+  oa->step({1, 0.02f});
+  ob->step({1, 0.02f});
+  const auto wa = a.download_w(), wb = b.download_w();
+  for (size_t p = 0; p < shapes.size(); ++p) {
+    std::vector<float> da(wa[p].size()), db(wb[p].size());
+    for (size_t i = 0; i < da.size(); ++i) da[i] = wa[p][i] - host.w[p][i], db[i] = wb[p][i] - host.w[p][i];
+    EXPECT_LE(rel_diff(da, db), 3e-2) << "param " << p;
+  }
+}
+
+TEST(CudaOptim, AutotunedGemmsMatchCpu) {
+  SKIP_WITHOUT_CUDA();
+  OptimHParams hp = make_hp(Algorithm::Muon);
+  CompareSpec spec;
+  spec.options.autotune_gemm = true;
+  compare_with_cpu(hp, kMixedShapes, spec);
+}
+
+// ---- Dion2 / NorDion2 ------------------------------------------------------------------------------
+
+TEST(CudaOptim, Dion2MatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  for (Select sel : {Select::L1, Select::Random})
+    for (bool ef : {true, false})
+      for (float alpha : {0.125f, 0.25f, 0.5f, 1.0f}) {
+        OptimHParams hp = make_hp(Algorithm::Dion2);
+        hp.select = sel;
+        hp.ef = ef;
+        hp.fraction = alpha;
+        hp.seed = 42;
+        std::printf("dion2 select=%s ef=%d alpha=%.3f\n", name_of(sel), (int)ef, alpha);
+        compare_with_cpu(hp, kMixedShapes, CompareSpec{});
+      }
+}
+
+TEST(CudaOptim, Dion2SelectDimOverrideAndPolarExpress) {
+  SKIP_WITHOUT_CUDA();
+  for (SelectDim dim : {SelectDim::Rows, SelectDim::Cols}) {
+    OptimHParams hp = make_hp(Algorithm::Dion2);
+    hp.select_dim = dim;
+    hp.fraction = 0.5f;
+    compare_with_cpu(hp, kMixedShapes, CompareSpec{});  // tall submatrices for rows on 512x256
+  }
+  OptimHParams hp = make_hp(Algorithm::Dion2);
+  hp.ortho = Ortho::PolarExpress;
+  hp.adjust_lr = AdjustLr::RmsNorm;
+  CompareSpec spec;
+  spec.dw_tol = 6e-2;
+  compare_with_cpu(hp, kMixedShapes, spec);
+}
+
+TEST(CudaOptim, Dion2Bf16StateMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  for (Select sel : {Select::L1, Select::Random}) {
+    OptimHParams hp = make_hp(Algorithm::Dion2);
+    hp.select = sel;
+    hp.state_dtype = StateDtype::BF16;
+    CompareSpec spec;
+    spec.state_tol = 1e-2;
+    compare_with_cpu(hp, kMixedShapes, spec);
+  }
+}
+
+TEST(CudaOptim, NorDion2MatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  for (Select sel : {Select::L1, Select::Random})
+    for (float alpha : {0.25f, 0.5f}) {
+      OptimHParams hp = make_hp(Algorithm::NorDion2);
+      hp.select = sel;
+      hp.fraction = alpha;
+      compare_with_cpu(hp, kMixedShapes, CompareSpec{});
+    }
+}
+
+TEST(CudaOptim, Dion2DiagnosticsMatchCpu) {
+  SKIP_WITHOUT_CUDA();
+  OptimHParams hp = make_hp(Algorithm::Dion2);
+  hp.diagnostics = true;
+  TestGroup host(kMixedShapes, 9);
+  DeviceGroup dev(host);
+  auto cpu = make_optimizer(hp, host.slots, Device::CPU);
+  auto gpu = make_cuda_optimizer(hp, dev.slots);
+  dev.upload(host);
+  cpu->step({1, 0.02f});
+  gpu->step({1, 0.02f});
+  const auto sc = cpu->stats(), sg = gpu->stats();
+  for (const char* key : {"select_mass", "select_k", "select_fraction"}) {
+    ASSERT_TRUE(sc.count(key) && sg.count(key)) << key;
+    EXPECT_NEAR(sg.at(key), sc.at(key), 1e-5 * std::max(1.0, std::fabs(sc.at(key)))) << key;
+  }
+}
+
+// ---- reference vectors, determinism, streams, errors ----------------------------------------------
+
+TEST(CudaOptim, ReferenceCasesPass) {
+  SKIP_WITHOUT_CUDA();
+  std::vector<std::string> dirs;
+  for (const auto& e : std::filesystem::directory_iterator(std::filesystem::path(OG_TEST_DATA_DIR) / "reference"))
+    if (e.is_directory() && std::filesystem::exists(e.path() / "manifest.yaml")) dirs.push_back(e.path().string());
+  std::sort(dirs.begin(), dirs.end());
+  ASSERT_GE(dirs.size(), 9u);
+  for (const std::string& dir : dirs) {
+    const ReferenceCase c = load_reference_case(dir);
+    const ReferenceCheck r = check_reference_case(c, Device::CUDA);
+    std::printf("%-20s %-9s dW err %.3e (tol %.0e)  state err %.3e (%s)\n", r.name.c_str(), name_of(r.algorithm),
+                r.worst_update, r.update_tol, r.worst_state, r.worst_state_array.c_str());
+    EXPECT_TRUE(r.pass) << dir;
+  }
+}
+
+// Two instances on the same inputs give bit-identical weights and state (fixed-order reductions,
+// the heuristic's deterministic GEMM choice): one on the default stream with concurrent Dion2
+// groups, the other on its own non-blocking stream with the groups in sequence.
+TEST(CudaOptim, DeterministicAcrossInstancesAndStreams) {
+  SKIP_WITHOUT_CUDA();
+  cudaStream_t stream;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  for (Algorithm alg : {Algorithm::AdamW, Algorithm::Muon, Algorithm::NorMuon, Algorithm::Dion2, Algorithm::NorDion2}) {
+    OptimHParams hp = make_hp(alg);
+    hp.select = Select::Random;
+    TestGroup host(kMixedShapes, 11);
+    DeviceGroup a(host), b(host);
+    CudaOptimOptions on_stream;
+    on_stream.stream = stream;
+    on_stream.concurrent_groups = false;
+    auto oa = make_cuda_optimizer(hp, a.slots);
+    auto ob = make_cuda_optimizer(hp, b.slots, on_stream);
+    EXPECT_EQ(ob->stream(), stream);
+    a.upload(host);
+    b.upload(host);
+    for (int64_t t = 1; t <= 3; ++t) {
+      oa->step({t, 0.01f});
+      ob->step({t, 0.01f});
+    }
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    const auto wa = a.download_w(), wb = b.download_w();
+    for (size_t p = 0; p < wa.size(); ++p)
+      EXPECT_EQ(std::memcmp(wa[p].data(), wb[p].data(), wa[p].size() * 4), 0) << name_of(alg) << " param " << p;
+    const auto sa = oa->state(), sb = ob->state();
+    ASSERT_EQ(sa.size(), sb.size());
+    for (size_t i = 0; i < sa.size(); ++i) EXPECT_EQ(state_values(sa[i]), state_values(sb[i])) << sa[i].name;
+  }
+  CUDA_CHECK(cudaStreamDestroy(stream));
+}
+
+TEST(CudaOptim, Errors) {
+  SKIP_WITHOUT_CUDA();
+  TestGroup host({{8, 8}}, 3);
+  DeviceGroup dev(host);
+  OptimHParams hp = make_hp(Algorithm::Dion);
+  try {
+    make_cuda_optimizer(hp, dev.slots);
+    ADD_FAILURE() << "dion on CUDA should throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("dion: CUDA version not available yet"), std::string::npos) << e.what();
+  }
+  TestGroup emb({{16, 8}}, 3, ParamRole::Embedding);
+  DeviceGroup demb(emb);
+  for (Algorithm a : {Algorithm::Muon, Algorithm::Dion2})
+    EXPECT_THROW(make_cuda_optimizer(make_hp(a), demb.slots), Error) << name_of(a);
+  OptimHParams bad = make_hp(Algorithm::Dion2);
+  bad.fraction = 1.5f;
+  EXPECT_THROW(make_cuda_optimizer(bad, dev.slots), Error);
+  OptimHParams nd = make_hp(Algorithm::NorDion2);
+  nd.select_dim = SelectDim::Cols;
+  EXPECT_THROW(make_cuda_optimizer(nd, dev.slots), Error);
+  auto ok = make_cuda_optimizer(make_hp(Algorithm::Muon), dev.slots);
+  EXPECT_THROW(ok->step({0, 0.01f}), Error);  // steps start at 1
+}
