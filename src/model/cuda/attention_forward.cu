@@ -1,0 +1,200 @@
+// Causal flash attention forward on tensor cores (FlashAttention-2 style), head_dim 64 or 128:
+// out = softmax(q·kᵀ/sqrt(hd) + causal mask)·v without materializing the T×T scores, plus the
+// natural-log logsumexp of each row (lse[B, H, T]) for the backward pass.
+//
+// Launch shape: grid (B·H, ceil(T/64)), 128 threads (4 warps). A block owns 64 query rows, each
+// warp 16 of them (its Q fragments stay in registers); it walks the key/value blocks of 64 rows
+// up to the diagonal, staging K and V in shared memory ([64][HD+8] bf16 each, 17 KiB for
+// HD = 128). Per key block a warp computes S = Q·Kᵀ (mma m16n8k16, fp32), applies the scale (in
+// the log2 domain) and, on the diagonal block, the causal mask, updates its running row max and
+// sum (online softmax), rescales its O accumulators and adds P·V with P taken straight from the
+// S registers. Query blocks are scheduled heaviest (last) first. Rows past T are zero-filled on
+// load and never stored, so any T works.
+#include <initializer_list>
+
+#include "core/cuda_utils.h"
+#include "model/cuda/attention_internal.h"
+#include "model/cuda/attention_tiles.cuh"
+#include "model/cuda/kernels.h"
+#include "model/cuda/mma_bf16.cuh"
+
+namespace og::gpu {
+namespace {
+
+using namespace attn;
+
+constexpr int kBr = 64;  // query rows per block (4 warps x 16)
+constexpr int kBc = 64;  // key rows per step; kBr == kBc makes the diagonal block the last one
+constexpr int kThreads = 128;
+
+template <int HD>
+constexpr size_t forward_smem_bytes() { return 2 * kBc * smem_ld<HD>() * sizeof(bf16); }
+
+template <int HD>
+__global__ void __launch_bounds__(kThreads) flash_forward_kernel(bf16* __restrict__ out, float* __restrict__ lse,
+                                                                 const bf16* __restrict__ q,
+                                                                 const bf16* __restrict__ k,
+                                                                 const bf16* __restrict__ v, int T, int H,
+                                                                 float scale_log2) {
+  constexpr int LD = smem_ld<HD>(), KS = HD / 16, NO = HD / 8, NS = kBc / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
+  bf16* Vs = Ks + kBc * LD;
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
+  const int bh_index = blockIdx.x;  // b·H + h
+  const int b = bh_index / H, h = bh_index % H;
+  const int qb = gridDim.y - 1 - blockIdx.y;  // heaviest query blocks first
+  const int stride = H * HD;
+  const int64_t bh = ((int64_t)b * T * H + h) * HD;  // element offset of (b, 0, h, 0)
+  const int r0 = qb * kBr + warp * 16;                // first query row of this warp
+
+  uint32_t qa[KS][4];
+  load_a_fragments<HD>(qa, q + bh, r0, T, stride);
+
+  float o[NO][4];
+#pragma unroll
+  for (int dt = 0; dt < NO; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY};  // running max, log2 domain, rows g and g+8
+  float l[2] = {0.0f, 0.0f};            // running sum of this thread's columns (reduced at the end)
+
+  for (int j = 0; j <= qb; ++j) {
+    __syncthreads();  // the previous step's reads of Ks/Vs are done
+    load_tile<kBc, HD>(Ks, k + bh, j * kBc, T, stride);
+    load_tile<kBc, HD>(Vs, v + bh, j * kBc, T, stride);
+    __syncthreads();
+
+    // S = Q·Kᵀ for this warp's 16 rows x 64 keys
+    float s[NS][4];
+#pragma unroll
+    for (int nt = 0; nt < NS; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+    for (int ks = 0; ks < KS; ks += 2) {
+#pragma unroll
+      for (int nt = 0; nt < NS; ++nt) {
+        uint32_t kb[4];  // B fragments of k-steps ks and ks+1 for keys nt·8..nt·8+7
+        ldmatrix_x4(kb, Ks + (nt * 8 + (lane & 7)) * LD + ks * 16 + (lane >> 3) * 8);
+        mma_16816(s[nt], qa[ks], kb[0], kb[1]);
+        mma_16816(s[nt], qa[ks + 1], kb[2], kb[3]);
+      }
+    }
+
+    // scale into the log2 domain; causal mask on the diagonal block (key > query -> -inf)
+#pragma unroll
+    for (int nt = 0; nt < NS; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[nt][e] *= scale_log2;
+        if (j == qb) {
+          const int row = r0 + g + (e >> 1) * 8;
+          const int col = j * kBc + nt * 8 + 2 * tq + (e & 1);
+          if (col > row) s[nt][e] = -INFINITY;
+        }
+      }
+    }
+
+    // online softmax, per row r (g and g+8); the 4 threads of a quad share a row
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < NS; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m[r], mx);
+      const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // a fully masked row stays all-zero
+      const float alpha = exp2f(m[r] - m_use);
+      float rowsum = 0.0f;
+#pragma unroll
+      for (int nt = 0; nt < NS; ++nt) {
+        s[nt][2 * r] = exp2f(s[nt][2 * r] - m_use);
+        s[nt][2 * r + 1] = exp2f(s[nt][2 * r + 1] - m_use);
+        rowsum += s[nt][2 * r] + s[nt][2 * r + 1];
+      }
+      l[r] = l[r] * alpha + rowsum;
+      m[r] = m_new;
+#pragma unroll
+      for (int dt = 0; dt < NO; ++dt) {
+        o[dt][2 * r] *= alpha;
+        o[dt][2 * r + 1] *= alpha;
+      }
+    }
+
+    // O += P·V, P from the S registers (keys kk·16..kk·16+15 form k-step kk)
+#pragma unroll
+    for (int kk = 0; kk < kBc / 16; ++kk) {
+      const uint32_t pa[4] = {pack_bf16x2(s[2 * kk][0], s[2 * kk][1]), pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
+                              pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+      for (int dt = 0; dt < NO; dt += 2) {
+        uint32_t vb[4];  // B fragments of n-tiles dt and dt+1 (V rows are the k dimension: .trans)
+        ldmatrix_x4_trans(vb, Vs + (kk * 16 + (lane & 15)) * LD + (dt + (lane >> 4)) * 8);
+        mma_16816(o[dt], pa, vb[0], vb[1]);
+        mma_16816(o[dt + 1], pa, vb[2], vb[3]);
+      }
+    }
+  }
+
+  // normalize, store O and the logsumexp (natural log of the scaled scores)
+  float inv[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float lt = l[r];
+    lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+    lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+    inv[r] = 1.0f / lt;
+    const int row = r0 + g + r * 8;
+    if (tq == 0 && row < T) lse[(int64_t)bh_index * T + row] = (m[r] + log2f(lt)) * kLn2;
+  }
+  store_c_fragments<HD>(out + bh, o, inv[0], inv[1], r0, T, stride);
+}
+
+template <int HD>
+void launch_flash_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T, int H,
+                          cudaStream_t stream) {
+  const size_t smem = forward_smem_bytes<HD>();
+  allow_dynamic_smem(flash_forward_kernel<HD>, smem);
+  const dim3 grid((unsigned)(B * H), (unsigned)((T + kBr - 1) / kBr));
+  const float scale_log2 = kLog2e / sqrtf((float)HD);
+  flash_forward_kernel<HD><<<grid, kThreads, smem, stream>>>(out, lse, q, k, v, T, H, scale_log2);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+namespace attn {
+
+bool tensor_core_eligible(int hd, std::initializer_list<const void*> ptrs) {
+  if (hd != 64 && hd != 128) return false;
+  for (const void* p : ptrs)
+    if ((reinterpret_cast<uintptr_t>(p) & 15) != 0) return false;
+  return true;
+}
+
+void check_attention_sizes(const char* what, int B, int T, int H, int hd) {
+  OG_CHECK(B > 0 && T > 0 && H > 0 && hd > 0 && hd % 2 == 0, "{}: bad sizes B={} T={} H={} hd={} (hd must be even)",
+           what, B, T, H, hd);
+  OG_CHECK((int64_t)B * H < (int64_t(1) << 31) && T <= 65535 * 64, "{}: B·H={} or T={} too large", what,
+           (int64_t)B * H, T);
+}
+
+}  // namespace attn
+
+bool attention_uses_tensor_cores(int hd, const void* q, const void* k, const void* v, const void* out) {
+  return attn::tensor_core_eligible(hd, {q, k, v, out});
+}
+
+void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T, int H, int hd,
+                       cudaStream_t stream) {
+  attn::check_attention_sizes("attention_forward", B, T, H, hd);
+  if (!attn::tensor_core_eligible(hd, {q, k, v, out})) {
+    attention_forward_simple(out, lse, q, k, v, B, T, H, hd, stream);
+  } else if (hd == 64) {
+    launch_flash_forward<64>(out, lse, q, k, v, B, T, H, stream);
+  } else {
+    launch_flash_forward<128>(out, lse, q, k, v, B, T, H, stream);
+  }
+}
+
+}  // namespace og::gpu

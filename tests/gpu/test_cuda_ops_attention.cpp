@@ -1,0 +1,204 @@
+// Causal attention kernels (model/cuda/kernels.h) against og::cpu::attention_forward/backward,
+// for both GPU paths: the tensor-core flash kernels (hd 64 and 128) and the simple fp32 kernels
+// (any even hd), on random bf16-exact q, k, v, dout at ragged sequence lengths (T not a multiple
+// of the 64-row tiles, T = 1). The logsumexp is checked against a double-precision host sum.
+// Outputs are poisoned with NaN before each launch; every element must be written.
+// Tolerances (relative L2): out 1e-2 (bf16 output); lse 1e-4 (fp32);
+//   dq/dk/dv 1e-2 for the simple kernels (fp32 math, bf16 outputs) and 2e-2 for the flash
+//   kernels (as in FlashAttention-2, P and dS are rounded to bf16 for the tensor-core products
+//   and delta is taken from the bf16 output).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "model/cpu/ops.h"
+#include "model/cuda/kernels.h"
+#include "test_cuda_ops_common.h"
+
+namespace og::test {
+namespace {
+
+namespace gpu = og::gpu;
+
+struct AttnShape {
+  int B, T, H, hd;
+  float input_scale = 1.0f;  // > 1: peaky softmax
+};
+
+enum class Path { Flash, Simple };
+
+struct AttnCase {
+  AttnShape s;
+  std::vector<float> q, k, v, dout;
+  std::vector<float> out, lse, dq, dk, dv;  // reference
+};
+
+AttnCase make_reference(const AttnShape& s, uint64_t seed) {
+  AttnCase c{s};
+  const int64_t n = (int64_t)s.B * s.T * s.H * s.hd;
+  c.q = randn(n, seed, s.input_scale);
+  c.k = randn(n, seed + 1, s.input_scale);
+  c.v = randn(n, seed + 2);
+  c.dout = randn(n, seed + 3);
+  std::vector<float> probs((size_t)s.B * s.H * s.T * s.T);
+  c.out.resize(n);
+  og::cpu::attention_forward(c.out.data(), probs.data(), c.q.data(), c.k.data(), c.v.data(), s.B, s.T, s.H, s.hd);
+  c.dq.assign(n, 0.0f);
+  c.dk.assign(n, 0.0f);
+  c.dv.assign(n, 0.0f);
+  og::cpu::attention_backward(c.dq.data(), c.dk.data(), c.dv.data(), c.dout.data(), probs.data(), c.q.data(),
+                              c.k.data(), c.v.data(), s.B, s.T, s.H, s.hd);
+  // lse[b, h, t] = log Σ_{j<=t} exp(q_t·k_j / sqrt(hd)), in double
+  c.lse.resize((size_t)s.B * s.H * s.T);
+  const int64_t C = (int64_t)s.H * s.hd;
+  const double scale = 1.0 / std::sqrt((double)s.hd);
+  for (int b = 0; b < s.B; ++b)
+    for (int h = 0; h < s.H; ++h)
+      for (int t = 0; t < s.T; ++t) {
+        std::vector<double> sc(t + 1);
+        double mx = -INFINITY;
+        for (int j = 0; j <= t; ++j) {
+          double d = 0;
+          for (int i = 0; i < s.hd; ++i)
+            d += (double)c.q[b * s.T * C + t * C + h * s.hd + i] * c.k[b * s.T * C + j * C + h * s.hd + i];
+          sc[j] = d * scale;
+          mx = std::max(mx, sc[j]);
+        }
+        double sum = 0;
+        for (double x : sc) sum += std::exp(x - mx);
+        c.lse[((size_t)b * s.H + h) * s.T + t] = (float)(mx + std::log(sum));
+      }
+  return c;
+}
+
+void check_attention(const AttnShape& s, Path path, uint64_t seed) {
+  SCOPED_TRACE(testing::Message() << "B=" << s.B << " T=" << s.T << " H=" << s.H << " hd=" << s.hd
+                                  << " scale=" << s.input_scale << (path == Path::Flash ? " flash" : " simple"));
+  const AttnCase c = make_reference(s, seed);
+  const int64_t n = c.q.size(), rows = c.lse.size();
+  auto d_q = upload(to_bf16(c.q)), d_k = upload(to_bf16(c.k)), d_v = upload(to_bf16(c.v));
+  auto d_dout = upload(to_bf16(c.dout));
+  og::DeviceBuffer<bf16> d_out(n), d_dq(n), d_dk(n), d_dv(n);
+  og::DeviceBuffer<float> d_lse(rows), d_delta(rows);
+  for (auto* b : {&d_out, &d_dq, &d_dk, &d_dv}) poison(*b);
+  poison(d_lse);
+  poison(d_delta);
+
+  if (path == Path::Flash) {
+    ASSERT_TRUE(gpu::attention_uses_tensor_cores(s.hd, d_q.data(), d_k.data(), d_v.data(), d_out.data()));
+    gpu::attention_forward(d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H, s.hd, 0);
+  } else {
+    gpu::attention_forward_simple(d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H,
+                                  s.hd, 0);
+  }
+  EXPECT_CLOSE(download(d_out), c.out, 1e-2);
+  EXPECT_CLOSE(download(d_lse), c.lse, 1e-4);
+
+  const double grad_tol = path == Path::Flash ? 2e-2 : 1e-2;
+  if (path == Path::Flash)
+    gpu::attention_backward(d_dq.data(), d_dk.data(), d_dv.data(), d_delta.data(), d_dout.data(), d_out.data(),
+                            d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H, s.hd, 0);
+  else
+    gpu::attention_backward_simple(d_dq.data(), d_dk.data(), d_dv.data(), d_delta.data(), d_dout.data(),
+                                   d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H,
+                                   s.hd, 0);
+  EXPECT_CLOSE(download(d_dq), c.dq, grad_tol);
+  EXPECT_CLOSE(download(d_dk), c.dk, grad_tol);
+  EXPECT_CLOSE(download(d_dv), c.dv, grad_tol);
+}
+
+TEST(CudaAttention, FlashMatchesReference) {
+  SKIP_WITHOUT_CUDA();
+  uint64_t seed = 100;
+  for (int hd : {64, 128}) {
+    for (AttnShape s : {AttnShape{2, 64, 2, hd}, AttnShape{1, 200, 3, hd}, AttnShape{2, 130, 1, hd},
+                        AttnShape{1, 1, 2, hd}, AttnShape{1, 17, 1, hd}, AttnShape{1, 333, 2, hd},
+                        AttnShape{1, 96, 2, hd, 3.0f}}) {
+      check_attention(s, Path::Flash, seed);
+      seed += 10;
+    }
+  }
+}
+
+TEST(CudaAttention, SimpleMatchesReference) {
+  SKIP_WITHOUT_CUDA();
+  uint64_t seed = 200;
+  for (AttnShape s : {AttnShape{2, 37, 2, 32}, AttnShape{1, 70, 3, 96}, AttnShape{2, 19, 1, 34},
+                      AttnShape{1, 65, 2, 64}, AttnShape{1, 40, 1, 128}, AttnShape{1, 1, 1, 2},
+                      AttnShape{1, 50, 1, 64, 3.0f}}) {
+    check_attention(s, Path::Simple, seed);
+    seed += 10;
+  }
+}
+
+TEST(CudaAttention, DispatchFallsBackForOtherHeadDimsAndUnalignedPointers) {
+  SKIP_WITHOUT_CUDA();
+  // hd = 96 has no tensor-core kernel: attention_forward/backward must still be right.
+  {
+    const AttnShape s{1, 45, 2, 96};
+    const AttnCase c = make_reference(s, 300);
+    const int64_t n = c.q.size();
+    auto d_q = upload(to_bf16(c.q)), d_k = upload(to_bf16(c.k)), d_v = upload(to_bf16(c.v));
+    auto d_dout = upload(to_bf16(c.dout));
+    og::DeviceBuffer<bf16> d_out(n), d_dq(n), d_dk(n), d_dv(n);
+    og::DeviceBuffer<float> d_lse(c.lse.size()), d_delta(c.lse.size());
+    EXPECT_FALSE(gpu::attention_uses_tensor_cores(s.hd, d_q.data(), d_k.data(), d_v.data(), d_out.data()));
+    gpu::attention_forward(d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H, s.hd, 0);
+    gpu::attention_backward(d_dq.data(), d_dk.data(), d_dv.data(), d_delta.data(), d_dout.data(), d_out.data(),
+                            d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H, s.hd, 0);
+    EXPECT_CLOSE(download(d_out), c.out, 1e-2);
+    EXPECT_CLOSE(download(d_dq), c.dq, 1e-2);
+    EXPECT_CLOSE(download(d_dk), c.dk, 1e-2);
+    EXPECT_CLOSE(download(d_dv), c.dv, 1e-2);
+  }
+  // hd = 64 but q starts one element into its buffer (not 16-byte aligned): simple path.
+  {
+    const AttnShape s{1, 33, 1, 64};
+    const AttnCase c = make_reference(s, 310);
+    const int64_t n = c.q.size();
+    std::vector<float> qp(1, 0.0f);
+    qp.insert(qp.end(), c.q.begin(), c.q.end());
+    auto d_qp = upload(to_bf16(qp)), d_k = upload(to_bf16(c.k)), d_v = upload(to_bf16(c.v));
+    og::DeviceBuffer<bf16> d_out(n);
+    og::DeviceBuffer<float> d_lse(c.lse.size());
+    poison(d_out);
+    EXPECT_FALSE(gpu::attention_uses_tensor_cores(s.hd, d_qp.data() + 1, d_k.data(), d_v.data(), d_out.data()));
+    gpu::attention_forward(d_out.data(), d_lse.data(), d_qp.data() + 1, d_k.data(), d_v.data(), s.B, s.T, s.H, s.hd,
+                           0);
+    EXPECT_CLOSE(download(d_out), c.out, 1e-2);
+  }
+}
+
+// Long sequences (no CPU reference at this size): the flash kernels against the simple ones.
+TEST(CudaAttention, FlashMatchesSimpleAtT1024) {
+  SKIP_WITHOUT_CUDA();
+  for (int hd : {64, 128}) {
+    SCOPED_TRACE(testing::Message() << "hd=" << hd);
+    const int B = 1, T = 1024, H = 2;
+    const int64_t n = (int64_t)B * T * H * hd, rows = (int64_t)B * H * T;
+    auto d_q = upload(to_bf16(randn(n, 400))), d_k = upload(to_bf16(randn(n, 401)));
+    auto d_v = upload(to_bf16(randn(n, 402))), d_dout = upload(to_bf16(randn(n, 403)));
+    og::DeviceBuffer<bf16> out[2], dq[2], dk[2], dv[2];
+    og::DeviceBuffer<float> lse[2], delta(rows);
+    for (int p = 0; p < 2; ++p) {
+      out[p].resize(n), dq[p].resize(n), dk[p].resize(n), dv[p].resize(n), lse[p].resize(rows);
+      for (auto* b : {&out[p], &dq[p], &dk[p], &dv[p]}) poison(*b);
+      poison(lse[p]);
+    }
+    gpu::attention_forward(out[0].data(), lse[0].data(), d_q.data(), d_k.data(), d_v.data(), B, T, H, hd, 0);
+    gpu::attention_forward_simple(out[1].data(), lse[1].data(), d_q.data(), d_k.data(), d_v.data(), B, T, H, hd, 0);
+    gpu::attention_backward(dq[0].data(), dk[0].data(), dv[0].data(), delta.data(), d_dout.data(), out[0].data(),
+                            lse[0].data(), d_q.data(), d_k.data(), d_v.data(), B, T, H, hd, 0);
+    gpu::attention_backward_simple(dq[1].data(), dk[1].data(), dv[1].data(), delta.data(), d_dout.data(),
+                                   out[1].data(), lse[1].data(), d_q.data(), d_k.data(), d_v.data(), B, T, H, hd, 0);
+    EXPECT_CLOSE(download(out[0]), download(out[1]), 1e-2);
+    EXPECT_CLOSE(download(lse[0]), download(lse[1]), 1e-4);
+    EXPECT_CLOSE(download(dq[0]), download(dq[1]), 2e-2);
+    EXPECT_CLOSE(download(dk[0]), download(dk[1]), 2e-2);
+    EXPECT_CLOSE(download(dv[0]), download(dv[1]), 2e-2);
+  }
+}
+
+}  // namespace
+}  // namespace og::test
