@@ -8,4 +8,6 @@ scripts/install_deps.sh
 scripts/get_tokenizer.sh
 scripts/build.sh "$@"
 build="${ORTHOGPT_BUILD_DIR:-$root/build}"
+# OpenMP threads that spin while waiting waste shared cores (CI runs tests in parallel)
+export OMP_WAIT_POLICY=passive
 ctest --test-dir "$build" --output-on-failure -j "$(nproc)" --timeout 1200
