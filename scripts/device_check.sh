@@ -45,8 +45,9 @@ if [ "$bench_only" = 0 ]; then
   row "ctest ${labels:-all}" "$(grep -E 'tests passed|tests failed' "$out/ctest.log" | tail -1)"
   grep -E "Failed|\*\*\*" "$out/ctest.log" | head -20
   if [ -d tests/data/reference ]; then
-    "$build/orthogpt" check-reference --device cuda tests/data/reference/* >"$out/check_reference_cuda.log" 2>&1
-    row "check-reference cuda" "$([ $? = 0 ] && echo PASS || echo FAIL) ($(grep -c PASS "$out/check_reference_cuda.log") cases pass)"
+    "$build/orthogpt" check-reference --device cuda tests/data/reference >"$out/check_reference_cuda.log" 2>&1
+    rc=$?
+    row "check-reference cuda" "$([ $rc = 0 ] && echo PASS || echo FAIL) ($(grep -c PASS "$out/check_reference_cuda.log") cases pass)"
   fi
 fi
 

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <cstring>
 #include <map>
 
@@ -205,7 +206,24 @@ ReferenceCheck check_reference_case(const ReferenceCase& c, Device device) {
   return r;
 }
 
-int run_check_reference(const std::vector<std::string>& case_dirs, Device device, std::FILE* out) {
+int run_check_reference(const std::vector<std::string>& args, Device device, std::FILE* out) {
+  // A folder without a manifest.yaml but with case sub-folders stands for all of them, so
+  // `check-reference tests/data/reference` runs the whole set.
+  namespace fs = std::filesystem;
+  std::vector<std::string> case_dirs;
+  for (const std::string& a : args) {
+    if (fs::is_directory(a) && !fs::exists(fs::path(a) / "manifest.yaml")) {
+      std::vector<std::string> sub;
+      for (const auto& e : fs::directory_iterator(a))
+        if (e.is_directory() && fs::exists(e.path() / "manifest.yaml")) sub.push_back(e.path().string());
+      std::sort(sub.begin(), sub.end());
+      if (!sub.empty()) {
+        case_dirs.insert(case_dirs.end(), sub.begin(), sub.end());
+        continue;
+      }
+    }
+    case_dirs.push_back(a);
+  }
   int failed = 0;
   for (const std::string& dir : case_dirs) {
     try {
