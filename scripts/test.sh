@@ -25,4 +25,8 @@ else
   build="${ORTHOGPT_BUILD_DIR:-$root/build}"
   ORTHOGPT_BUILD_DIR="$build" scripts/build.sh "$@"
   ctest --test-dir "$build" --output-on-failure -j "$(nproc)" --timeout 1200
+  if ! nvidia-smi -L >/dev/null 2>&1; then
+    n=$(ctest --test-dir "$build" -N -L gpu | sed -n 's/^Total Tests: //p')
+    echo "note: the ${n:-0} gpu-labelled tests were skipped: no CUDA device on this machine (GTEST_SKIP \"no CUDA device\"); scripts/device_check.sh runs them on a GPU"
+  fi
 fi
