@@ -11,10 +11,17 @@
 //                AdamW 28 B/elem (W, M, V read+write, G read); Muon, NorMuon, Dion2 20 B/elem
 //                (W, M read+write, G read)
 //   gap = median / (FLOP floor + byte floor): the NS and the elementwise passes are sequential.
+// "NS GF" is the NS work as this configuration computes it (Gram variant: fewer FLOPs; the
+// block-triangle products are counted as full), in GFLOP.
+// Variants: "[r0]" is the first H100 run's code path (Muon groups in sequence with one shared
+// workspace, Dion2 weight decay inside pass 1), kept selectable until the new defaults are measured;
+// "[gram]" the Gram Newton–Schulz variant. Rows are printed as they finish, and the whole table
+// again at the end.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -92,18 +99,26 @@ struct Case {
   double ref_ms = 0.0;     // PyTorch reference (microsoft/dion) on an H100; 0: not measured
 };
 
-double ns_flops_of(const Case& c) {
+// NS FLOPs of one rows×cols input: the full-product count, or (as_run) the Gram variant's where
+// this configuration uses it.
+double ns_one(int64_t rows, int64_t cols, const CudaOptimOptions& o, bool as_run) {
+  const int64_t m = std::min(rows, cols), n = std::max(rows, cols);
+  if (as_run && o.gram_ns && n >= 2 * m) return cuda::ns_gram_flops(rows, cols);
+  return cuda::ns_flops(rows, cols);
+}
+
+double ns_flops_of(const Case& c, bool as_run = false) {
   double f = 0.0;
   for (const ParamSlot& s : c.set->slots) {
     switch (c.hp.algorithm) {
       case Algorithm::Muon:
-      case Algorithm::NorMuon: f += cuda::ns_flops(s.rows, s.cols); break;
+      case Algorithm::NorMuon: f += ns_one(s.rows, s.cols, c.opt, as_run); break;
       case Algorithm::Dion2:
       case Algorithm::NorDion2: {
         const bool rows = c.hp.algorithm == Algorithm::NorDion2 ||
                           selection_axis(c.hp.select_dim, s.rows, s.cols) == SliceAxis::Rows;
         const int64_t n = rows ? s.rows : s.cols, L = rows ? s.cols : s.rows;
-        f += cuda::ns_flops(select_count(c.hp.fraction, n), L);
+        f += ns_one(select_count(c.hp.fraction, n), L, c.opt, as_run);
         break;
       }
       default: break;
@@ -116,6 +131,8 @@ double floor_bytes_of(const Case& c) {
   const double per = c.hp.algorithm == Algorithm::AdamW ? 28.0 : 20.0;  // Lion: W, M read+write, G read
   return per * (double)c.set->elems;
 }
+
+std::vector<std::string> g_rows;  // the table, printed again at the end
 
 void run_case(const Case& c, int steps) {
   std::unique_ptr<CudaOptimizer> opt = make_cuda_optimizer(c.hp, c.set->slots, c.opt);
@@ -145,8 +162,12 @@ void run_case(const Case& c, int steps) {
   const std::string target = c.target_ms > 0 ? fmt::format("{:.2f}{}", c.target_ms, median <= c.target_ms ? " ok" : " MISS")
                                              : std::string("-");
   const std::string ref = c.ref_ms > 0 ? fmt::format("{:.2f}", c.ref_ms) : std::string("-");
-  fmt::print("{:<38} {:>9.3f} {:>9.3f} {:>9.3f} {:>9.3f} {:>9.3f} {:>6.2f} {:>10} {:>8}\n", c.label, median, ms.front(),
-             flop_ms, byte_ms, flop_ms + byte_ms, median / (flop_ms + byte_ms), target, ref);
+  const std::string row =
+      fmt::format("{:<44} {:>9.3f} {:>9.3f} {:>9.3f} {:>9.3f} {:>9.3f} {:>6.2f} {:>10} {:>8} {:>8.0f}\n", c.label, median,
+                  ms.front(), flop_ms, byte_ms, flop_ms + byte_ms, median / (flop_ms + byte_ms), target, ref,
+                  ns_flops_of(c, true) / 1e9);
+  g_rows.push_back(row);
+  fmt::print("{}", row);
   std::fflush(stdout);
 }
 
@@ -219,6 +240,36 @@ int main(int argc, char** argv) {
       add("1B dion2 a=0.25 l1", m1b.get(), hp_of(Algorithm::Dion2), 8.0, 0, base);
     }
     if (variants) {
+      // Round-1 comparisons first: the old code path [r0] next to the new defaults and [gram].
+      CudaOptimOptions r0 = base, gram = base, gram_r0 = base;
+      r0.concurrent_groups = false;  // Muon: the groups in sequence (Dion2: see below)
+      gram.gram_ns = true;
+      gram_r0 = r0;
+      gram_r0.gram_ns = true;
+      CudaOptimOptions d_r0 = base, d_gram = base;
+      d_r0.overlap_weight_decay = false;  // Dion2 r0: decay inside pass 1, groups concurrent
+      d_gram.gram_ns = true;
+      add("160M muon [r0]", &m160, hp_of(Algorithm::Muon), 0, 0, r0);
+      add("160M muon [gram]", &m160, hp_of(Algorithm::Muon), 0, 0, gram);
+      add("160M muon [gram, serial groups]", &m160, hp_of(Algorithm::Muon), 0, 0, gram_r0);
+      add("160M normuon [r0]", &m160, hp_of(Algorithm::NorMuon), 0, 0, r0);
+      add("160M normuon [gram]", &m160, hp_of(Algorithm::NorMuon), 0, 0, gram);
+      for (float a : {0.5f, 0.25f, 0.125f}) {
+        add(fmt::format("160M dion2 a={} l1 [r0]", a), &m160, hp_of(Algorithm::Dion2, a), 0, 0, d_r0);
+        add(fmt::format("160M dion2 a={} l1 [gram]", a), &m160, hp_of(Algorithm::Dion2, a), 0, 0, d_gram);
+      }
+      add("160M nordion2 a=0.25 l1 [r0]", &m160, hp_of(Algorithm::NorDion2), 0, 0, d_r0);
+      if (m1b) {
+        add("1B muon [r0]", m1b.get(), hp_of(Algorithm::Muon), 0, 0, r0);
+        add("1B muon [gram]", m1b.get(), hp_of(Algorithm::Muon), 0, 0, gram);
+        add("1B muon [gram, sym off]", m1b.get(), hp_of(Algorithm::Muon), 0, 0, [&] {
+          CudaOptimOptions o = gram;
+          o.symmetric = CudaOptimOptions::Symmetric::Off;
+          return o;
+        }());
+        add("1B dion2 a=0.25 l1 [r0]", m1b.get(), hp_of(Algorithm::Dion2), 0, 0, d_r0);
+        add("1B dion2 a=0.25 l1 [gram]", m1b.get(), hp_of(Algorithm::Dion2), 0, 0, d_gram);
+      }
       CudaOptimOptions off = base, on = base, tuned = base, serial = base;
       off.symmetric = CudaOptimOptions::Symmetric::Off;
       on.symmetric = CudaOptimOptions::Symmetric::On;
@@ -243,10 +294,14 @@ int main(int argc, char** argv) {
                prop.name, steps, sym, block, autotune);
     fmt::print("160M set: {} matrices, {:.1f}M elements", m160.slots.size(), m160.elems / 1e6);
     if (m1b) fmt::print("; 1B set: {} matrices, {:.1f}M elements", m1b->slots.size(), m1b->elems / 1e6);
-    fmt::print("\n{:<38} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>8}\n", "case", "median ms", "min ms",
-               "FLOP flr", "byte flr", "floor", "gap", "target", "pytorch");
+    const std::string header = fmt::format("{:<44} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>8} {:>8}\n", "case",
+                                           "median ms", "min ms", "FLOP flr", "byte flr", "floor", "gap", "target",
+                                           "pytorch", "NS GF");
+    fmt::print("\n{}", header);
     for (const Case& c : cases)
       if (only.empty() || c.label.find(only) != std::string::npos) run_case(c, steps);
+    fmt::print("\n==== summary ====\n{}", header);
+    for (const std::string& r : g_rows) fmt::print("{}", r);
   } catch (const Error& e) {
     fmt::print(stderr, "bench_optim: {}\n", e.what());
     return 1;

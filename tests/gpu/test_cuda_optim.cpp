@@ -278,6 +278,62 @@ TEST(CudaOptim, SymmetricBlockProducts) {
   }
 }
 
+// Gram Newton–Schulz (CudaOptimOptions::gram_ns) on shapes whose long side is at least twice the
+// short one (the others keep the standard iteration): same tolerances as the standard bf16 path.
+TEST(CudaOptim, GramNewtonSchulzMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  const Shapes shapes = {{64, 192}, {192, 64}, {48, 96}, {40, 160}, {128, 512}, {512, 128}, {64, 64}};
+  for (Algorithm a : {Algorithm::Muon, Algorithm::NorMuon}) {
+    OptimHParams hp = make_hp(a);
+    hp.nesterov = true;
+    CompareSpec spec;
+    spec.options.gram_ns = true;
+    compare_with_cpu(hp, shapes, spec);
+  }
+  {
+    OptimHParams hp = make_hp(Algorithm::Muon);
+    hp.ortho = Ortho::PolarExpress;
+    CompareSpec spec;
+    spec.options.gram_ns = true;
+    spec.dw_tol = 6e-2;
+    compare_with_cpu(hp, shapes, spec);
+  }
+  for (float alpha : {0.25f, 0.5f}) {  // k×L submatrices with L ≥ 2k
+    OptimHParams hp = make_hp(Algorithm::Dion2);
+    hp.fraction = alpha;
+    CompareSpec spec;
+    spec.options.gram_ns = true;
+    compare_with_cpu(hp, kMixedShapes, spec);
+  }
+}
+
+// Dion2's weight decay as its own overlapped pass gives bit-identical weights and state to the
+// decay inside pass 1 (same multiplications in the same order).
+TEST(CudaOptim, Dion2OverlappedDecayIsBitIdentical) {
+  SKIP_WITHOUT_CUDA();
+  for (Algorithm alg : {Algorithm::Dion2, Algorithm::NorDion2}) {
+    OptimHParams hp = make_hp(alg);
+    TestGroup host(kMixedShapes, 13);
+    DeviceGroup a(host), b(host);
+    CudaOptimOptions fused;
+    fused.overlap_weight_decay = false;
+    auto oa = make_cuda_optimizer(hp, a.slots);
+    auto ob = make_cuda_optimizer(hp, b.slots, fused);
+    a.upload(host);
+    b.upload(host);
+    for (int64_t t = 1; t <= 3; ++t) {
+      oa->step({t, 0.02f});
+      ob->step({t, 0.02f});
+    }
+    const auto wa = a.download_w(), wb = b.download_w();
+    for (size_t p = 0; p < wa.size(); ++p)
+      EXPECT_EQ(std::memcmp(wa[p].data(), wb[p].data(), wa[p].size() * 4), 0) << name_of(alg) << " param " << p;
+    const auto sa = oa->state(), sb = ob->state();
+    ASSERT_EQ(sa.size(), sb.size());
+    for (size_t i = 0; i < sa.size(); ++i) EXPECT_EQ(state_values(sa[i]), state_values(sb[i])) << sa[i].name;
+  }
+}
+
 TEST(CudaOptim, AutotunedGemmsMatchCpu) {
   SKIP_WITHOUT_CUDA();
   OptimHParams hp = make_hp(Algorithm::Muon);
@@ -382,8 +438,9 @@ TEST(CudaOptim, ReferenceCasesPass) {
 }
 
 // Two instances on the same inputs give bit-identical weights and state (fixed-order reductions,
-// the heuristic's deterministic GEMM choice): one on the default stream with concurrent Dion2
-// groups, the other on its own non-blocking stream with the groups in sequence.
+// the heuristic's deterministic GEMM choice): one on the default stream with concurrent groups
+// (Muon, NorMuon: one workspace per group; Dion2, NorDion2), the other on its own non-blocking
+// stream with the groups in sequence.
 TEST(CudaOptim, DeterministicAcrossInstancesAndStreams) {
   SKIP_WITHOUT_CUDA();
   cudaStream_t stream;

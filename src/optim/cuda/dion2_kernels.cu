@@ -11,7 +11,7 @@ namespace {
 
 // Row slices. grid = row blocks, block 256: warp w owns row row0 + w and walks it VEC elements
 // per lane: M ← M + G, W ← W·decay, then the row's ℓ1 and squared ℓ2 norm of the new M.
-template <int VEC, typename S>
+template <int VEC, typename S, bool DECAY_W>
 __global__ void pass1_rows_kernel(const Pass1Block* __restrict__ blocks, const Dion2Mat* __restrict__ mats,
                                   float decay) {
   const Pass1Block b = blocks[blockIdx.x];
@@ -27,24 +27,24 @@ __global__ void pass1_rows_kernel(const Pass1Block* __restrict__ blocks, const D
   for (int64_t c = (int64_t)lane * VEC; c < cols; c += 32 * VEC) {
     if (c + VEC <= cols) {
       float ww[VEC], gg[VEC], mm[VEC];
-      load_vec<VEC>(w + c, ww);
+      if constexpr (DECAY_W) load_vec<VEC>(w + c, ww);
       load_vec<VEC>(g + c, gg);
       load_vec<VEC>(m + c, mm);
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
         mm[e] += gg[e];
-        ww[e] *= decay;
+        if constexpr (DECAY_W) ww[e] *= decay;
         // norms of the momentum as stored (bf16 state: after rounding)
         if constexpr (sizeof(S) == 2) mm[e] = __bfloat162float(__float2bfloat16_rn(mm[e]));
         l1 += fabsf(mm[e]);
         l2 += mm[e] * mm[e];
       }
       store_vec<VEC>(m + c, mm);
-      store_vec<VEC>(w + c, ww);
+      if constexpr (DECAY_W) store_vec<VEC>(w + c, ww);
     } else {
       for (int64_t j = c; j < cols; ++j) {
         m[j] = from_f32<S>(to_f32(m[j]) + g[j]);
-        w[j] *= decay;
+        if constexpr (DECAY_W) w[j] *= decay;
         const float v = to_f32(m[j]);
         l1 += fabsf(v), l2 += v * v;
       }
@@ -57,7 +57,7 @@ __global__ void pass1_rows_kernel(const Pass1Block* __restrict__ blocks, const D
 
 // Column slices. grid = column blocks, block 256: thread t owns columns col0 + t·VEC .. + VEC and
 // walks rows [row0, row0 + kColChunkRows); partial norms go to row row0 / kColChunkRows.
-template <int VEC, typename S>
+template <int VEC, typename S, bool DECAY_W>
 __global__ void pass1_cols_kernel(const Pass1Block* __restrict__ blocks, const Dion2Mat* __restrict__ mats,
                                   float decay) {
   const Pass1Block b = blocks[blockIdx.x];
@@ -76,26 +76,26 @@ __global__ void pass1_cols_kernel(const Pass1Block* __restrict__ blocks, const D
     for (int64_t r = b.row0; r < rend; ++r) {
       const int64_t i = r * cols + c;
       float ww[VEC], gg[VEC], mm[VEC];
-      load_vec<VEC>(d.w + i, ww);
+      if constexpr (DECAY_W) load_vec<VEC>(d.w + i, ww);
       load_vec<VEC>(d.g + i, gg);
       load_vec<VEC>(m + i, mm);
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
         mm[e] += gg[e];
-        ww[e] *= decay;
+        if constexpr (DECAY_W) ww[e] *= decay;
         if constexpr (sizeof(S) == 2) mm[e] = __bfloat162float(__float2bfloat16_rn(mm[e]));
         l1[e] += fabsf(mm[e]);
         l2[e] += mm[e] * mm[e];
       }
       store_vec<VEC>(m + i, mm);
-      store_vec<VEC>(d.w + i, ww);
+      if constexpr (DECAY_W) store_vec<VEC>(d.w + i, ww);
     }
   } else {
     for (int64_t r = b.row0; r < rend; ++r)
       for (int e = 0; e < nv; ++e) {
         const int64_t i = r * cols + c + e;
         m[i] = from_f32<S>(to_f32(m[i]) + d.g[i]);
-        d.w[i] *= decay;
+        if constexpr (DECAY_W) d.w[i] *= decay;
         const float v = to_f32(m[i]);
         l1[e] += fabsf(v), l2[e] += v * v;
       }
@@ -280,7 +280,38 @@ __global__ void scale_kernel(S* __restrict__ x, int64_t total, float f) {
     x[i] = from_f32<S>(to_f32(x[i]) * f);
 }
 
+// One block per chunk (kChunkThreads threads): W ← W·decay over the chunk's elements. With VEC = 4
+// every tensor is 16-byte aligned.
+template <int VEC>
+__global__ void decay_weights_kernel(const ChunkRef* __restrict__ chunks, const WeightSpan* __restrict__ spans,
+                                     float decay) {
+  const ChunkRef c = chunks[blockIdx.x];
+  const WeightSpan d = spans[c.tensor];
+  const int64_t end = min(c.start + kChunkElems, d.numel);
+  for (int64_t i = c.start + (int64_t)threadIdx.x * VEC; i < end; i += (int64_t)blockDim.x * VEC) {
+    if (i + VEC <= end) {
+      float w[VEC];
+      load_vec<VEC>(d.w + i, w);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) w[e] *= decay;
+      store_vec<VEC>(d.w + i, w);
+    } else {
+      for (int64_t j = i; j < end; ++j) d.w[j] *= decay;
+    }
+  }
+}
+
 }  // namespace
+
+void decay_weights(cudaStream_t s, const ChunkRef* chunks, int64_t n_chunks, const WeightSpan* spans, bool vec4,
+                   float decay) {
+  if (n_chunks == 0) return;
+  if (vec4)
+    decay_weights_kernel<4><<<(unsigned)n_chunks, kChunkThreads, 0, s>>>(chunks, spans, decay);
+  else
+    decay_weights_kernel<1><<<(unsigned)n_chunks, kChunkThreads, 0, s>>>(chunks, spans, decay);
+  CUDA_CHECK_LAUNCH();
+}
 
 size_t dion2_select_smem(int npow2) { return (size_t)npow2 * (sizeof(uint64_t) + sizeof(uint32_t)); }
 
@@ -290,29 +321,41 @@ void dion2_select_prepare(int npow2) {
     CUDA_CHECK(cudaFuncSetAttribute(select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
 }
 
-void dion2_pass1(cudaStream_t s, const Dion2Mat* mats, const Pass1Block* row_blocks, int64_t n_row_blocks,
-                 const Pass1Block* col_blocks, int64_t n_col_blocks, bool vec4, StateDtype dtype, float decay) {
-  const bool bf = dtype == StateDtype::BF16;
+namespace {
+template <bool DECAY_W>
+void pass1_launch(cudaStream_t s, const Dion2Mat* mats, const Pass1Block* row_blocks, int64_t n_row_blocks,
+                  const Pass1Block* col_blocks, int64_t n_col_blocks, bool vec4, bool bf, float decay) {
   if (n_row_blocks > 0) {
     const unsigned g = (unsigned)n_row_blocks;
     if (vec4)
-      bf ? pass1_rows_kernel<4, bf16><<<g, 32 * kRowsPerBlock, 0, s>>>(row_blocks, mats, decay)
-         : pass1_rows_kernel<4, float><<<g, 32 * kRowsPerBlock, 0, s>>>(row_blocks, mats, decay);
+      bf ? pass1_rows_kernel<4, bf16, DECAY_W><<<g, 32 * kRowsPerBlock, 0, s>>>(row_blocks, mats, decay)
+         : pass1_rows_kernel<4, float, DECAY_W><<<g, 32 * kRowsPerBlock, 0, s>>>(row_blocks, mats, decay);
     else
-      bf ? pass1_rows_kernel<1, bf16><<<g, 32 * kRowsPerBlock, 0, s>>>(row_blocks, mats, decay)
-         : pass1_rows_kernel<1, float><<<g, 32 * kRowsPerBlock, 0, s>>>(row_blocks, mats, decay);
+      bf ? pass1_rows_kernel<1, bf16, DECAY_W><<<g, 32 * kRowsPerBlock, 0, s>>>(row_blocks, mats, decay)
+         : pass1_rows_kernel<1, float, DECAY_W><<<g, 32 * kRowsPerBlock, 0, s>>>(row_blocks, mats, decay);
     CUDA_CHECK_LAUNCH();
   }
   if (n_col_blocks > 0) {
     const unsigned g = (unsigned)n_col_blocks;
     if (vec4)
-      bf ? pass1_cols_kernel<4, bf16><<<g, 256, 0, s>>>(col_blocks, mats, decay)
-         : pass1_cols_kernel<4, float><<<g, 256, 0, s>>>(col_blocks, mats, decay);
+      bf ? pass1_cols_kernel<4, bf16, DECAY_W><<<g, 256, 0, s>>>(col_blocks, mats, decay)
+         : pass1_cols_kernel<4, float, DECAY_W><<<g, 256, 0, s>>>(col_blocks, mats, decay);
     else
-      bf ? pass1_cols_kernel<1, bf16><<<g, 256, 0, s>>>(col_blocks, mats, decay)
-         : pass1_cols_kernel<1, float><<<g, 256, 0, s>>>(col_blocks, mats, decay);
+      bf ? pass1_cols_kernel<1, bf16, DECAY_W><<<g, 256, 0, s>>>(col_blocks, mats, decay)
+         : pass1_cols_kernel<1, float, DECAY_W><<<g, 256, 0, s>>>(col_blocks, mats, decay);
     CUDA_CHECK_LAUNCH();
   }
+}
+}  // namespace
+
+void dion2_pass1(cudaStream_t s, const Dion2Mat* mats, const Pass1Block* row_blocks, int64_t n_row_blocks,
+                 const Pass1Block* col_blocks, int64_t n_col_blocks, bool vec4, StateDtype dtype, bool decay_w,
+                 float decay) {
+  const bool bf = dtype == StateDtype::BF16;
+  if (decay_w)
+    pass1_launch<true>(s, mats, row_blocks, n_row_blocks, col_blocks, n_col_blocks, vec4, bf, decay);
+  else
+    pass1_launch<false>(s, mats, row_blocks, n_row_blocks, col_blocks, n_col_blocks, vec4, bf, decay);
 }
 
 void dion2_reduce_partials(cudaStream_t s, const Dion2Mat* mats, const int32_t* col_mats, int n_col_mats,

@@ -1,6 +1,7 @@
 // The kernels of Dion2 / NorDion2 (OPTIMIZERS.md "Dion2"), launched by dion2_optimizer.cu:
-//   pass 1      M ← M + G and W ← W·(1 − lr·wd) over every matrix in one read of W, M, G, with the
-//               ℓ1 and squared-ℓ2 norm of every slice (row or column) as a by-product
+//   pass 1      M ← M + G (and W ← W·(1 − lr·wd), unless that runs as its own overlapped pass,
+//               decay_weights) over every matrix, with the ℓ1 and squared-ℓ2 norm of every slice
+//               (row or column) as a by-product
 //   select      per matrix on the device: the k slices with the largest ℓ1 norm (ties: smaller
 //               index) or with the smallest hash_u64(seed, step, p, i), as ascending indices,
 //               and the normalization scale 1/(mult·‖M[K]‖_F + eps) of the selected submatrix
@@ -13,6 +14,7 @@
 #include <cstdint>
 
 #include "optim/cuda/blas.h"
+#include "optim/cuda/chunk_table.h"
 #include "optim/hparams.h"
 
 namespace og::cuda {
@@ -38,6 +40,12 @@ struct Dion2Mat {
   const float* row_factor;  // NorDion2: k factors; else nullptr
 };
 
+// One weight matrix of the separate weight-decay pass.
+struct WeightSpan {
+  float* w;
+  int64_t numel;
+};
+
 // A block of pass 1: rows [row0, row0 + kRowsPerBlock) for row slices; rows
 // [row0, row0 + kColChunkRows) × columns [col0, col0 + 256·VEC) for column slices.
 struct Pass1Block {
@@ -56,8 +64,13 @@ size_t dion2_select_smem(int npow2);
 // Allow the select kernel that much shared memory (construction time).
 void dion2_select_prepare(int npow2);
 
+// decay_w: also W ← W·decay (else W is not touched: decay_weights does it separately).
 void dion2_pass1(cudaStream_t s, const Dion2Mat* mats, const Pass1Block* row_blocks, int64_t n_row_blocks,
-                 const Pass1Block* col_blocks, int64_t n_col_blocks, bool vec4, StateDtype dtype, float decay);
+                 const Pass1Block* col_blocks, int64_t n_col_blocks, bool vec4, StateDtype dtype, bool decay_w,
+                 float decay);
+// W ← W·decay over every span, one block per chunk of a ChunkTable built over the spans' numel.
+void decay_weights(cudaStream_t s, const ChunkRef* chunks, int64_t n_chunks, const WeightSpan* spans, bool vec4,
+                   float decay);
 // Column-slice matrices: sum the partial norms into row 0 (fixed order).
 void dion2_reduce_partials(cudaStream_t s, const Dion2Mat* mats, const int32_t* col_mats, int n_col_mats,
                            int64_t max_n);

@@ -8,6 +8,9 @@
 // The NS groups are independent and each too small to fill the GPU (k ≪ rows): with
 // concurrent_groups they run on their own streams, forked from and joined back into the step stream.
 // Pass 1 is the memory floor (20 bytes per element); the rest touches only the k selected slices.
+// With overlap_weight_decay, pass 1 leaves W alone (12 bytes per element) and W ← W·(1 − lr·wd)
+// runs as its own pass on a low-priority stream, forked after pass 1 so that it overlaps the
+// selection / gather / NS chain (latency-bound for small k); every group's scatter waits for it.
 // Submatrices are always stored k×L (slices as rows), so a wide 768×3072 (rows selected) and a
 // tall 3072×768 (columns selected) land in the same NS batch.
 #include <cmath>
@@ -41,6 +44,9 @@ class CudaDion2 final : public CudaOptimizer {
     ef_decay_ = nordion2_ ? hp_.mu : hp_.ef_decay;
     main_ = opt.stream;
     concurrent_ = opt.concurrent_groups;
+    overlap_decay_ = opt.overlap_weight_decay;
+    int prio_low = 0, prio_high = 0;  // numerically: low ≥ high
+    CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&prio_low, &prio_high));
     const size_t nm = params_.size();
 
     std::vector<int64_t> numel, rows;
@@ -124,14 +130,25 @@ class CudaDion2 final : public CudaOptimizer {
       }
       g.blas = std::make_unique<BlasContext>();
       if (concurrent_ && gi > 0) {
-        CUDA_CHECK(cudaStreamCreateWithFlags(&g.own_stream.s, cudaStreamNonBlocking));
+        CUDA_CHECK(cudaStreamCreateWithPriority(&g.own_stream.s, cudaStreamNonBlocking, prio_high));
         CUDA_CHECK(cudaEventCreateWithFlags(&g.done.e, cudaEventDisableTiming));
         g.blas->set_stream(g.own_stream.s);
       } else {
         g.blas->set_stream(main_);
       }
+      NsBuffers buf;
+      buf.x[0] = g.x[0].data();
+      buf.x[1] = g.x[1].data();
+      buf.a = g.a.data();
+      buf.b = g.b.data();
+      g.ns.plan(*g.blas, hp_.ortho, g.shape, buf, opt);
     }
     if (concurrent_ && groups_.size() > 1) CUDA_CHECK(cudaEventCreateWithFlags(&fork_.e, cudaEventDisableTiming));
+    if (overlap_decay_) {
+      CUDA_CHECK(cudaStreamCreateWithPriority(&decay_stream_.s, cudaStreamNonBlocking, prio_low));
+      CUDA_CHECK(cudaEventCreateWithFlags(&decay_fork_.e, cudaEventDisableTiming));
+      CUDA_CHECK(cudaEventCreateWithFlags(&decay_done_.e, cudaEventDisableTiming));
+    }
 
     // The device matrix table and pass-1 block tables.
     vec4_ = true;
@@ -163,7 +180,7 @@ class CudaDion2 final : public CudaOptimizer {
       d.mass = mass_.data() + i;
       Group& grp = *groups_[group_of[i]];
       d.s = grp.x[0].data() + (int64_t)slot[i] * per;
-      d.o = grp.x[1].data() + (int64_t)slot[i] * per;
+      d.o = grp.ns.result() + (int64_t)slot[i] * per;
       d.row_factor = nordion2_ ? grp.factors.data() + (int64_t)slot[i] * g.k : nullptr;
       if (!g.by_cols) {
         for (int64_t r0 = 0; r0 < p.rows; r0 += kRowsPerBlock) row_blocks.push_back({(int32_t)i, 0, r0, 0});
@@ -192,12 +209,19 @@ class CudaDion2 final : public CudaOptimizer {
         for (int32_t i : g->members) nd.push_back({variance_.ptr(i), sel_.data() + geo[i].sel_off});
         upload(g->ndescs, nd);
       }
-      NsBuffers buf;
-      buf.x[0] = g->x[0].data();
-      buf.x[1] = g->x[1].data();
-      buf.a = g->a.data();
-      buf.b = g->b.data();
-      g->ns.plan(*g->blas, hp_.ortho, g->shape, buf, opt);
+    }
+    // The separate weight-decay pass: one chunk table over all weights.
+    {
+      std::vector<WeightSpan> spans;
+      std::vector<int64_t> wnumel;
+      for (const auto& p : params_) {
+        spans.push_back({p.w, (int64_t)p.numel()});
+        wnumel.push_back((int64_t)p.numel());
+      }
+      upload(weight_spans_, spans);
+      decay_chunks_.build(wnumel);
+      decay_vec4_ = true;
+      for (const auto& p : params_) decay_vec4_ = decay_vec4_ && aligned_to(p.w, 16) && p.numel() % 4 == 0;
     }
     // Descriptor uploads and memsets ran on the legacy stream, asynchronously: finish them before
     // any step can run on another stream.
@@ -218,7 +242,14 @@ class CudaDion2 final : public CudaOptimizer {
     cudaStream_t s = main_;
     const float decay = 1.0f - ctx.lr * hp_.weight_decay;
     dion2_pass1(s, mats_.data(), row_blocks_.data(), n_row_blocks_, col_blocks_.data(), n_col_blocks_, vec4_,
-                hp_.state_dtype, decay);
+                hp_.state_dtype, !overlap_decay_, decay);
+    if (overlap_decay_) {  // fork the weight decay; joined by every group before its scatter
+      CUDA_CHECK(cudaEventRecord(decay_fork_.e, s));
+      CUDA_CHECK(cudaStreamWaitEvent(decay_stream_.s, decay_fork_.e, 0));
+      decay_weights(decay_stream_.s, decay_chunks_.chunks.data(), decay_chunks_.count(), weight_spans_.data(),
+                    decay_vec4_, decay);
+      CUDA_CHECK(cudaEventRecord(decay_done_.e, decay_stream_.s));
+    }
     dion2_reduce_partials(s, mats_.data(), col_mats_.data(), (int)col_mats_.size(), max_col_n_);
     dion2_select(s, mats_.data(), (int)params_.size(), npow2_, hp_.select == Select::Random, hp_.seed, ctx.step,
                  ns_norm_multiplier(hp_.ortho), hp_.eps);
@@ -230,10 +261,11 @@ class CudaDion2 final : public CudaOptimizer {
       dion2_gather(gs, mats_.data(), g->members_dev.data(), g->shape.count, k, L, hp_.state_dtype, hp_.ef,
                    ef_decay_);
       bf16* out = g->ns.run(*g->blas);
-      OG_CHECK(out == g->x[1].data(), "internal: NS result expected in the second buffer");
+      OG_CHECK(out == g->ns.result(), "internal: NS result not where planned");
       if (nordion2_)
         neuron_norm_factors(gs, out, g->shape.count, k, L, g->ndescs.data(), hp_.state_dtype, hp_.beta2,
                             g->rowsq.data(), g->factors.data());
+      if (overlap_decay_) CUDA_CHECK(cudaStreamWaitEvent(gs, decay_done_.e, 0));
       dion2_update(gs, mats_.data(), g->members_dev.data(), g->shape.count, k, L, ctx.lr);
       if (g->own_stream.s) {  // join
         CUDA_CHECK(cudaEventRecord(g->done.e, gs));
@@ -310,6 +342,12 @@ class CudaDion2 final : public CudaOptimizer {
   cudaStream_t main_ = nullptr;
   bool concurrent_ = true;
   OwnedEvent fork_;
+  bool overlap_decay_ = true;
+  OwnedStream decay_stream_;
+  OwnedEvent decay_fork_, decay_done_;
+  DeviceBuffer<WeightSpan> weight_spans_;
+  ChunkTable decay_chunks_;
+  bool decay_vec4_ = false;
   StateArena momentum_, variance_;
   std::vector<std::unique_ptr<Group>> groups_;
   DeviceBuffer<Dion2Mat> mats_;

@@ -7,7 +7,10 @@
 //   3. NS / Polar Express on the whole group (newton_schulz.h)
 //   4. NorMuon only: neuron-wise factors (neuron_norm.h)
 //   5. update:     W ← W·(1 − lr·wd) − lr_eff·f_row·O
-// Bytes per element: 14 (1) + 4 (2) + 10 (5); the NS workspace is shared by the groups.
+// Bytes per element: 14 (1) + 4 (2) + 10 (5). With concurrent_groups, each group runs on its own
+// stream (forked from and joined into the step stream) with its own workspace, so one group's
+// memory-bound passes overlap another's GEMMs; otherwise the groups run in sequence and share
+// one workspace.
 #include <cmath>
 #include <map>
 #include <memory>
@@ -132,7 +135,6 @@ class CudaMuon final : public CudaOptimizer {
   CudaMuon(const OptimHParams& hp, std::vector<ParamSlot> params, const CudaOptimOptions& opt)
       : hp_(hp), params_(std::move(params)), normuon_(hp.algorithm == Algorithm::NorMuon) {
     check_matrix_params(hp_, params_);
-    blas_.set_stream(opt.stream);
     std::vector<int64_t> numel, rows;
     for (const auto& p : params_) {
       names_.push_back(p.name);
@@ -141,6 +143,7 @@ class CudaMuon final : public CudaOptimizer {
     }
     momentum_.init(numel, hp_.state_dtype);
     if (normuon_) variance_.init(rows, hp_.state_dtype);
+    main_ = opt.stream;
 
     // Shape groups in first-seen order.
     std::map<std::pair<int64_t, int64_t>, size_t> index;
@@ -155,32 +158,59 @@ class CudaMuon final : public CudaOptimizer {
       }
       groups_[it->second]->members.push_back((int)i);
     }
-    int64_t max_x = 0, max_gram = 0, max_chunks = 0, max_rows = 0;
+    concurrent_ = opt.concurrent_groups && groups_.size() > 1;
+    // Workspaces: one per group (concurrent) or one of the largest size shared in sequence.
+    int64_t max_x = 0, max_gram = 0, max_rows = 0;
     for (auto& g : groups_) {
       g->shape.count = (int)g->members.size();
       max_x = std::max(max_x, g->shape.x_elems());
       max_gram = std::max(max_gram, g->shape.gram_elems());
       max_rows = std::max(max_rows, (int64_t)g->shape.count * g->shape.rows);
     }
-    ws_x_[0].resize((size_t)max_x);
-    ws_x_[1].resize((size_t)max_x);
-    ws_a_.resize((size_t)max_gram);
-    ws_b_.resize((size_t)max_gram);
-    CUDA_CHECK(cudaMemset(ws_x_[0].data(), 0, ws_x_[0].bytes()));  // autotuning reads them
-    CUDA_CHECK(cudaMemset(ws_x_[1].data(), 0, ws_x_[1].bytes()));
-    CUDA_CHECK(cudaMemset(ws_a_.data(), 0, ws_a_.bytes()));
-    CUDA_CHECK(cudaMemset(ws_b_.data(), 0, ws_b_.bytes()));
-    if (normuon_) {
-      rowsq_.resize((size_t)max_rows);
-      factors_.resize((size_t)max_rows);
-    }
+    auto alloc_ws = [&](Workspace& w, int64_t x, int64_t gram, int64_t nrows) {
+      for (auto* b : {&w.x[0], &w.x[1]}) {
+        b->resize((size_t)x);
+        CUDA_CHECK(cudaMemset(b->data(), 0, b->bytes()));  // autotuning reads them
+      }
+      for (auto* b : {&w.a, &w.b}) {
+        b->resize((size_t)gram);
+        CUDA_CHECK(cudaMemset(b->data(), 0, b->bytes()));
+      }
+      if (normuon_) {
+        w.rowsq.resize((size_t)nrows);
+        w.factors.resize((size_t)nrows);
+      }
+    };
+    if (!concurrent_) alloc_ws(shared_ws_, max_x, max_gram, max_rows);
 
-    for (auto& g : groups_) {
+    for (size_t gi = 0; gi < groups_.size(); ++gi) {
+      Group* g = groups_[gi].get();
+      if (concurrent_) {
+        alloc_ws(g->own_ws, g->shape.x_elems(), g->shape.gram_elems(), (int64_t)g->shape.count * g->shape.rows);
+        g->ws = &g->own_ws;
+      } else {
+        g->ws = &shared_ws_;
+      }
+      Workspace& ws = *g->ws;
+      g->blas = std::make_unique<BlasContext>();
+      if (concurrent_ && gi > 0) {
+        CUDA_CHECK(cudaStreamCreateWithFlags(&g->own_stream.s, cudaStreamNonBlocking));
+        CUDA_CHECK(cudaEventCreateWithFlags(&g->done.e, cudaEventDisableTiming));
+        g->blas->set_stream(g->own_stream.s);
+      } else {
+        g->blas->set_stream(main_);
+      }
+      NsBuffers buf;
+      buf.x[0] = ws.x[0].data();
+      buf.x[1] = ws.x[1].data();
+      buf.a = ws.a.data();
+      buf.b = ws.b.data();
+      g->ns.plan(*g->blas, hp_.ortho, g->shape, buf, opt);
+
       const int64_t per = g->shape.rows * g->shape.cols;
       std::vector<int64_t> gnumel;
       for (int q : g->members) gnumel.push_back((int64_t)params_[q].numel());
       g->chunks.build(gnumel);
-      max_chunks = std::max(max_chunks, g->chunks.count());
       g->vec4 = g->shape.cols % 4 == 0;
       std::vector<MuonDesc> descs;
       std::vector<NeuronNormDesc> ndescs;
@@ -191,9 +221,9 @@ class CudaMuon final : public CudaOptimizer {
         d.w = p.w;
         d.g = p.g;
         d.m = momentum_.ptr(q);
-        d.x = ws_x_[0].data() + (int64_t)j * per;
-        d.o = ws_x_[1].data() + (int64_t)j * per;
-        d.row_factor = normuon_ ? factors_.data() + (int64_t)j * g->shape.rows : nullptr;
+        d.x = ws.x[0].data() + (int64_t)j * per;
+        d.o = g->ns.result() + (int64_t)j * per;
+        d.row_factor = normuon_ ? ws.factors.data() + (int64_t)j * g->shape.rows : nullptr;
         d.numel = (int64_t)p.numel();
         d.cols = p.cols;
         d.first_chunk = g->chunks.first_chunk[j];
@@ -204,56 +234,59 @@ class CudaMuon final : public CudaOptimizer {
       }
       upload(g->descs, descs);
       if (normuon_) upload(g->ndescs, ndescs);
-      NsBuffers buf;
-      buf.x[0] = ws_x_[0].data();
-      buf.x[1] = ws_x_[1].data();
-      buf.a = ws_a_.data();
-      buf.b = ws_b_.data();
-      g->ns.plan(blas_, hp_.ortho, g->shape, buf, opt);
+      g->partials.resize((size_t)std::max<int64_t>(g->chunks.count(), 1));
     }
-    partials_.resize((size_t)std::max<int64_t>(max_chunks, 1));
+    if (concurrent_) CUDA_CHECK(cudaEventCreateWithFlags(&fork_.e, cudaEventDisableTiming));
     // Descriptor uploads and memsets ran on the legacy stream, asynchronously: finish them before
     // any step can run on another stream.
     CUDA_CHECK(cudaDeviceSynchronize());
   }
 
   Algorithm algorithm() const override { return hp_.algorithm; }
-  void set_stream(cudaStream_t s) override { blas_.set_stream(s); }
-  cudaStream_t stream() const override { return blas_.stream(); }
+  void set_stream(cudaStream_t s) override {
+    main_ = s;
+    for (auto& g : groups_)
+      if (!g->own_stream.s) g->blas->set_stream(s);
+  }
+  cudaStream_t stream() const override { return main_; }
 
   void step(const StepContext& ctx) override {
     check_step_context(ctx, hp_.algorithm);
-    cudaStream_t s = blas_.stream();
     const bool bf16_state = hp_.state_dtype == StateDtype::BF16;
     const float decay = 1.0f - ctx.lr * hp_.weight_decay;
     const float mult = ns_norm_multiplier(hp_.ortho);
+    if (fork_.e) CUDA_CHECK(cudaEventRecord(fork_.e, main_));
     for (auto& g : groups_) {
+      cudaStream_t s = g->own_stream.s ? g->own_stream.s : main_;
+      if (g->own_stream.s) CUDA_CHECK(cudaStreamWaitEvent(s, fork_.e, 0));
       const unsigned nblocks = (unsigned)g->chunks.count();
       const ChunkRef* ch = g->chunks.chunks.data();
       const MuonDesc* ds = g->descs.data();
+      Workspace& ws = *g->ws;
+      float* partials = g->partials.data();
       if (g->vec4) {
         if (bf16_state)
-          muon_momentum_kernel<4, bf16><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, hp_.mu, hp_.nesterov, partials_.data());
+          muon_momentum_kernel<4, bf16><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, hp_.mu, hp_.nesterov, partials);
         else
-          muon_momentum_kernel<4, float><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, hp_.mu, hp_.nesterov, partials_.data());
+          muon_momentum_kernel<4, float><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, hp_.mu, hp_.nesterov, partials);
         CUDA_CHECK_LAUNCH();
-        muon_normalize_kernel<4><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, partials_.data(), mult, hp_.eps);
+        muon_normalize_kernel<4><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, partials, mult, hp_.eps);
       } else {
         if (bf16_state)
-          muon_momentum_kernel<1, bf16><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, hp_.mu, hp_.nesterov, partials_.data());
+          muon_momentum_kernel<1, bf16><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, hp_.mu, hp_.nesterov, partials);
         else
-          muon_momentum_kernel<1, float><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, hp_.mu, hp_.nesterov, partials_.data());
+          muon_momentum_kernel<1, float><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, hp_.mu, hp_.nesterov, partials);
         CUDA_CHECK_LAUNCH();
-        muon_normalize_kernel<1><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, partials_.data(), mult, hp_.eps);
+        muon_normalize_kernel<1><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, partials, mult, hp_.eps);
       }
       CUDA_CHECK_LAUNCH();
 
-      bf16* out = g->ns.run(blas_);
-      OG_CHECK(out == ws_x_[1].data(), "internal: NS result expected in the second buffer");
+      bf16* out = g->ns.run(*g->blas);
+      OG_CHECK(out == g->ns.result(), "internal: NS result not where planned");
 
       if (normuon_)
         neuron_norm_factors(s, out, g->shape.count, g->shape.rows, g->shape.cols, g->ndescs.data(), hp_.state_dtype,
-                            hp_.beta2, rowsq_.data(), factors_.data());
+                            hp_.beta2, ws.rowsq.data(), ws.factors.data());
 
       const float lr_eff = adjusted_lr(ctx.lr, hp_.adjust_lr, g->shape.rows, g->shape.cols);
       if (g->vec4)
@@ -261,6 +294,10 @@ class CudaMuon final : public CudaOptimizer {
       else
         muon_update_kernel<1><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, decay, lr_eff);
       CUDA_CHECK_LAUNCH();
+      if (g->own_stream.s) {  // join
+        CUDA_CHECK(cudaEventRecord(g->done.e, s));
+        CUDA_CHECK(cudaStreamWaitEvent(main_, g->done.e, 0));
+      }
     }
   }
 
@@ -275,12 +312,36 @@ class CudaMuon final : public CudaOptimizer {
   }
 
  private:
+  struct OwnedStream {
+    cudaStream_t s = nullptr;
+    ~OwnedStream() {
+      if (s) cudaStreamDestroy(s);
+    }
+  };
+  struct OwnedEvent {
+    cudaEvent_t e = nullptr;
+    ~OwnedEvent() {
+      if (e) cudaEventDestroy(e);
+    }
+  };
+  // The NS batch buffers (input x[0], the other x[1], Gram products a, b) and NorMuon's rows.
+  struct Workspace {
+    DeviceBuffer<bf16> x[2], a, b;
+    DeviceBuffer<float> rowsq, factors;
+  };
+  // Members are destroyed in reverse order: the cuBLAS context before its stream.
   struct Group {
+    OwnedStream own_stream;  // set only for concurrent groups after the first
+    OwnedEvent done;
     NsShape shape;
     std::vector<int> members;  // indices into params_
     ChunkTable chunks;
     DeviceBuffer<MuonDesc> descs;
     DeviceBuffer<NeuronNormDesc> ndescs;
+    DeviceBuffer<float> partials;  // per chunk: Σ X₀²
+    Workspace own_ws;              // concurrent groups only
+    Workspace* ws = nullptr;       // own_ws or the shared one
+    std::unique_ptr<BlasContext> blas;
     NsBatch ns;
     bool vec4 = false;
   };
@@ -289,11 +350,12 @@ class CudaMuon final : public CudaOptimizer {
   std::vector<ParamSlot> params_;
   std::vector<std::string> names_;
   bool normuon_;
-  BlasContext blas_;
+  cudaStream_t main_ = nullptr;
+  bool concurrent_ = false;
+  OwnedEvent fork_;
   StateArena momentum_, variance_;
+  Workspace shared_ws_;
   std::vector<std::unique_ptr<Group>> groups_;
-  DeviceBuffer<bf16> ws_x_[2], ws_a_, ws_b_;
-  DeviceBuffer<float> partials_, rowsq_, factors_;
 };
 
 }  // namespace

@@ -10,6 +10,7 @@
 // mirror kernel; A·A likewise, on B pre-filled with A's upper blocks (β = b in place).
 #include <algorithm>
 #include <vector>
+#include <utility>
 
 #include "optim/cuda/newton_schulz.h"
 
@@ -56,7 +57,40 @@ void mirror_upper_blocks(BlasContext& ctx, bf16* a, bf16* copy_to, int64_t m, in
   CUDA_CHECK_LAUNCH();
 }
 
+// Q = B + a·I for each of the count column-major m×m matrices (grid-stride, block 256).
+__global__ void add_identity_kernel(const bf16* __restrict__ b, bf16* __restrict__ q, int64_t m, int64_t total,
+                                    float a) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t e = i % (m * m);
+    float v = __bfloat162float(b[i]);
+    if (e % m == e / m) v += a;
+    q[i] = __float2bfloat16_rn(v);
+  }
+}
+
+void add_identity(BlasContext& ctx, const bf16* b, bf16* q, int64_t m, int count, float a) {
+  const int64_t total = (int64_t)count * m * m;
+  const unsigned grid = (unsigned)std::min<int64_t>((total + 255) / 256, 4096);
+  add_identity_kernel<<<grid, 256, 0, ctx.stream()>>>(b, q, m, total, a);
+  CUDA_CHECK_LAUNCH();
+}
+
+void ns_coeffs(Ortho o, int it, float& a, float& b, float& c) {
+  if (o == Ortho::PolarExpress) {
+    a = (float)kPolarExpressCoeffs[it][0], b = (float)kPolarExpressCoeffs[it][1], c = (float)kPolarExpressCoeffs[it][2];
+  } else {
+    a = kNsCoeffs[it][0], b = kNsCoeffs[it][1], c = kNsCoeffs[it][2];
+  }
+}
+
+constexpr int kGramRestart = 2;  // X is materialized after this many iterations (and at the end)
+
 }  // namespace
+
+double ns_gram_flops(int64_t rows, int64_t cols) {
+  const double m = (double)std::min(rows, cols), n = (double)std::max(rows, cols);
+  return 4.0 * 2.0 * m * m * n + 14.0 * 2.0 * m * m * m;
+}
 
 float ns_norm_multiplier(Ortho o) { return o == Ortho::PolarExpress ? 1.02f : 1.0f; }
 
@@ -78,12 +112,19 @@ void NsBatch::plan(BlasContext& ctx, Ortho ortho, const NsShape& shape, const Ns
   const int64_t m = shape.m(), n = shape.n(), mn = m * n, mm = m * m;
   const int count = shape.count;
 
+  // Gram variant: full products only (the m×m GEMMs all reuse the plan of A·A).
+  gram_ = opt.gram_ns && n >= 2 * m;
+  if (gram_) {
+    gram_q_.resize((size_t)shape.gram_elems());
+    gram_t_.resize((size_t)shape.gram_elems());
+  }
+
   // Where the block-triangle products pay (see CudaOptimOptions::Symmetric): the saved FLOPs of
   // X·Xᵀ are ∝ m²·n·(nb−1)/(2nb), the mirror pass costs ∝ m² bytes; break-even is near
   // n·(nb−1)/nb ≈ 450 on an H100; ask for 1024 to stay clear of block-GEMM inefficiency.
   block_ = opt.symmetric_block;
   const int64_t nb = m / block_;
-  const bool blockable = m % block_ == 0 && nb >= 2;
+  const bool blockable = !gram_ && m % block_ == 0 && nb >= 2;
   switch (opt.symmetric) {
     case CudaOptimOptions::Symmetric::Off: sym_xxt_ = sym_aa_ = false; break;
     case CudaOptimOptions::Symmetric::On: sym_xxt_ = sym_aa_ = blockable; break;
@@ -180,15 +221,12 @@ void NsBatch::plan(BlasContext& ctx, Ortho ortho, const NsShape& shape, const Ns
 }
 
 bf16* NsBatch::run(BlasContext& ctx) {
+  if (gram_) return run_gram(ctx);
   const int64_t m = shape_.m();
   int cur = 0;
   for (int it = 0; it < 5; ++it) {
     float a, b, c;
-    if (ortho_ == Ortho::PolarExpress) {
-      a = (float)kPolarExpressCoeffs[it][0], b = (float)kPolarExpressCoeffs[it][1], c = (float)kPolarExpressCoeffs[it][2];
-    } else {
-      a = kNsCoeffs[it][0], b = kNsCoeffs[it][1], c = kNsCoeffs[it][2];
-    }
+    ns_coeffs(ortho_, it, a, b, c);
     bf16* src = buf_.x[cur];
     bf16* dst = buf_.x[cur ^ 1];
     // A = X·Xᵀ
@@ -212,6 +250,49 @@ bf16* NsBatch::run(BlasContext& ctx) {
       bx_.run(ctx, 1.0f, buf_.b, src, a, src, dst);
     cur ^= 1;
   }
+  return buf_.x[cur];
+}
+
+// Gram variant (see newton_schulz.h). Buffers: A = buf_.a, B = buf_.b, Q and T ping-pong.
+bf16* NsBatch::run_gram(BlasContext& ctx) {
+  const int64_t m = shape_.m();
+  bf16 *A = buf_.a, *B = buf_.b, *Q = gram_q_.data(), *T = gram_t_.data();
+  int cur = 0;
+  auto gram_of_x = [&] {
+    const bf16* x = buf_.x[cur];
+    xxt_.run(ctx, 1.0f, x, x, 0.0f, nullptr, A);
+  };
+  auto apply_q = [&] {  // X ← Q·X into the other buffer
+    const bf16* src = buf_.x[cur];
+    bf16* dst = buf_.x[cur ^ 1];
+    if (wide_)
+      bx_.run(ctx, 1.0f, src, Q, 0.0f, nullptr, dst);  // Z' = Z·Q
+    else
+      bx_.run(ctx, 1.0f, Q, src, 0.0f, nullptr, dst);  // X' = Q·X
+    cur ^= 1;
+  };
+  gram_of_x();
+  for (int it = 0; it < 5; ++it) {
+    float a, b, c;
+    ns_coeffs(ortho_, it, a, b, c);
+    const bool first = it == 0 || it == kGramRestart;
+    const bool last = it == kGramRestart - 1 || it == 4;
+    aa_.run(ctx, c, A, A, b, A, B);  // B = c·A·A + b·A
+    if (first) {
+      add_identity(ctx, B, Q, m, shape_.count, a);  // Q = B + a·I
+    } else {
+      aa_.run(ctx, 1.0f, B, Q, a, Q, T);  // Q ← B·Q + a·Q
+      std::swap(Q, T);
+    }
+    if (!last) {
+      aa_.run(ctx, 1.0f, B, A, a, A, T);  // T = B·A + a·A = P·A
+      aa_.run(ctx, 1.0f, B, T, a, T, A);  // A ← B·T + a·T = P·A·P
+    } else {
+      apply_q();
+      if (it != 4) gram_of_x();
+    }
+  }
+  OG_CHECK(buf_.x[cur] == result(), "internal: Gram NS result expected in the first buffer");
   return buf_.x[cur];
 }
 
