@@ -2,9 +2,9 @@
 //
 // Backward without atomics: tokens are first mapped to sort keys (out-of-range -> sentinel V),
 // then a stable radix sort of (key, position) pairs groups the positions of each token in
-// increasing position order; one block per vocabulary row finds its segment by binary search
-// and sums dout over the segment in that order. The result is bitwise reproducible for given
-// inputs, independent of scheduling.
+// increasing position order; a pass over the sorted keys records where each token's segment
+// begins and ends, and one block per vocabulary row sums dout over its segment in that order.
+// The result is bitwise reproducible for given inputs, independent of scheduling.
 #include <cub/device/device_radix_sort.cuh>
 
 #include "core/cuda_utils.h"
@@ -38,34 +38,31 @@ __global__ void embedding_sort_keys_kernel(uint32_t* keys, int32_t* pos, const i
   }
 }
 
-// First index i in sorted[0, n) with sorted[i] >= key.
-__device__ int64_t lower_bound_u32(const uint32_t* sorted, int64_t n, uint32_t key) {
-  int64_t lo = 0, hi = n;
-  while (lo < hi) {
-    const int64_t mid = (lo + hi) >> 1;
-    if (sorted[mid] < key) lo = mid + 1; else hi = mid;
+// seg_begin[k], seg_end[k] = the range of sorted positions holding key k (both left 0 for keys
+// that do not occur: the caller zeroes them). Each entry is written by exactly one thread.
+// Grid-stride over N, block 256.
+__global__ void embedding_segments_kernel(int32_t* seg_begin, int32_t* seg_end, const uint32_t* sorted_keys,
+                                          int64_t N) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < N; i += (int64_t)gridDim.x * blockDim.x) {
+    const uint32_t k = sorted_keys[i];
+    if (i == 0 || sorted_keys[i - 1] != k) seg_begin[k] = (int32_t)i;
+    if (i == N - 1 || sorted_keys[i + 1] != k) seg_end[k] = (int32_t)(i + 1);
   }
-  return lo;
 }
 
 // One block per vocabulary row v (grid = V, block = 256): dwte[v, c] += sum over the positions
 // of token v (in increasing order) of dout[pos, c]. Rows of tokens absent from the batch exit.
 template <typename Tgrad>
-__global__ void embedding_backward_kernel(float* dwte, const Tgrad* dout, const uint32_t* sorted_keys,
-                                          const int32_t* sorted_pos, int64_t N, int64_t C) {
-  __shared__ int64_t seg[2];
-  const uint32_t v = blockIdx.x;
-  if (threadIdx.x == 0) {
-    seg[0] = lower_bound_u32(sorted_keys, N, v);
-    seg[1] = lower_bound_u32(sorted_keys, N, v + 1);
-  }
-  __syncthreads();
-  const int64_t begin = seg[0], end = seg[1];
+__global__ void embedding_backward_kernel(float* __restrict__ dwte, const Tgrad* __restrict__ dout,
+                                          const int32_t* __restrict__ seg_begin, const int32_t* __restrict__ seg_end,
+                                          const int32_t* __restrict__ sorted_pos, int64_t C) {
+  const int64_t v = blockIdx.x;
+  const int32_t begin = seg_begin[v], end = seg_end[v];
   if (begin == end) return;
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
     float acc = 0.0f;
-    for (int64_t i = begin; i < end; ++i) acc += load_f32(dout[(int64_t)sorted_pos[i] * C + c]);
-    dwte[(int64_t)v * C + c] += acc;
+    for (int32_t i = begin; i < end; ++i) acc += load_f32(dout[(int64_t)sorted_pos[i] * C + c]);
+    dwte[v * C + c] += acc;
   }
 }
 
@@ -99,8 +96,9 @@ void embedding_forward(Tout* out, const int32_t* tokens, const Ttab* wte, int64_
 size_t embedding_backward_workspace_bytes(int64_t N, int64_t V) {
   OG_CHECK(N > 0 && N < (int64_t(1) << 31) && V > 0 && V < (int64_t(1) << 31),
            "embedding_backward: bad sizes N={} V={}", N, V);
-  // keys in/out, positions in/out, then the radix sort's temporary storage
-  return 4 * align256(4 * (size_t)N) + align256(sort_temp_bytes(N, V));
+  // keys in/out, positions in/out, segment begin/end per key (V + 1 keys with the sentinel),
+  // then the radix sort's temporary storage
+  return 4 * align256(4 * (size_t)N) + 2 * align256(4 * (size_t)(V + 1)) + align256(sort_temp_bytes(N, V));
 }
 
 template <typename Tgrad>
@@ -117,15 +115,21 @@ void embedding_backward(float* dwte, const Tgrad* dout, const int32_t* tokens, i
   auto* keys_out = reinterpret_cast<uint32_t*>(ws + arr);
   auto* pos_in = reinterpret_cast<int32_t*>(ws + 2 * arr);
   auto* pos_out = reinterpret_cast<int32_t*>(ws + 3 * arr);
-  void* sort_tmp = ws + 4 * arr;
-  size_t sort_bytes = workspace_bytes - 4 * arr;
+  const size_t seg = align256(4 * (size_t)(V + 1));
+  auto* seg_begin = reinterpret_cast<int32_t*>(ws + 4 * arr);
+  auto* seg_end = reinterpret_cast<int32_t*>(ws + 4 * arr + seg);
+  void* sort_tmp = ws + 4 * arr + 2 * seg;
+  size_t sort_bytes = workspace_bytes - 4 * arr - 2 * seg;
 
   const int blocks = (int)std::min<int64_t>((N + 255) / 256, 4096);
   embedding_sort_keys_kernel<<<blocks, 256, 0, stream>>>(keys_in, pos_in, tokens, N, V);
   CUDA_CHECK_LAUNCH();
   CUDA_CHECK(cub::DeviceRadixSort::SortPairs(sort_tmp, sort_bytes, keys_in, keys_out, pos_in, pos_out, (int)N, 0,
                                              key_bits(V), stream));
-  embedding_backward_kernel<<<(unsigned)V, 256, 0, stream>>>(dwte, dout, keys_out, pos_out, N, C);
+  CUDA_CHECK(cudaMemsetAsync(seg_begin, 0, 2 * seg, stream));  // both arrays (contiguous)
+  embedding_segments_kernel<<<blocks, 256, 0, stream>>>(seg_begin, seg_end, keys_out, N);
+  CUDA_CHECK_LAUNCH();
+  embedding_backward_kernel<<<(unsigned)V, 256, 0, stream>>>(dwte, dout, seg_begin, seg_end, pos_out, C);
   CUDA_CHECK_LAUNCH();
 }
 
