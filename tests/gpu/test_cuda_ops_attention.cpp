@@ -3,10 +3,9 @@
 // (any even hd), on random bf16-exact q, k, v, dout at ragged sequence lengths (T not a multiple
 // of the 64-row tiles, T = 1). The logsumexp is checked against a double-precision host sum.
 // Outputs are poisoned with NaN before each launch; every element must be written.
-// Tolerances (relative L2): out 1e-2 (bf16 output); lse 1e-4 (fp32);
-//   dq/dk/dv 1e-2 for the simple kernels (fp32 math, bf16 outputs) and 2e-2 for the flash
-//   kernels (as in FlashAttention-2, P and dS are rounded to bf16 for the tensor-core products
-//   and delta is taken from the bf16 output).
+// Tolerances (relative L2): out, dq, dk, dv 1e-2 (bf16 outputs; the flash kernels also round
+//   P and dS to bf16 for the tensor-core products, as FlashAttention-2 does: expect ~2-5e-3);
+//   lse 1e-4 (fp32). Flash against simple at T = 1024: 1e-2 on everything but lse.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -95,7 +94,7 @@ void check_attention(const AttnShape& s, Path path, uint64_t seed) {
   EXPECT_CLOSE(download(d_out), c.out, 1e-2);
   EXPECT_CLOSE(download(d_lse), c.lse, 1e-4);
 
-  const double grad_tol = path == Path::Flash ? 2e-2 : 1e-2;
+  const double grad_tol = 1e-2;
   if (path == Path::Flash)
     gpu::attention_backward(d_dq.data(), d_dk.data(), d_dv.data(), d_delta.data(), d_dout.data(), d_out.data(),
                             d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H, s.hd, 0);
@@ -194,9 +193,9 @@ TEST(CudaAttention, FlashMatchesSimpleAtT1024) {
                                    out[1].data(), lse[1].data(), d_q.data(), d_k.data(), d_v.data(), B, T, H, hd, 0);
     EXPECT_CLOSE(download(out[0]), download(out[1]), 1e-2);
     EXPECT_CLOSE(download(lse[0]), download(lse[1]), 1e-4);
-    EXPECT_CLOSE(download(dq[0]), download(dq[1]), 2e-2);
-    EXPECT_CLOSE(download(dk[0]), download(dk[1]), 2e-2);
-    EXPECT_CLOSE(download(dv[0]), download(dv[1]), 2e-2);
+    EXPECT_CLOSE(download(dq[0]), download(dq[1]), 1e-2);
+    EXPECT_CLOSE(download(dk[0]), download(dk[1]), 1e-2);
+    EXPECT_CLOSE(download(dv[0]), download(dv[1]), 1e-2);
   }
 }
 

@@ -7,6 +7,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -115,12 +117,19 @@ ErrorStats compare(const std::vector<A>& got_in, const std::vector<B>& want_in) 
   return s;
 }
 
+// OG_TEST_VERBOSE=1 in the environment prints every comparison (to see the margins).
+inline bool verbose() {
+  static const bool v = std::getenv("OG_TEST_VERBOSE") != nullptr;
+  return v;
+}
+
 // Every element written (finite) and relative L2 error within tol.
-#define EXPECT_CLOSE(got, want, tol)                                     \
-  do {                                                                   \
-    const ::og::test::ErrorStats es_ = ::og::test::compare(got, want);   \
-    EXPECT_EQ(es_.nonfinite, 0) << #got << ": " << es_.str();            \
-    EXPECT_LE(es_.rel_l2, tol) << #got << ": " << es_.str();             \
+#define EXPECT_CLOSE(got, want, tol)                                                               \
+  do {                                                                                             \
+    const ::og::test::ErrorStats es_ = ::og::test::compare(got, want);                             \
+    if (::og::test::verbose()) std::printf("  %-28s %s (tol %g)\n", #got, es_.str().c_str(), (double)(tol)); \
+    EXPECT_EQ(es_.nonfinite, 0) << #got << ": " << es_.str();                                      \
+    EXPECT_LE(es_.rel_l2, tol) << #got << ": " << es_.str();                                       \
   } while (0)
 
 // Elapsed milliseconds of `fn` on the default stream, averaged over `iters` runs after one warmup.

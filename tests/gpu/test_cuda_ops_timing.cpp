@@ -89,8 +89,8 @@ TEST(CudaTiming, Elementwise160M) {
   SKIP_WITHOUT_CUDA();
   const int64_t nd = kN * kD, nff = kN * kFF;
   auto x = random_bf16(nd, 8), y = random_bf16(nd, 9), h = random_bf16(nff, 10), dh = random_bf16(nff, 11);
-  og::DeviceBuffer<float> res(nd), rstd(kN), rstd_h((int64_t)kN * kH);
-  CUDA_CHECK(cudaMemset(res.data(), 0, res.bytes()));
+  og::DeviceBuffer<float> res(nd), dres(nd), rstd(kN), rstd_h((int64_t)kN * kH);
+  CUDA_CHECK(cudaMemset(dres.data(), 0, dres.bytes()));
   og::DeviceBuffer<bf16> normed(nd), qk(nd), dqk(nd), a(nff);
   gpu::convert_bf16_to_f32(res.data(), x.data(), nd, 0);
 
@@ -104,7 +104,7 @@ TEST(CudaTiming, Elementwise160M) {
              }),
              nd * (4.0 + 2.0 + 4.0 + 2.0));
   report_gbs("rmsnorm bwd (fp32 residual grad +=)",
-             time_ms([&] { gpu::rmsnorm_backward(res.data(), normed.data(), res.data(), rstd.data(), kN, kD, 0); }),
+             time_ms([&] { gpu::rmsnorm_backward(dres.data(), normed.data(), res.data(), rstd.data(), kN, kD, 0); }),
              nd * (4.0 + 2.0 + 4.0 + 4.0));
   report_gbs("rotary + qk-norm fwd (one of q/k)",
              time_ms([&] { gpu::rotary_qknorm_forward(qk.data(), rstd_h.data(), x.data(), kB, kT, kH, kHd, 10000.0f, gpu::kRmsNormEps, 0); }),

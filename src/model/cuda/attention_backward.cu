@@ -5,12 +5,13 @@
 // Two kernels, no atomics (deterministic), each warp owning 16 rows of its output:
 //  - flash_dkdv_kernel: grid (B·H, ceil(T/64)), 128 threads. A block owns 64 key rows (K and V
 //    in shared memory, dK and dV in registers) and walks the query blocks of 32 rows from the
-//    diagonal to the end (Q, dO, lse, delta staged in shared memory). Each warp works on the
-//    transposed problem Sᵀ = K·Qᵀ, so Pᵀ and dSᵀ sit in registers as the A operands of
-//    dV += Pᵀ·dO and dK += dSᵀ·Q. Dynamic shared memory: 51 KiB for HD = 128 (opt-in).
+//    diagonal to the end (Q, dO, lse, delta staged in shared memory, double-buffered with
+//    cp.async). Each warp works on the transposed problem Sᵀ = K·Qᵀ, so Pᵀ and dSᵀ sit in
+//    registers as the A operands of dV += Pᵀ·dO and dK += dSᵀ·Q. Dynamic shared memory:
+//    69 KiB for HD = 128 (opt-in above 48 KiB).
 //  - flash_dq_kernel: grid (B·H, ceil(T/64)), 128 threads. A block owns 64 query rows (Q and
 //    dO fragments in registers, dQ accumulators in registers) and walks the key blocks of 32
-//    rows up to the diagonal (K and V in shared memory).
+//    rows up to the diagonal (K and V in shared memory, double-buffered; 34 KiB for HD = 128).
 // The dQ kernel recomputes S and dP (7 MMAs per key/query pair instead of 5 with atomics):
 // the price of determinism. Rows past T are zero-filled and never stored.
 #include "core/cuda_utils.h"
@@ -28,12 +29,15 @@ constexpr int kThreads = 128;
 constexpr int kRowsPerBlock = 64;  // rows owned by a block (4 warps x 16), both kernels
 constexpr int kStep = 32;          // rows of the streamed operand per step, both kernels
 
+// K, V (64 rows each), then two stages of (Q, dO) tiles (32 rows each), then two stages of
+// (lse, delta) rows.
 template <int HD>
 constexpr size_t dkdv_smem_bytes() {
-  return (2 * kRowsPerBlock + 2 * kStep) * smem_ld<HD>() * sizeof(bf16) + 2 * kStep * sizeof(float);
+  return (2 * kRowsPerBlock + 2 * 2 * kStep) * smem_ld<HD>() * sizeof(bf16) + 2 * 2 * kStep * sizeof(float);
 }
+// Two stages of (K, V) tiles of 32 rows.
 template <int HD>
-constexpr size_t dq_smem_bytes() { return 2 * kStep * smem_ld<HD>() * sizeof(bf16); }
+constexpr size_t dq_smem_bytes() { return 2 * 2 * kStep * smem_ld<HD>() * sizeof(bf16); }
 
 // acc[nt] (16 x kStep, C layout) += A(16 x HD rows of `a_smem`, A via ldmatrix) · Bᵀ where the
 // B operand is rows of `b_smem` (kStep rows x HD): i.e. acc = A_rows · B_rowsᵀ.
@@ -106,12 +110,10 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_kernel(bf16* __restrict__
                                                               float scale_log2) {
   constexpr int LD = smem_ld<HD>(), NO = HD / 8, NS = kStep / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
-  bf16* Vs = Ks + kRowsPerBlock * LD;
-  bf16* Qs = Vs + kRowsPerBlock * LD;
-  bf16* dOs = Qs + kStep * LD;
-  float* lse_s = reinterpret_cast<float*>(dOs + kStep * LD);
-  float* delta_s = lse_s + kStep;
+  bf16* const Ks = reinterpret_cast<bf16*>(smem_raw);
+  bf16* const Vs = Ks + kRowsPerBlock * LD;
+  bf16* const stage0 = Vs + kRowsPerBlock * LD;  // stage s: Q at stage0 + 2s·kStep·LD, dO after it
+  float* const stats0 = reinterpret_cast<float*>(stage0 + 2 * 2 * kStep * LD);  // stage s: lse, delta at 2s·kStep
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
   const int bh_index = blockIdx.x;
@@ -122,8 +124,22 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_kernel(bf16* __restrict__
   const int kv0 = kb * kRowsPerBlock;
   const int r0 = kv0 + warp * 16;  // first key row of this warp
 
-  load_tile<kRowsPerBlock, HD>(Ks, k + bh, kv0, T, stride);
-  load_tile<kRowsPerBlock, HD>(Vs, v + bh, kv0, T, stride);
+  const float* lse_bh = lse + (int64_t)bh_index * T;
+  const float* delta_bh = delta + (int64_t)bh_index * T;
+  // Stage s <- query tile starting at row q0 (copies in flight; stats stored directly).
+  auto issue_stage = [&](int s, int q0) {
+    bf16* Qd = stage0 + 2 * s * kStep * LD;
+    load_tile_async<kStep, HD>(Qd, q + bh, q0, T, stride);
+    load_tile_async<kStep, HD>(Qd + kStep * LD, dout + bh, q0, T, stride);
+    load_row_stats<kStep>(stats0 + 2 * s * kStep, lse_bh, q0, T);
+    load_row_stats<kStep>(stats0 + 2 * s * kStep + kStep, delta_bh, q0, T);
+  };
+
+  // queries before kv0 never see these keys: start at the diagonal
+  load_tile_async<kRowsPerBlock, HD>(Ks, k + bh, kv0, T, stride);
+  load_tile_async<kRowsPerBlock, HD>(Vs, v + bh, kv0, T, stride);
+  issue_stage(0, kv0);
+  cp_async_commit();
 
   float dk_acc[NO][4], dv_acc[NO][4];
 #pragma unroll
@@ -131,15 +147,20 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_kernel(bf16* __restrict__
 #pragma unroll
     for (int e = 0; e < 4; ++e) dk_acc[dt][e] = dv_acc[dt][e] = 0.0f;
 
-  const float* lse_bh = lse + (int64_t)bh_index * T;
-  const float* delta_bh = delta + (int64_t)bh_index * T;
-  for (int q0 = kv0; q0 < T; q0 += kStep) {  // queries before kv0 never see these keys
-    __syncthreads();  // previous step's reads of Qs/dOs are done (and K/V loads, first time)
-    load_tile<kStep, HD>(Qs, q + bh, q0, T, stride);
-    load_tile<kStep, HD>(dOs, dout + bh, q0, T, stride);
-    load_row_stats<kStep>(lse_s, lse_bh, q0, T);
-    load_row_stats<kStep>(delta_s, delta_bh, q0, T);
+  for (int it = 0, q0 = kv0; q0 < T; ++it, q0 += kStep) {
+    const int cur = it & 1;
+    if (q0 + kStep < T) {  // prefetch the next query tile into the other stage
+      issue_stage(cur ^ 1, q0 + kStep);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
     __syncthreads();
+    const bf16* Qs = stage0 + 2 * cur * kStep * LD;
+    const bf16* dOs = Qs + kStep * LD;
+    const float* lse_s = stats0 + 2 * cur * kStep;
+    const float* delta_s = lse_s + kStep;
 
     // Sᵀ = K·Qᵀ (16 keys x 32 queries) -> Pᵀ, masked where query < key or query >= T
     float p[NS][4];
@@ -169,6 +190,7 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_kernel(bf16* __restrict__
       for (int e = 0; e < 4; ++e) ds[nt][e] = p[nt][e] * (ds[nt][e] - delta_s[nt * 8 + 2 * tq + (e & 1)]);
     // dK += dSᵀ·Q   (scaled at the end)
     regs_times_rows<HD>(dk_acc, ds, Qs);
+    __syncthreads();  // all reads of this stage are done before the next step refills it
   }
   store_c_fragments<HD>(dk + bh, dk_acc, scale, scale, r0, T, stride);
   store_c_fragments<HD>(dv + bh, dv_acc, 1.0f, 1.0f, r0, T, stride);
@@ -183,8 +205,7 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(bf16* __restrict__ d
                                                             float scale_log2) {
   constexpr int LD = smem_ld<HD>(), KS = HD / 16, NO = HD / 8, NS = kStep / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
-  bf16* Vs = Ks + kStep * LD;
+  bf16* const stage0 = reinterpret_cast<bf16*>(smem_raw);  // stage s: K at 2s·kStep·LD, V after it
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
   const int bh_index = blockIdx.x;
@@ -194,6 +215,14 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(bf16* __restrict__ d
   const int64_t bh = ((int64_t)b * T * H + h) * HD;
   const int q_block0 = qb * kRowsPerBlock;
   const int r0 = q_block0 + warp * 16;  // first query row of this warp
+
+  auto issue_stage = [&](int s, int kv0) {
+    bf16* Kd = stage0 + 2 * s * kStep * LD;
+    load_tile_async<kStep, HD>(Kd, k + bh, kv0, T, stride);
+    load_tile_async<kStep, HD>(Kd + kStep * LD, v + bh, kv0, T, stride);
+  };
+  issue_stage(0, 0);
+  cp_async_commit();
 
   uint32_t qa[KS][4], doa[KS][4];
   load_a_fragments<HD>(qa, q + bh, r0, T, stride);
@@ -211,11 +240,18 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(bf16* __restrict__ d
   for (int dt = 0; dt < NO; ++dt) dq_acc[dt][0] = dq_acc[dt][1] = dq_acc[dt][2] = dq_acc[dt][3] = 0.0f;
 
   const int key_end = min(q_block0 + kRowsPerBlock, T);  // keys past the block's last query are masked
-  for (int kv0 = 0; kv0 < key_end; kv0 += kStep) {
+  for (int it = 0, kv0 = 0; kv0 < key_end; ++it, kv0 += kStep) {
+    const int cur = it & 1;
+    if (kv0 + kStep < key_end) {  // prefetch the next key tile into the other stage
+      issue_stage(cur ^ 1, kv0 + kStep);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
     __syncthreads();
-    load_tile<kStep, HD>(Ks, k + bh, kv0, T, stride);
-    load_tile<kStep, HD>(Vs, v + bh, kv0, T, stride);
-    __syncthreads();
+    const bf16* Ks = stage0 + 2 * cur * kStep * LD;
+    const bf16* Vs = Ks + kStep * LD;
 
     // S = Q·Kᵀ -> P (masked where key > query)
     float p[NS][4];
@@ -242,6 +278,7 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(bf16* __restrict__ d
       for (int e = 0; e < 4; ++e) ds[nt][e] = p[nt][e] * (ds[nt][e] - delta_r[e >> 1]);
     // dQ += dS·K
     regs_times_rows<HD>(dq_acc, ds, Ks);
+    __syncthreads();  // all reads of this stage are done before the next step refills it
   }
   store_c_fragments<HD>(dq + bh, dq_acc, scale, scale, r0, T, stride);
 }

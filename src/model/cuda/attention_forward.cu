@@ -4,8 +4,9 @@
 //
 // Launch shape: grid (B·H, ceil(T/64)), 128 threads (4 warps). A block owns 64 query rows, each
 // warp 16 of them (its Q fragments stay in registers); it walks the key/value blocks of 64 rows
-// up to the diagonal, staging K and V in shared memory ([64][HD+8] bf16 each, 17 KiB for
-// HD = 128). Per key block a warp computes S = Q·Kᵀ (mma m16n8k16, fp32), applies the scale (in
+// up to the diagonal, staging K and V in shared memory ([64][HD+8] bf16 each), double-buffered:
+// the cp.async copies of block j+1 fly while block j is computed (68 KiB of dynamic shared
+// memory for HD = 128, opt-in above 48 KiB). Per key block a warp computes S = Q·Kᵀ (mma m16n8k16, fp32), applies the scale (in
 // the log2 domain) and, on the diagonal block, the causal mask, updates its running row max and
 // sum (online softmax), rescales its O accumulators and adds P·V with P taken straight from the
 // S registers. Query blocks are scheduled heaviest (last) first. Rows past T are zero-filled on
@@ -27,8 +28,9 @@ constexpr int kBr = 64;  // query rows per block (4 warps x 16)
 constexpr int kBc = 64;  // key rows per step; kBr == kBc makes the diagonal block the last one
 constexpr int kThreads = 128;
 
+// Two stages of (K tile, V tile).
 template <int HD>
-constexpr size_t forward_smem_bytes() { return 2 * kBc * smem_ld<HD>() * sizeof(bf16); }
+constexpr size_t forward_smem_bytes() { return 2 * 2 * kBc * smem_ld<HD>() * sizeof(bf16); }
 
 template <int HD>
 __global__ void __launch_bounds__(kThreads) flash_forward_kernel(bf16* __restrict__ out, float* __restrict__ lse,
@@ -38,8 +40,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(bf16* __restric
                                                                  float scale_log2) {
   constexpr int LD = smem_ld<HD>(), KS = HD / 16, NO = HD / 8, NS = kBc / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* Ks = reinterpret_cast<bf16*>(smem_raw);
-  bf16* Vs = Ks + kBc * LD;
+  bf16* const smem = reinterpret_cast<bf16*>(smem_raw);  // stage s: K at (2s)·kBc·LD, V at (2s+1)·kBc·LD
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
   const int bh_index = blockIdx.x;  // b·H + h
@@ -49,6 +50,10 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(bf16* __restric
   const int64_t bh = ((int64_t)b * T * H + h) * HD;  // element offset of (b, 0, h, 0)
   const int r0 = qb * kBr + warp * 16;                // first query row of this warp
 
+  // start the copies of key block 0, then fetch Q while they fly
+  load_tile_async<kBc, HD>(smem, k + bh, 0, T, stride);
+  load_tile_async<kBc, HD>(smem + kBc * LD, v + bh, 0, T, stride);
+  cp_async_commit();
   uint32_t qa[KS][4];
   load_a_fragments<HD>(qa, q + bh, r0, T, stride);
 
@@ -59,10 +64,18 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(bf16* __restric
   float l[2] = {0.0f, 0.0f};            // running sum of this thread's columns (reduced at the end)
 
   for (int j = 0; j <= qb; ++j) {
-    __syncthreads();  // the previous step's reads of Ks/Vs are done
-    load_tile<kBc, HD>(Ks, k + bh, j * kBc, T, stride);
-    load_tile<kBc, HD>(Vs, v + bh, j * kBc, T, stride);
-    __syncthreads();
+    const bf16* Ks = smem + (2 * (j & 1)) * kBc * LD;
+    const bf16* Vs = Ks + kBc * LD;
+    if (j < qb) {  // prefetch block j+1 into the other stage (free since the sync ending step j−1)
+      bf16* next = smem + (2 * ((j + 1) & 1)) * kBc * LD;
+      load_tile_async<kBc, HD>(next, k + bh, (j + 1) * kBc, T, stride);
+      load_tile_async<kBc, HD>(next + kBc * LD, v + bh, (j + 1) * kBc, T, stride);
+      cp_async_commit();
+      cp_async_wait<1>();  // this thread's copies of block j have landed
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();  // ... and everyone's
 
     // S = Q·Kᵀ for this warp's 16 rows x 64 keys
     float s[NS][4];
@@ -134,6 +147,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(bf16* __restric
         mma_16816(o[dt + 1], pa, vb[2], vb[3]);
       }
     }
+    __syncthreads();  // all reads of this stage are done before step j+1 refills it
   }
 
   // normalize, store O and the logsumexp (natural log of the scaled scores)

@@ -22,17 +22,18 @@ constexpr float kLn2 = 0.6931471805599453f;
 // of one ldmatrix phase hit 32 distinct banks.
 template <int HD> constexpr int smem_ld() { return HD + 8; }
 
-// smem[r][:] = x[b, row0 + r, h, :] for r < ROWS (zeros where row0 + r >= T). `bh` points at
-// (b, t = 0, h, 0); consecutive t are `stride` = H·HD elements apart. All threads of the block
-// take part (blockDim.x threads, 16 bytes each per step).
+// Issue asynchronous copies smem[r][:] = x[b, row0 + r, h, :] for r < ROWS (zero-filled where
+// row0 + r >= T); the caller commits, waits and syncs. `bh` points at (b, t = 0, h, 0);
+// consecutive t are `stride` = H·HD elements apart. All threads of the block take part
+// (blockDim.x threads, 16 bytes each per step).
 template <int ROWS, int HD>
-__device__ __forceinline__ void load_tile(bf16* smem, const bf16* bh, int row0, int T, int stride) {
+__device__ __forceinline__ void load_tile_async(bf16* smem, const bf16* bh, int row0, int T, int stride) {
   constexpr int kChunks = HD / 8;  // 16-byte chunks per row
   for (int idx = threadIdx.x; idx < ROWS * kChunks; idx += blockDim.x) {
     const int r = idx / kChunks, c = idx % kChunks;
-    uint4 v = make_uint4(0u, 0u, 0u, 0u);
-    if (row0 + r < T) v = *reinterpret_cast<const uint4*>(bh + (int64_t)(row0 + r) * stride + c * 8);
-    *reinterpret_cast<uint4*>(smem + r * smem_ld<HD>() + c * 8) = v;
+    const bool valid = row0 + r < T;
+    const bf16* src = valid ? bh + (int64_t)(row0 + r) * stride + c * 8 : bh;
+    cp_async_16(smem + r * smem_ld<HD>() + c * 8, src, valid);
   }
 }
 

@@ -71,7 +71,8 @@ void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, cons
 void attention_backward(bf16* dq, bf16* dk, bf16* dv, float* delta, const bf16* dout, const bf16* out,
                         const float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T, int H, int hd,
                         cudaStream_t stream);
-// True when attention_forward/backward take the tensor-core path for these arguments.
+// True when attention_forward takes the tensor-core path for these arguments (attention_backward
+// does when, in addition, dq, dk, dv and dout are 16-byte aligned).
 bool attention_uses_tensor_cores(int hd, const void* q, const void* k, const void* v, const void* out);
 // The simple kernels (fp32 math, one warp per row; any even hd <= 512): the fallback, and a
 // second implementation for the tests.

@@ -1,5 +1,6 @@
-// Warp-level tensor-core primitives for the attention kernels (sm_80+): the bf16 MMA
-// m16n8k16 with fp32 accumulation, ldmatrix loads from shared memory, and bf16 packing.
+// PTX primitives of the attention kernels (sm_80+): the warp-level bf16 MMA m16n8k16 with fp32
+// accumulation, ldmatrix loads from shared memory, bf16 packing, and cp.async (asynchronous
+// 16-byte global -> shared copies, used to load the next tile while computing on the current).
 //
 // Fragment layouts (PTX ISA, "mma.m16n8k16" for .bf16), with g = lane / 4, t = lane % 4:
 //   A (16x16, row-major)  a[0] = (row g,   cols 2t, 2t+1)   a[1] = (row g+8, cols 2t, 2t+1)
@@ -51,6 +52,22 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   uint32_t u;
   memcpy(&u, &v, sizeof(u));
   return u;
+}
+
+// Asynchronous 16-byte copy global -> shared (L2 only, .cg). With valid == false nothing is read
+// and the 16 destination bytes are zero-filled (src-size 0); gmem must still be a valid address.
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const int src_bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(gmem), "r"(src_bytes) : "memory");
+}
+// Close the group of copies issued so far by this thread.
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Wait until at most N of this thread's committed groups are still in flight (then
+// __syncthreads() to see the other threads' copies).
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 }  // namespace og::gpu
