@@ -135,12 +135,7 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
   const int64_t tokens_per_step = cfg.train.batch_size * (int64_t)T;
   const int64_t N = cfg.train.steps;
 
-  std::unique_ptr<Model> model = make_model(cfg, device, B, dist.local_rank);
-  {
-    std::vector<float> init(model->layout().total());
-    gpt_init_params(model->layout(), init.data(), cfg.train.seed);
-    model->upload_params(init.data());
-  }
+  // Data first: a bad shard is reported before a large model is built.
   DataLoader train_loader(cfg.data.train, "data.train", B, T, rank, world, gpt.vocab_size);
   std::unique_ptr<DataLoader> val_loader;
   int64_t val_batches = 0;
@@ -149,6 +144,12 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
     val_batches = cfg.data.val_tokens / ((int64_t)B * T * world);
     OG_CHECK(val_batches > 0, "data.val_tokens: {} is less than one validation batch ({} x {} x {} ranks)",
              cfg.data.val_tokens, B, T, world);
+  }
+  std::unique_ptr<Model> model = make_model(cfg, device, B, dist.local_rank);
+  {
+    std::vector<float> init(model->layout().total());
+    gpt_init_params(model->layout(), init.data(), cfg.train.seed);
+    model->upload_params(init.data());
   }
   ParamGroups groups(build_group_specs(cfg), model->layout(), model->params(), model->grads(), device);
   bind_optimizers(groups, *model);
