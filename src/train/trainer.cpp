@@ -113,6 +113,7 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
   const int rank = dist.rank, world = dist.world;
   Communicator& comm = *dist.host_comm;
   if (cfg.train.threads > 0) omp_set_num_threads(cfg.train.threads);
+  const Device device = resolve_device(cfg.train.device);  // before any output: a bad device leaves nothing
 
   // ---- outputs ---------------------------------------------------------------------------
   const std::string resolved = config_to_yaml(cfg);
@@ -128,7 +129,6 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
   spdlog::info("resolved config (also in {}/config.yaml):\n{}", cfg.log.dir, resolved);
 
   // ---- model, data, optimizer ------------------------------------------------------------
-  const Device device = resolve_device(cfg.train.device);
   const GPTConfig gpt = cfg.gpt();
   const int B = (int)cfg.train.micro_batch_size, T = gpt.seq_len;
   const int64_t grad_accum = cfg.train.batch_size / (cfg.train.micro_batch_size * world);
