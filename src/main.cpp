@@ -2,6 +2,7 @@
 //   orthogpt train --config X.yaml [--section.key value ...]   train (see --help-config)
 //   orthogpt tokenize --input FILES --output-dir D            text -> token shards
 //   orthogpt check-reference [--device cpu|cuda] DIR...       optimizer vs PyTorch reference vectors
+//   orthogpt bench [--config X.yaml] [--steps N] [--section.key value ...]   model + optimizer throughput
 // Every user error is an og::Error: printed as "error: ..." with a non-zero exit.
 #include <spdlog/spdlog.h>
 
@@ -14,6 +15,7 @@
 #include "data/tokenize.h"
 #include "dist/bootstrap.h"
 #include "optim/check_reference.h"
+#include "train/bench.h"
 #include "train/config.h"
 #include "train/trainer.h"
 
@@ -69,6 +71,20 @@ int main(int argc, char** argv) {
   chk->add_option("--device", chk_device, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
   chk->add_option("dirs", chk_dirs, "case folders")->required();
 
+  // ---- bench ----
+  auto* bench = app.add_subcommand(
+      "bench", "time forward+backward and the optimizer of a config's model on random tokens (no data needed)");
+  og::BenchOptions bopt;
+  bench->add_option("-c,--config", bopt.config_path, "YAML config (default: built-in defaults = the 160M model)");
+  bench->add_option("--steps", bopt.steps, "timed steps")->check(CLI::Range(1, 1000000))->capture_default_str();
+  bench->add_option("--warmup", bopt.warmup, "untimed warm-up steps")
+      ->check(CLI::Range(0, 1000000))
+      ->capture_default_str();
+  bench->add_option("--grad-accum", bopt.grad_accum, "micro-batches per step")
+      ->check(CLI::Range(1, 1000000))
+      ->capture_default_str();
+  bench->allow_extras();
+
   og::DistContext dist;
   try {
     dist = og::init_distributed(&argc, &argv);
@@ -101,6 +117,11 @@ int main(int argc, char** argv) {
         std::printf("tokenized %lld documents: train %lld docs / %lld tokens, val %lld docs / %lld tokens, %zu shard(s) in %s\n",
                   (long long)s.documents, (long long)s.train_documents, (long long)s.train_tokens,
                   (long long)s.val_documents, (long long)s.val_tokens, s.shards.size(), topt.output_dir.c_str());
+    }
+    if (bench->parsed()) {
+      OG_CHECK(dist.world == 1, "bench runs in one process (started with {} ranks)", dist.world);
+      bopt.overrides = bench->remaining();
+      og::run_bench(bopt, stdout);
     }
     if (chk->parsed()) {
       rc = og::run_check_reference(chk_dirs, chk_device == "cuda" ? og::Device::CUDA : og::Device::CPU, stdout);

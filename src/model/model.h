@@ -33,6 +33,29 @@ class Model {
   virtual void download_params(float* host) = 0;
   // Squared L2 norm of the gradient buffer (NaN/Inf propagate, which is how the trainer sees them).
   virtual double grad_norm_sq() = 0;
+
+  // ---- for backends that queue work (CUDA); the defaults suit a synchronous one (CPU) ----
+  // Like forward_backward, but the mean loss is added to an accumulator that take_loss_sum()
+  // reads and resets, so a step of several micro-batches needs no host synchronization before
+  // that read.
+  virtual void forward_backward_accumulate(const int32_t* inputs, const int32_t* targets, int B, int T,
+                                           float grad_scale) {
+    loss_sum_ += forward_backward(inputs, targets, B, T, grad_scale);
+  }
+  virtual double take_loss_sum() {
+    const double s = loss_sum_;
+    loss_sum_ = 0;
+    return s;
+  }
+  // Call after the parameters were written through params() (an optimizer step): a backend that
+  // computes with a low-precision copy of the weights (CUDA: bf16) refreshes it. upload_params
+  // does this itself.
+  virtual void params_changed() {}
+  // Wait until all queued work is done.
+  virtual void synchronize() {}
+
+ protected:
+  double loss_sum_ = 0;
 };
 
 // The fp32 CPU reference model (model/cpu). max_batch: the largest B a call will pass.

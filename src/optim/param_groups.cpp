@@ -61,6 +61,12 @@ std::map<std::string, double> ParamGroups::stats() const {
   return all;
 }
 
+std::vector<Optimizer*> ParamGroups::optimizers() {
+  std::vector<Optimizer*> all;
+  for (auto& g : groups_) all.push_back(g.opt.get());
+  return all;
+}
+
 std::string ParamGroups::describe() const {
   std::string s;
   for (const auto& g : groups_) {

@@ -31,6 +31,8 @@ class ParamGroups {
   std::vector<StateTensor> state();
   std::map<std::string, double> stats() const;  // "<group>.<stat>"
   std::string describe() const;                // one line per group, for the log
+  // The optimizer of each group, in group order (e.g. to put CUDA optimizers on a stream).
+  std::vector<Optimizer*> optimizers();
 
  private:
   struct Group {

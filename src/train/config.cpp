@@ -199,6 +199,9 @@ class Schema {
     add_bool("train.skip_nonfinite", OG_ACC(train.skip_nonfinite), "skip (not stop at) steps with NaN/Inf");
     add_int("train.threads", OG_ACC(train.threads), "CPU threads (0: all cores)");
     add_int("train.fault_nan_step", OG_ACC(train.fault_nan_step), "testing: inject NaN into the gradient at this step");
+    add_string("train.recompute", OG_ACC(train.recompute),
+               "CUDA activation recomputation in backward (elementwise: ~free; block: least memory)",
+               {"none", "elementwise", "block"});
 
     add_float("optim.lr", OG_ACC(optim.lr), "base learning rate");
     add_float("optim.weight_decay", OG_ACC(optim.weight_decay), "decoupled weight decay of matrix/vector groups");

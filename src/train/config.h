@@ -40,6 +40,9 @@ struct TrainSection {
   bool skip_nonfinite = false;     // on: skip a step whose loss/grad is NaN/Inf (counted); off: stop
   int threads = 0;                 // CPU threads (0: all cores)
   int64_t fault_nan_step = -1;     // testing: poison the gradient with NaN at this step (-1: never)
+  // CUDA activation recomputation in backward: none | elementwise (ReLU² and rmsnorm outputs,
+  // about free) | block (each block keeps only its input and re-runs its forward: ~1/3 more compute)
+  std::string recompute = "none";
 };
 
 struct MatrixOptimSection {

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +16,7 @@
 #include "data/loader.h"
 #include "model/model.h"
 #include "optim/lr_schedule.h"
+#include "train/backend.h"
 #include "train/checkpoint.h"
 #include "train/metrics.h"
 
@@ -37,14 +39,6 @@ std::string fmt_rate(double tokens_per_s) {
   if (tokens_per_s >= 1e6) return fmt::format("{:.2f}M", tokens_per_s / 1e6);
   if (tokens_per_s >= 1e3) return fmt::format("{:.1f}k", tokens_per_s / 1e3);
   return fmt::format("{:.0f}", tokens_per_s);
-}
-
-Device choose_device(const std::string& want) {
-  if (want == "cpu") return Device::CPU;
-  // The CUDA training path (model/cuda) is wired in by the CUDA-model work; until then a run
-  // that asks for it explicitly is refused rather than silently run on the CPU.
-  if (want == "cuda") fail("train.device: cuda training is not available in this build yet (use --device cpu)");
-  return Device::CPU;
 }
 
 double evaluate(Model& model, Communicator& comm, DataLoader& val, int64_t batches, std::vector<int32_t>& x, std::vector<int32_t>& y) {
@@ -119,6 +113,7 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
   const int rank = dist.rank, world = dist.world;
   Communicator& comm = *dist.host_comm;
   if (cfg.train.threads > 0) omp_set_num_threads(cfg.train.threads);
+  const Device device = resolve_device(cfg.train.device);  // before any output: a bad device leaves nothing
 
   // ---- outputs ---------------------------------------------------------------------------
   const std::string resolved = config_to_yaml(cfg);
@@ -134,19 +129,13 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
   spdlog::info("resolved config (also in {}/config.yaml):\n{}", cfg.log.dir, resolved);
 
   // ---- model, data, optimizer ------------------------------------------------------------
-  const Device device = choose_device(cfg.train.device);
   const GPTConfig gpt = cfg.gpt();
   const int B = (int)cfg.train.micro_batch_size, T = gpt.seq_len;
   const int64_t grad_accum = cfg.train.batch_size / (cfg.train.micro_batch_size * world);
   const int64_t tokens_per_step = cfg.train.batch_size * (int64_t)T;
   const int64_t N = cfg.train.steps;
 
-  std::unique_ptr<Model> model = make_cpu_model(gpt, B);
-  {
-    std::vector<float> init(model->layout().total());
-    gpt_init_params(model->layout(), init.data(), cfg.train.seed);
-    model->upload_params(init.data());
-  }
+  // Data first: a bad shard is reported before a large model is built.
   DataLoader train_loader(cfg.data.train, "data.train", B, T, rank, world, gpt.vocab_size);
   std::unique_ptr<DataLoader> val_loader;
   int64_t val_batches = 0;
@@ -156,7 +145,15 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
     OG_CHECK(val_batches > 0, "data.val_tokens: {} is less than one validation batch ({} x {} x {} ranks)",
              cfg.data.val_tokens, B, T, world);
   }
+  std::unique_ptr<Model> model = make_model(cfg, device, B, dist.local_rank);
+  {
+    std::vector<float> init(model->layout().total());
+    gpt_init_params(model->layout(), init.data(), cfg.train.seed);
+    model->upload_params(init.data());
+  }
   ParamGroups groups(build_group_specs(cfg), model->layout(), model->params(), model->grads(), device);
+  bind_optimizers(groups, *model);
+  GradientAverager averager(dist, *model, cfg.dist.timeout_s);
 
   const double flops_tok = flops_per_token(gpt.n_layer, gpt.d_model, T, gpt.vocab_size);
   spdlog::info("model: {} parameters ({} in matrices), d_model {}, {} layers, {} heads, seq {}, vocab {}",
@@ -166,14 +163,14 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
                  return n;
                }(),
                gpt.d_model, gpt.n_layer, gpt.n_head, T, gpt.vocab_size);
-  spdlog::info("train: {} steps x {} tokens ({} seqs = {} micro-batches of {} x {} ranks), device {}, {} threads",
-               cfg.train.steps, tokens_per_step, cfg.train.batch_size, grad_accum, B, world,
-               device == Device::CPU ? "cpu" : "cuda", omp_get_max_threads());
+  spdlog::info("train: {} steps x {} tokens ({} seqs = {} micro-batches of {} x {} ranks), device {}{}",
+               cfg.train.steps, tokens_per_step, cfg.train.batch_size, grad_accum, B, world, describe_device(device),
+               device == Device::CUDA ? fmt::format(", recompute {}", cfg.train.recompute) : std::string());
   spdlog::info("data: {} train shard(s), {} tokens{}", train_loader.files().size(), train_loader.total_tokens(),
                val_loader ? fmt::format("; val: {} batches = {} tokens", val_batches, val_batches * B * T * world)
                           : std::string("; no validation"));
   spdlog::info("optimizer groups:\n{}", groups.describe());
-  if (world > 1) spdlog::info("data parallel: {} ranks, gradients averaged over {}", world, comm.backend());
+  if (world > 1) spdlog::info("data parallel: {} ranks, gradients averaged over {}", world, averager.backend());
 
   // ---- resume ----------------------------------------------------------------------------
   int64_t start_step = 0;
@@ -237,12 +234,32 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
   if (rank == 0) metrics.open((fs::path(cfg.log.dir) / "metrics.jsonl").string(), start_step > 0);
 
   // ---- loop --------------------------------------------------------------------------------
+  // On a GPU the model and the optimizers queue their work on one stream; the host waits once
+  // per step, when it reads the gradient norm (the loss sum is ready by then), because the
+  // non-finite guard must decide before the optimizer runs. The optimizer step and the next
+  // step's data loading and forward/backward are then queued while the GPU is busy. Hence
+  // optim_ms on a GPU is measured with CUDA events and reported one step late (in the row of
+  // the step after it; absent in the first row); on the CPU it is the host time of the step.
   std::vector<int32_t> x((size_t)B * T), y((size_t)B * T);
   TrainResult res;
   Timer wall;
-  double train_seconds = 0;  // excludes validation
+  double train_seconds = 0;  // excludes validation and checkpoints
+  QueueTimer optim_timer(*model);
+  double peak_gpu_gib = 0;
+  auto sample_gpu_memory = [&] {
+    const DeviceMemory m = device_memory(*model);
+    if (m.gpu) peak_gpu_gib = std::max(peak_gpu_gib, m.in_use_gib);
+  };
+  // Queued work of the last step (its optimizer) belongs to training time: wait for it before
+  // validation or a checkpoint and count the wait.
+  auto drain = [&] {
+    Timer t;
+    model->synchronize();
+    train_seconds += t.seconds();
+  };
   auto validate = [&](int64_t step) {
     if (!val_loader) return;
+    drain();
     Timer t;
     const double vl = evaluate(*model, comm, *val_loader, val_batches, x, y);
     OG_CHECK(std::isfinite(vl), "step {}: validation loss is {}", step, vl);
@@ -252,25 +269,29 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
     metrics.write({{"type", "val"}, {"step", step}, {"tokens", step * tokens_per_step}, {"val_loss", vl},
                    {"elapsed_s", wall.seconds()}});
   };
+  auto checkpoint_now = [&](int64_t steps_done) {
+    drain();
+    save_checkpoint(steps_done);
+  };
 
   for (int64_t step = start_step; step < N; ++step) {
     if (step == 0 || (step > start_step && cfg.train.val_every > 0 && step % cfg.train.val_every == 0)) validate(step);
 
     Timer step_timer;
     model->zero_grad();
-    double loss_sum = 0;
     for (int64_t micro = 0; micro < grad_accum; ++micro) {
       train_loader.next_batch(x.data(), y.data());
-      loss_sum += model->forward_backward(x.data(), y.data(), B, T, 1.0f / (float)grad_accum);
+      model->forward_backward_accumulate(x.data(), y.data(), B, T, 1.0f / (float)grad_accum);
     }
     // Data parallel: average gradients (and the loss, for the log) over ranks.
-    if (world > 1) comm.all_reduce(model->grads(), model->layout().total(), ReduceOp::Avg);
-    const double loss = comm.all_reduce_scalar(loss_sum / (double)grad_accum, ReduceOp::Avg);
-    if (step == cfg.train.fault_nan_step) {  // fault injection for tests (train.fault_nan_step)
-      const float nan = std::numeric_limits<float>::quiet_NaN();
-      if (device == Device::CPU) model->grads()[0] = nan;
-    }
-    const double grad_norm = std::sqrt(model->grad_norm_sq());
+    averager.average();
+    if (step == cfg.train.fault_nan_step) poison_gradient(*model);  // fault injection for tests
+    const double grad_norm = std::sqrt(model->grad_norm_sq());  // the step's one wait on a GPU
+    const double loss = comm.all_reduce_scalar(model->take_loss_sum() / (double)grad_accum, ReduceOp::Avg);
+    // On a GPU the previous step's optimizer is done by now: read its time.
+    const double prev_gpu_optim_ms =
+        device == Device::CUDA && optim_timer.has_interval() ? optim_timer.elapsed_ms()
+                                                              : std::numeric_limits<double>::quiet_NaN();
     const double lr = cfg.optim.lr * lr_multiplier(step, N, cfg.train.warmup_frac, cfg.train.warmdown_frac);
 
     if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
@@ -282,47 +303,73 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
                    res.skipped_steps);
       metrics.write({{"type", "skip"}, {"step", step}, {"skipped_steps", res.skipped_steps}});
       if (cfg.checkpoint.enabled && cfg.checkpoint.every > 0 && (step + 1) % cfg.checkpoint.every == 0)
-        save_checkpoint(step + 1);
+        checkpoint_now(step + 1);
       continue;
     }
 
-    Timer opt_timer;
+    Timer opt_host_timer;
+    optim_timer.start();
     groups.step(step + 1, lr);
-    const double optim_ms = opt_timer.ms();
+    model->params_changed();  // CUDA: refresh the bf16 weights from the updated fp32 master weights
+    optim_timer.stop();
+    const double optim_ms = device == Device::CUDA ? prev_gpu_optim_ms : opt_host_timer.ms();
     const double step_s = step_timer.seconds();
     train_seconds += step_s;
     res.final_train_loss = loss;
     res.steps_done = step + 1;
+    if (step == start_step) sample_gpu_memory();
 
     const double tok_s = (double)tokens_per_step / step_s;
     const double model_flops = flops_tok * tok_s;
-    const double mfu = device == Device::CUDA ? model_flops / 989e12 : std::numeric_limits<double>::quiet_NaN();
+    const double mfu = device == Device::CUDA ? model_flops / kPeakFlops : std::numeric_limits<double>::quiet_NaN();
     nlohmann::json row = {{"type", "train"},     {"step", step + 1},      {"tokens", (step + 1) * tokens_per_step},
                           {"loss", loss},        {"lr", lr},              {"grad_norm", grad_norm},
-                          {"tokens_per_s", tok_s}, {"step_ms", step_s * 1e3}, {"optim_ms", optim_ms},
+                          {"tokens_per_s", tok_s}, {"step_ms", step_s * 1e3},
                           {"tflops", model_flops / 1e12}, {"elapsed_s", wall.seconds()}};
+    if (std::isfinite(optim_ms)) row["optim_ms"] = optim_ms;
     if (std::isfinite(mfu)) row["mfu"] = mfu;
     if (res.skipped_steps) row["skipped_steps"] = res.skipped_steps;
     for (const auto& [k, v] : groups.stats()) row[k] = v;
     metrics.write(row);
 
     if ((step + 1) % cfg.log.every == 0 || step + 1 == N) {
+      sample_gpu_memory();
       const double eta = train_seconds / (double)(step + 1 - start_step) * (double)(N - step - 1);
-      spdlog::info("step {:>6}/{} | loss {:.4f} | lr {:.3e} | gnorm {:.3f} | {} tok/s | {} | optim {:.1f} ms | "
+      spdlog::info("step {:>6}/{} | loss {:.4f} | lr {:.3e} | gnorm {:.3f} | {} tok/s | {} | optim {} | "
                    "elapsed {} | ETA {}",
                    step + 1, N, loss, lr, grad_norm, fmt_rate(tok_s),
                    std::isfinite(mfu) ? fmt::format("MFU {:.1f}%", 100 * mfu)
                                       : fmt::format("{:.1f} GFLOP/s", model_flops / 1e9),
-                   optim_ms, fmt_duration(wall.seconds()), fmt_duration(eta));
+                   std::isfinite(optim_ms) ? fmt::format("{:.1f} ms", optim_ms) : std::string("-"),
+                   fmt_duration(wall.seconds()), fmt_duration(eta));
     }
     if (cfg.checkpoint.enabled && ((cfg.checkpoint.every > 0 && (step + 1) % cfg.checkpoint.every == 0) || step + 1 == N))
-      save_checkpoint(step + 1);
+      checkpoint_now(step + 1);
   }
+  drain();
+  sample_gpu_memory();
   validate(N);
   res.seconds = wall.seconds();
-  metrics.write({{"type", "done"}, {"steps", res.steps_done}, {"skipped_steps", res.skipped_steps},
-                 {"final_train_loss", res.final_train_loss}, {"final_val_loss", res.final_val_loss},
-                 {"seconds", res.seconds}, {"train_seconds", train_seconds}});
+  nlohmann::json done = {{"type", "done"},
+                         {"steps", res.steps_done},
+                         {"skipped_steps", res.skipped_steps},
+                         {"final_train_loss", res.final_train_loss},
+                         {"final_val_loss", res.final_val_loss},
+                         {"seconds", res.seconds},
+                         {"train_seconds", train_seconds}};
+  const DeviceMemory mem = device_memory(*model);
+  if (mem.gpu) {
+    done["gpu_memory_peak_gib"] = peak_gpu_gib;
+    spdlog::info("GPU memory: peak {:.2f} GiB in use of {:.1f} GiB (model: weights+grads+bf16 copy {:.2f} GiB, "
+                 "activations {:.2f} GiB, workspaces {:.2f} GiB; optimizer state {:.2f} GiB)",
+                 peak_gpu_gib, mem.total_gib, mem.model_weights_gib, mem.model_activations_gib, mem.model_other_gib,
+                 [&] {
+                   double b = 0;
+                   for (const auto& t : groups.state()) b += (double)state_bytes(t);
+                   return b / (1024.0 * 1024.0 * 1024.0);
+                 }());
+  }
+  metrics.write(done);
   res.final_params.resize(model->layout().total());
   model->download_params(res.final_params.data());
   spdlog::info("done: {} steps in {}, final train loss {:.4f}, val loss {:.4f} -> {:.4f}{}", res.steps_done,

@@ -1,0 +1,148 @@
+// GptCuda's passes, all queued on the model's stream (see gpt_cuda.h for the architecture and
+// the precision choices, gpt_cpu.cpp for the reference order of operations).
+//
+// Forward of one block (N = B·T rows; y is the branch output, in dln_ as scratch):
+//   q, k, v = ln1·Wq/k/vᵀ;  q, k = qknorm(rotary(q, k));  att = attention(q, k, v)
+//   y = att·Woᵀ;  res_mid = res_in + y, ln2 = rmsnorm(res_mid)             (one fused kernel)
+//   fc = ln2·Wfcᵀ;  act = relu²(fc);  y = act·Wprojᵀ
+//   res_out = res_mid + y, ln1' = rmsnorm(res_out)                          (fused; next block's ln1)
+// The lm_head and cross-entropy run in chunks of rows right after the final rmsnorm, producing
+// the loss, dlnf and the lm_head gradient at once; then the blocks are back-propagated in reverse.
+// Backward kernels WRITE their input gradients, except rmsnorm_backward, which adds into dres_
+// (the residual stream's gradient: x_out = x_in + f(x_in)). Weight gradients are always
+// accumulated into the fp32 gradient buffer (micro-batches add up).
+#include "model/cuda/gpt_cuda.h"
+
+namespace og {
+
+using gpu::bf16;
+using gpu::kRmsNormEps;
+
+void GptCuda::forward_blocks(int B, int T) {
+  const int64_t N = (int64_t)B * T, d = cfg_.d_model, V = cfg_.vocab_size;
+  // The embedding is read from the fp32 master table straight into the fp32 residual stream.
+  gpu::embedding_forward<float, float>(layers_[0].res_in, inputs_d(), params_.data() + wte_, N, d, V, stream_);
+  gpu::rmsnorm_forward<float>(layers_[0].ln1, layers_[0].rstd1, layers_[0].res_in, N, (int)d, kRmsNormEps, stream_);
+  for (int l = 0; l < cfg_.n_layer; ++l) block_forward(l, B, T, false);
+}
+
+void GptCuda::block_forward(int l, int B, int T, bool recompute_only) {
+  const int64_t N = (int64_t)B * T, d = cfg_.d_model, F = cfg_.d_ff();
+  const int H = cfg_.n_head, hd = cfg_.head_dim();
+  const LayerActs& L = layers_[l];
+  const LayerWeights& W = lw_[l];
+  gpu::Matmul& mm = *matmul_;
+  bf16* y = dln_;
+
+  // attention
+  mm.forward(L.q, L.ln1, wbf(W.q), N, d, d, stream_);
+  mm.forward(L.k, L.ln1, wbf(W.k), N, d, d, stream_);
+  mm.forward(L.v, L.ln1, wbf(W.v), N, d, d, stream_);
+  gpu::rotary_qknorm_forward(L.q, L.rstdq, L.q, B, T, H, hd, cfg_.rope_base, kRmsNormEps, stream_);
+  gpu::rotary_qknorm_forward(L.k, L.rstdk, L.k, B, T, H, hd, cfg_.rope_base, kRmsNormEps, stream_);
+  gpu::attention_forward(L.att, L.lse, L.q, L.k, L.v, B, T, H, hd, stream_);
+  mm.forward(y, L.att, wbf(W.o), N, d, d, stream_);
+  gpu::rmsnorm_residual_forward<float>(L.res_mid, L.ln2, L.rstd2, L.res_in, y, N, (int)d, kRmsNormEps, stream_);
+  // mlp
+  mm.forward(L.fc, L.ln2, wbf(W.fc), N, d, F, stream_);
+  gpu::relu2_forward(L.act, L.fc, N * F, stream_);
+  if (recompute_only) return;  // backward needs nothing past the ReLU²
+  mm.forward(y, L.act, wbf(W.proj), N, F, d, stream_);
+  if (l + 1 < cfg_.n_layer) {
+    const LayerActs& next = layers_[l + 1];
+    gpu::rmsnorm_residual_forward<float>(next.res_in, next.ln1, next.rstd1, L.res_mid, y, N, (int)d, kRmsNormEps,
+                                         stream_);
+  } else {
+    gpu::rmsnorm_residual_forward<float>(res_final_, lnf_, rstdf_, L.res_mid, y, N, (int)d, kRmsNormEps, stream_);
+  }
+}
+
+// Recompute what the recompute mode did not keep for block l. The last block's buffers still
+// hold its own forward values when backward starts, so it never needs this.
+void GptCuda::restore_layer(int l, int B, int T) {
+  const int64_t N = (int64_t)B * T, d = cfg_.d_model, F = cfg_.d_ff();
+  const LayerActs& L = layers_[l];
+  switch (options_.recompute) {
+    case Recompute::None:
+      return;
+    case Recompute::Elementwise:
+      gpu::rmsnorm_forward<float>(L.ln1, L.rstd1, L.res_in, N, (int)d, kRmsNormEps, stream_);
+      gpu::rmsnorm_forward<float>(L.ln2, L.rstd2, L.res_mid, N, (int)d, kRmsNormEps, stream_);
+      gpu::relu2_forward(L.act, L.fc, N * F, stream_);
+      return;
+    case Recompute::Block:
+      gpu::rmsnorm_forward<float>(L.ln1, L.rstd1, L.res_in, N, (int)d, kRmsNormEps, stream_);
+      block_forward(l, B, T, true);
+      return;
+  }
+}
+
+// Chunks of rows: logits = lnf·W_lmᵀ (bf16) -> losses and dlogits in place -> dlnf rows (dln_)
+// and dW_lm += dlogitsᵀ·lnf. dloss = d(loss)/d(per-token loss).
+void GptCuda::head_forward_backward(int64_t N, float dloss) {
+  const int64_t d = cfg_.d_model, V = cfg_.vocab_size;
+  gpu::Matmul& mm = *matmul_;
+  for (int64_t r0 = 0; r0 < N; r0 += chunk_rows_) {
+    const int64_t rows = std::min<int64_t>(chunk_rows_, N - r0);
+    mm.forward(logits_, lnf_ + r0 * d, wbf(lm_head_), rows, d, V, stream_);
+    gpu::crossentropy_forward_backward(losses_ + r0, logits_, targets_d() + r0, rows, V, dloss, stream_);
+    mm.backward_input(dln_ + r0 * d, logits_, wbf(lm_head_), rows, d, V, false, stream_);
+    mm.backward_weight(grad(lm_head_), logits_, lnf_ + r0 * d, rows, d, V, true, stream_);
+  }
+}
+
+void GptCuda::head_loss(int64_t N) {
+  const int64_t d = cfg_.d_model, V = cfg_.vocab_size;
+  for (int64_t r0 = 0; r0 < N; r0 += chunk_rows_) {
+    const int64_t rows = std::min<int64_t>(chunk_rows_, N - r0);
+    matmul_->forward(logits_, lnf_ + r0 * d, wbf(lm_head_), rows, d, V, stream_);
+    gpu::crossentropy_forward(losses_ + r0, logits_, targets_d() + r0, rows, V, stream_);
+  }
+}
+
+void GptCuda::backward_blocks(int B, int T) {
+  const int64_t N = (int64_t)B * T, d = cfg_.d_model, F = cfg_.d_ff(), V = cfg_.vocab_size;
+  const int H = cfg_.n_head, hd = cfg_.head_dim();
+  gpu::Matmul& mm = *matmul_;
+  // In the attention backward, dact_ holds four 256-byte aligned [N, d] slices (see plan()).
+  const size_t slice = (((size_t)N * d * sizeof(bf16) + 255) / 256 * 256) / sizeof(bf16);
+  bf16 *datt = dact_, *dq = dact_ + slice, *dk = dact_ + 2 * slice, *dv = dact_ + 3 * slice;
+
+  // final rmsnorm: dln_ holds dlnf from the head
+  CUDA_CHECK(cudaMemsetAsync(dres_, 0, (size_t)N * d * sizeof(float), stream_));
+  gpu::rmsnorm_backward<float>(dres_, dln_, res_final_, rstdf_, N, (int)d, stream_);
+
+  for (int l = cfg_.n_layer - 1; l >= 0; --l) {
+    const LayerActs& L = layers_[l];
+    const LayerWeights& W = lw_[l];
+    if (l + 1 < cfg_.n_layer) restore_layer(l, B, T);
+
+    // mlp: res_out = res_mid + proj(relu²(fc(ln2)))
+    gpu::convert_f32_to_bf16(dres_bf_, dres_, N * d, stream_);
+    mm.backward_weight(grad(W.proj), dres_bf_, L.act, N, F, d, true, stream_);
+    mm.backward_input(dact_, dres_bf_, wbf(W.proj), N, F, d, false, stream_);
+    gpu::relu2_backward(dact_, dact_, L.fc, N * F, stream_);
+    mm.backward_weight(grad(W.fc), dact_, L.ln2, N, d, F, true, stream_);
+    mm.backward_input(dln_, dact_, wbf(W.fc), N, d, F, false, stream_);
+    gpu::rmsnorm_backward<float>(dres_, dln_, L.res_mid, L.rstd2, N, (int)d, stream_);
+
+    // attention: res_mid = res_in + o(attention(qknorm(rotary(q, k)), v)), q/k/v = ln1·W
+    gpu::convert_f32_to_bf16(dres_bf_, dres_, N * d, stream_);
+    mm.backward_weight(grad(W.o), dres_bf_, L.att, N, d, d, true, stream_);
+    mm.backward_input(datt, dres_bf_, wbf(W.o), N, d, d, false, stream_);
+    gpu::attention_backward(dq, dk, dv, delta_, datt, L.att, L.lse, L.q, L.k, L.v, B, T, H, hd, stream_);
+    gpu::rotary_qknorm_backward(dq, dq, L.q, L.rstdq, B, T, H, hd, cfg_.rope_base, stream_);
+    gpu::rotary_qknorm_backward(dk, dk, L.k, L.rstdk, B, T, H, hd, cfg_.rope_base, stream_);
+    mm.backward_weight(grad(W.q), dq, L.ln1, N, d, d, true, stream_);
+    mm.backward_weight(grad(W.k), dk, L.ln1, N, d, d, true, stream_);
+    mm.backward_weight(grad(W.v), dv, L.ln1, N, d, d, true, stream_);
+    mm.backward_input(dln_, dq, wbf(W.q), N, d, d, false, stream_);
+    mm.backward_input(dln_, dk, wbf(W.k), N, d, d, true, stream_);
+    mm.backward_input(dln_, dv, wbf(W.v), N, d, d, true, stream_);
+    gpu::rmsnorm_backward<float>(dres_, dln_, L.res_in, L.rstd1, N, (int)d, stream_);
+  }
+  gpu::embedding_backward<float>(grads_.data() + wte_, dres_, inputs_d(), N, d, V, emb_workspace_.data(),
+                                 emb_workspace_.bytes(), stream_);
+}
+
+}  // namespace og

@@ -1,0 +1,207 @@
+// Device-specific pieces of training (see backend.h). All CUDA code of the trainer lives here,
+// under ORTHOGPT_CUDA.
+#include "train/backend.h"
+
+#include <omp.h>
+
+#include <chrono>
+#include <limits>
+
+#include "core/error.h"
+
+#ifdef ORTHOGPT_CUDA
+#include "core/cuda_utils.h"
+#include "model/cuda/gpt_cuda.h"
+#include "optim/cuda/cuda_optimizer.h"
+#ifdef ORTHOGPT_NCCL
+#include "dist/nccl_communicator.h"
+#endif
+#endif
+
+namespace og {
+namespace {
+
+double host_now_ms() {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+#ifdef ORTHOGPT_CUDA
+GptCuda& as_cuda(Model& model) {
+  auto* m = dynamic_cast<GptCuda*>(&model);
+  OG_CHECK(m != nullptr, "internal: a CUDA-device model that is not the CUDA GPT");
+  return *m;
+}
+#endif
+
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+}  // namespace
+
+Device resolve_device(const std::string& want) {
+  if (want == "cpu") return Device::CPU;
+  OG_CHECK(want == "cuda" || want == "auto", "train.device: '{}' is not one of: auto, cpu, cuda", want);
+#ifdef ORTHOGPT_CUDA
+  const bool gpu = cuda_available();
+  if (want == "cuda" && !gpu)
+    fail("train.device: cuda requested but no CUDA device is available (use --device cpu, or auto)");
+  return gpu ? Device::CUDA : Device::CPU;
+#else
+  if (want == "cuda")
+    fail("train.device: cuda requested but this orthogpt was built without CUDA (use --device cpu, or auto)");
+  return Device::CPU;
+#endif
+}
+
+std::string describe_device(Device device) {
+  if (device == Device::CPU) return fmt::format("cpu, {} threads", omp_get_max_threads());
+#ifdef ORTHOGPT_CUDA
+  return fmt::format("cuda: {} ({:.0f} GiB)", gpu_device_name(), gpu_memory_total() / kGiB);
+#else
+  return "cuda";
+#endif
+}
+
+std::unique_ptr<Model> make_model(const Config& cfg, Device device, int max_batch, int local_rank) {
+  if (device == Device::CPU) return make_cpu_model(cfg.gpt(), max_batch);
+#ifdef ORTHOGPT_CUDA
+  int count = 0;
+  CUDA_CHECK(cudaGetDeviceCount(&count));
+  OG_CHECK(count > 0, "train.device: no CUDA device is available");
+  CUDA_CHECK(cudaSetDevice(local_rank % count));
+  CudaModelOptions opt;
+  opt.recompute = parse_recompute(cfg.train.recompute);
+  opt.init_params = false;  // the caller uploads its own initialization
+  return make_cuda_model(cfg.gpt(), max_batch, opt);
+#else
+  fail("train.device: cuda requested but this orthogpt was built without CUDA");
+#endif
+}
+
+void bind_optimizers(ParamGroups& groups, Model& model) {
+  if (model.device() != Device::CUDA) return;
+#ifdef ORTHOGPT_CUDA
+  GptCuda& gpu = as_cuda(model);
+  // Optimizer construction queued its uploads on the legacy stream and synchronized; from now
+  // on every step goes on the model's stream, ordered with forward/backward.
+  CUDA_CHECK(cudaDeviceSynchronize());
+  for (Optimizer* opt : groups.optimizers()) {
+    auto* cuda_opt = dynamic_cast<CudaOptimizer*>(opt);
+    OG_CHECK(cuda_opt != nullptr, "internal: a CPU optimizer ({}) on CUDA parameters", name_of(opt->algorithm()));
+    cuda_opt->set_stream(gpu.stream());
+  }
+#endif
+}
+
+void poison_gradient(Model& model) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  if (model.device() == Device::CPU) {
+    model.grads()[0] = nan;
+    return;
+  }
+#ifdef ORTHOGPT_CUDA
+  // A pageable source: the copy is staged before the call returns, so `nan` may go out of scope.
+  CUDA_CHECK(cudaMemcpyAsync(model.grads(), &nan, sizeof(float), cudaMemcpyHostToDevice, as_cuda(model).stream()));
+#endif
+}
+
+// ---- gradient averaging ---------------------------------------------------------------------
+
+GradientAverager::GradientAverager(DistContext& dist, Model& model, double timeout_s)
+    : model_(model), host_(*dist.host_comm) {
+  if (dist.world == 1 || model.device() == Device::CPU) return;
+#if defined(ORTHOGPT_CUDA) && defined(ORTHOGPT_NCCL)
+  device_comm_ = make_nccl_communicator(host_, as_cuda(model).stream(), timeout_s);
+#else
+  fail("train.device cuda with {} ranks needs NCCL, and this orthogpt was built without it", dist.world);
+#endif
+}
+
+GradientAverager::~GradientAverager() = default;
+
+void GradientAverager::average() {
+  if (host_.size() == 1) return;
+  if (!device_comm_) {
+    host_.all_reduce(model_.grads(), model_.layout().total(), ReduceOp::Avg);
+    return;
+  }
+#if defined(ORTHOGPT_CUDA) && defined(ORTHOGPT_NCCL)
+  device_comm_->all_reduce(model_.grads(), model_.layout().total(), DType::F32, ReduceOp::Avg);
+  nccl_synchronize(*device_comm_);  // with the timeout: a dead peer is an error, not a hang
+#endif
+}
+
+std::string GradientAverager::backend() const { return device_comm_ ? device_comm_->backend() : host_.backend(); }
+
+// ---- timing of queued work --------------------------------------------------------------------
+
+QueueTimer::QueueTimer(Model& model) : model_(model) {
+#ifdef ORTHOGPT_CUDA
+  if (model.device() == Device::CUDA)
+    for (auto& e : events_) {
+      cudaEvent_t ev = nullptr;
+      CUDA_CHECK(cudaEventCreate(&ev));
+      e = ev;
+    }
+#endif
+}
+
+QueueTimer::~QueueTimer() {
+#ifdef ORTHOGPT_CUDA
+  for (auto& e : events_)
+    if (e) cudaEventDestroy(static_cast<cudaEvent_t>(e));
+#endif
+}
+
+void QueueTimer::start() {
+  stopped_ = false;
+#ifdef ORTHOGPT_CUDA
+  if (events_[0]) {
+    CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(events_[0]), as_cuda(model_).stream()));
+    return;
+  }
+#endif
+  host_t0_ = host_now_ms();
+}
+
+void QueueTimer::stop() {
+  stopped_ = true;
+#ifdef ORTHOGPT_CUDA
+  if (events_[1]) {
+    CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(events_[1]), as_cuda(model_).stream()));
+    return;
+  }
+#endif
+  host_ms_ = host_now_ms() - host_t0_;
+}
+
+double QueueTimer::elapsed_ms() {
+  OG_CHECK(stopped_, "internal: QueueTimer read before stop()");
+#ifdef ORTHOGPT_CUDA
+  if (events_[1]) {
+    CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(events_[1])));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(events_[0]), static_cast<cudaEvent_t>(events_[1])));
+    return ms;
+  }
+#endif
+  return host_ms_;
+}
+
+// ---- memory -----------------------------------------------------------------------------------
+
+DeviceMemory device_memory(Model& model) {
+  DeviceMemory m;
+  if (model.device() != Device::CUDA) return m;
+#ifdef ORTHOGPT_CUDA
+  m.gpu = true;
+  m.in_use_gib = gpu_memory_in_use() / kGiB;
+  m.total_gib = gpu_memory_total() / kGiB;
+  const CudaModelMemory mm = as_cuda(model).memory();
+  m.model_weights_gib = mm.weights / kGiB;
+  m.model_activations_gib = mm.activations / kGiB;
+  m.model_other_gib = mm.other / kGiB;
+#endif
+  return m;
+}
+
+}  // namespace og
