@@ -232,8 +232,8 @@ TEST(CudaDion, AdjustLrRulesAndNoWeightDecayMatchCpu) {
   }
 }
 
-// Plain Cholesky-QR from step 3 on (steps 1-2: RCQR or QR). Also r > 256 (one potrf per matrix
-// instead of the batched one) in both CQR and RCQR. Diagnostics agree: no fallbacks, same
+// Plain Cholesky-QR from step 3 on (steps 1-2: RCQR or QR). Ranks from 9 to 320 cover both the
+// batched potrf / trsm calls (r <= 32) and the per-matrix ones, in CQR and in RCQR. Diagnostics agree: no fallbacks, same
 // error-feedback residual.
 TEST(CudaDion, CholeskyQrAfterWarmupMatchesCpu) {
   SKIP_WITHOUT_CUDA();
@@ -582,8 +582,8 @@ TEST(CudaDionOrtho, CholeskyFailureFallsBackToQr) {
 
 // A zero first column: the sketch's R has a zero pivot, so RCQR's solve gives NaN and its
 // Cholesky check fails (and plain Cholesky-QR fails on the zero Gram pivot); the fallback QR
-// gives the CPU's factor (first column e_0). Includes r > 256 (non-batched potrf) and a large
-// fallback QR.
+// gives the CPU's factor (first column e_0). Covers r <= 32 (batched potrf / trsm) and r > 32, and
+// a large fallback QR.
 TEST(CudaDionOrtho, RcqrFailureFallsBackToQr) {
   SKIP_WITHOUT_CUDA();
   for (auto [rows, r] : Shapes{{64, 8}, {600, 300}})

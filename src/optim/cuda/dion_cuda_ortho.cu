@@ -21,7 +21,9 @@ namespace {
 
 constexpr int kThreads = 256;          // elementwise kernels
 constexpr int kQrThreads = 1024;       // the fallback QR kernel: one block per matrix
-constexpr int64_t kBatchedPotrfMaxN = 256;  // potrfBatched up to this r, one potrf per matrix above
+// Up to this r, the batched cuBLAS / cuSOLVER calls (trsmBatched, potrfBatched: meant for small
+// matrices, where launch overhead dominates); above it, one call per matrix (the blocked algorithms).
+constexpr int64_t kBatchedMaxR = 32;
 
 // Blocks for a grid-stride loop over n elements (x dimension; y indexes the matrix).
 unsigned blocks_for(int64_t n) { return (unsigned)std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 2048)); }
@@ -295,7 +297,7 @@ void DionOrtho::finalize(SolverContext& solver) {
       CUSOLVER_CHECK(cusolverDnDgeqrf_bufferSize(h, (int)b.k, (int)b.r, sp_d_.data(), (int)b.k, &lw));
       lwork = std::max(lwork, lw);
     }
-    if (b.r > kBatchedPotrfMaxN) {
+    if (b.r > kBatchedMaxR) {
       CUSOLVER_CHECK(cusolverDnDpotrf_bufferSize(h, CUBLAS_FILL_MODE_UPPER, (int)b.r, gram_.data(), (int)b.r, &lw));
       lwork = std::max(lwork, lw);
     }
@@ -316,6 +318,22 @@ void DionOrtho::finalize(SolverContext& solver) {
   solver_work_.resize((size_t)lwork);
 }
 
+// X_i <- U_i^{-T} X_i (X_i = P_i^T, r x rows; U_i upper triangular r x r, column-major with leading
+// dimension ld, given as a pointer array and as base + i * stride).
+void DionOrtho::solve_upper_transposed(Batch& b, BlasContext& blas, const double* const* u_ptrs, const double* u_base,
+                                       int64_t ld, int64_t stride) {
+  const double one = 1.0;
+  const int r = (int)b.r, rows = (int)b.rows;
+  if (b.r <= kBatchedMaxR) {
+    CUBLAS_CHECK(cublasDtrsmBatched(blas.blas(), CUBLAS_SIDE_LEFT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_T,
+                                    CUBLAS_DIAG_NON_UNIT, r, rows, &one, u_ptrs, (int)ld, b.x_ptrs.data(), r, b.count));
+    return;
+  }
+  for (int i = 0; i < b.count; ++i)
+    CUBLAS_CHECK(cublasDtrsm(blas.blas(), CUBLAS_SIDE_LEFT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_T, CUBLAS_DIAG_NON_UNIT, r,
+                             rows, &one, u_base + i * stride, (int)ld, x_.data() + i * b.rows * b.r, r));
+}
+
 // Gram, Cholesky, check, X <- U^{-T} X, commit. X (x_) holds P^T (CQR) or P1^T (RCQR).
 void DionOrtho::cholesky_stage(Batch& b, BlasContext& blas, SolverContext& solver, int32_t tag, int32_t* fallbacks,
                                int32_t* method) {
@@ -327,7 +345,7 @@ void DionOrtho::cholesky_stage(Batch& b, BlasContext& blas, SolverContext& solve
                                          x_.data(), r, per, &zero, gram_.data(), r, b.r * b.r, b.count));
   save_diag_kernel<<<b.count, kThreads, 0, s>>>(gram_.data(), aux_.data(), b.r, aux_stride);
   CUDA_CHECK_LAUNCH();
-  if (b.r <= kBatchedPotrfMaxN) {
+  if (b.r <= kBatchedMaxR) {
     CUSOLVER_CHECK(
         cusolverDnDpotrfBatched(solver.get(), CUBLAS_FILL_MODE_UPPER, r, b.gram_ptrs.data(), r, info_.data(), b.count));
   } else {
@@ -338,9 +356,7 @@ void DionOrtho::cholesky_stage(Batch& b, BlasContext& blas, SolverContext& solve
   cholesky_check_kernel<<<b.count, kThreads, 0, s>>>(gram_.data(), aux_.data(), info_.data(), b.r, aux_stride,
                                                      done_.data(), take_.data(), fallbacks, method, tag);
   CUDA_CHECK_LAUNCH();
-  CUBLAS_CHECK(cublasDtrsmBatched(blas.blas(), CUBLAS_SIDE_LEFT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_T,
-                                  CUBLAS_DIAG_NON_UNIT, r, rows, &one, b.gram_ptrs.data(), r, b.x_ptrs.data(), r,
-                                  b.count));
+  solve_upper_transposed(b, blas, b.gram_ptrs.data(), gram_.data(), r, b.r * b.r);
   commit_kernel<<<dim3(blocks_for(per), b.count), kThreads, 0, s>>>(x_.data(), b.p, take_.data(), per);
   CUDA_CHECK_LAUNCH();
 }
@@ -368,10 +384,7 @@ void DionOrtho::rcqr_stage(Batch& b, BlasContext& blas, SolverContext& solver, u
   CUDA_CHECK_LAUNCH();
   to_double_kernel<<<blocks_for(b.count * per), kThreads, 0, s>>>(b.p, x_.data(), b.count * per);
   CUDA_CHECK_LAUNCH();
-  const double one = 1.0;
-  CUBLAS_CHECK(cublasDtrsmBatched(blas.blas(), CUBLAS_SIDE_LEFT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_T,
-                                  CUBLAS_DIAG_NON_UNIT, r, rows, &one, b.sp_ptrs.data(), k, b.x_ptrs.data(), r,
-                                  b.count));
+  solve_upper_transposed(b, blas, b.sp_ptrs.data(), sp_d_.data(), k, sp_per);
   // A zero pivot of R1 leaves inf / NaN in X, which the Cholesky check rejects (as on the CPU).
   cholesky_stage(b, blas, solver, kOrthoRcqr, fallbacks, method);
 }

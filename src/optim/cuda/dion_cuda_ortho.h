@@ -11,7 +11,9 @@
 //             trsm, Gram, potrf, trsm)                                              [primary]
 //             on failure: Householder QR (guarded kernel)                           [fallback]
 // Every R factor is sign-normalized to a non-negative diagonal, so for a full-rank P all methods
-// give the same orthonormal factor (the unique one) up to rounding, as on the CPU.
+// give the same orthonormal factor (the unique one) up to rounding, as on the CPU. For r <= 32 the
+// triangular solves and Cholesky factorizations are single batched calls (trsmBatched,
+// potrfBatched); above, one call per matrix. cuSOLVER has no batched geqrf/orgqr: one per matrix.
 //
 // No host synchronization: success is decided on the device. A Cholesky attempt fails, as on
 // the CPU (dion::cholesky_upper), when potrf reports failure or a pivot is non-finite, <= 0 or
@@ -86,6 +88,8 @@ class DionOrtho {
     float* p = nullptr;
     DeviceBuffer<double*> x_ptrs, gram_ptrs, sp_ptrs;  // per matrix, for the batched cuBLAS / cuSOLVER calls
   };
+  void solve_upper_transposed(Batch& b, BlasContext& blas, const double* const* u_ptrs, const double* u_base,
+                              int64_t ld, int64_t stride);
   void cholesky_stage(Batch& b, BlasContext& blas, SolverContext& solver, int32_t tag, int32_t* fallbacks,
                       int32_t* method);
   void rcqr_stage(Batch& b, BlasContext& blas, SolverContext& solver, uint64_t sketch_seed, int32_t* fallbacks,
