@@ -246,7 +246,8 @@ __global__ void __launch_bounds__(kQrThreads)
 int DionOrtho::add_batch(int64_t rows, int64_t r, int count, float* p) {
   OG_CHECK(!finalized_, "DionOrtho::add_batch after finalize");
   OG_CHECK(rows >= r && r >= 1 && count >= 1, "DionOrtho: bad batch {} x {} (x{})", rows, r, count);
-  OG_CHECK(rows <= INT32_MAX && r <= 32768, "DionOrtho: batch {} x {} too large", rows, r);
+  OG_CHECK(rows <= INT32_MAX && r <= 32768 && count <= 65535, "DionOrtho: batch {} x {} (x{}) too large", rows, r,
+           count);
   Batch b;
   b.rows = rows;
   b.r = r;
