@@ -480,6 +480,51 @@ TEST(CudaDion, RejectsBadInput) {
   EXPECT_THROW(ok->step({1, NAN}), Error);
 }
 
+// The hidden matrices of the 160M model (12 layers x [4 of 768 x 768, 3072 x 768, 768 x 3072]),
+// Gaussian gradients: 8 steps with no orthonormalization fallback and finite weights, with and
+// without Cholesky-QR. Prints the median step time (CUDA events on the optimizer's stream) as a
+// first performance reading; bench/bench_optim does not cover Dion.
+TEST(CudaDion, StepOnThe160MMatrixSet) {
+  SKIP_WITHOUT_CUDA();
+  Shapes shapes;
+  for (int l = 0; l < 12; ++l) {
+    for (int i = 0; i < 4; ++i) shapes.push_back({768, 768});
+    shapes.push_back({3072, 768});
+    shapes.push_back({768, 3072});
+  }
+  for (int warmup : {0, 1}) {
+    OptimHParams hp = dion_hp(0.25f);
+    hp.cqr_warmup_steps = warmup;
+    hp.diagnostics = true;
+    TestGroup host(shapes, 12);
+    DeviceGroup dev(host);
+    dev.upload(host);
+    auto gpu = make_cuda_optimizer(hp, dev.slots);
+    cudaEvent_t e0, e1;
+    CUDA_CHECK(cudaEventCreate(&e0));
+    CUDA_CHECK(cudaEventCreate(&e1));
+    std::vector<float> ms;
+    for (int64_t t = 1; t <= 8; ++t) {
+      CUDA_CHECK(cudaEventRecord(e0, gpu->stream()));
+      gpu->step({t, 0.02f});
+      CUDA_CHECK(cudaEventRecord(e1, gpu->stream()));
+      CUDA_CHECK(cudaEventSynchronize(e1));
+      float x = 0.0f;
+      CUDA_CHECK(cudaEventElapsedTime(&x, e0, e1));
+      if (t > 2) ms.push_back(x);
+      EXPECT_EQ(gpu->stats().at("dion_ortho_fallbacks"), 0.0) << "step " << t;
+    }
+    CUDA_CHECK(cudaEventDestroy(e0));
+    CUDA_CHECK(cudaEventDestroy(e1));
+    std::sort(ms.begin(), ms.end());
+    std::printf("  160M matrix set, rank 0.25, %s, diagnostics on: median step %.2f ms (min %.2f)\n",
+                warmup ? "Cholesky-QR" : "RCQR", ms[ms.size() / 2], ms[0]);
+    const auto w = dev.download_w();
+    for (size_t p = 0; p < w.size(); ++p)
+      for (float x : w[p]) ASSERT_TRUE(std::isfinite(x)) << "param " << p;
+  }
+}
+
 // ---- the batched orthonormalization alone ------------------------------------------------------------
 
 namespace {
