@@ -18,9 +18,13 @@
 // No host synchronization: success is decided on the device. A Cholesky attempt fails, as on
 // the CPU (dion::cholesky_upper), when potrf reports failure or a pivot is non-finite, <= 0 or
 // <= r * DBL_EPSILON times its Gram diagonal entry; a per-matrix `done` flag then keeps the
-// attempt's result out of P, and the fallback QR kernel skips every matrix already done.
+// attempt's result out of P, and the fallback QR kernel skips every matrix already done. That
+// kernel (one thread block per matrix, fp64) is slow, but it runs only where an attempt failed (P
+// numerically rank-deficient); otherwise it costs one launch that returns at once.
 //
-// Differences from the CPU reference (all leave the result equal up to rounding for full-rank P):
+// Differences from the CPU reference (all leave the result equal up to rounding for full-rank P;
+// for a numerically rank-deficient P the surplus columns are orthonormalized rounding noise on
+// both backends, and differ):
 //  - The Gaussian sketch is drawn on the device from a counter-based hash (og::hash_u64 and
 //    Box-Muller), not from og::Rng, and one sketch serves the whole batch (the seed of its first
 //    matrix): a sketch only has to be independent of P.
