@@ -8,7 +8,8 @@
 // Per shape group and step: one accumulate kernel, four batched fp32 SGEMMs (cuBLAS, no TF32;
 // row-major products written as their column-major transposes), the orthonormalization, and
 // three small kernels. Everything is enqueued on one stream with no host synchronization: the
-// all-zero test and the choice between orthonormalization methods are device flags.
+// all-zero test and the choice between orthonormalization methods are device flags. Of
+// CudaOptimOptions only `stream` applies (the groups run one after another on it).
 //
 // State, as the CPU reference (same names and order, so checkpoints move between backends):
 // "<param>/momentum" (rows x cols), "<param>/Q" (cols_b x r) in hp.state_dtype, and "dion/step"
