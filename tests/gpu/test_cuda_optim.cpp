@@ -477,13 +477,6 @@ TEST(CudaOptim, Errors) {
   SKIP_WITHOUT_CUDA();
   TestGroup host({{8, 8}}, 3);
   DeviceGroup dev(host);
-  OptimHParams hp = make_hp(Algorithm::Dion);
-  try {
-    make_cuda_optimizer(hp, dev.slots);
-    ADD_FAILURE() << "dion on CUDA should throw";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("dion: CUDA version not available yet"), std::string::npos) << e.what();
-  }
   TestGroup emb({{16, 8}}, 3, ParamRole::Embedding);
   DeviceGroup demb(emb);
   for (Algorithm a : {Algorithm::Muon, Algorithm::Dion2})

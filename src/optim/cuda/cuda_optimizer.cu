@@ -5,6 +5,7 @@
 #include "core/cuda_utils.h"
 #include "core/error.h"
 #include "optim/cuda/dion2_optimizer.h"
+#include "optim/cuda/dion_cuda.h"
 #include "optim/cuda/muon_optimizer.h"
 #include "optim/cuda/scalar_optimizers.h"
 
@@ -23,7 +24,7 @@ std::unique_ptr<CudaOptimizer> make_cuda_optimizer(const OptimHParams& hp, std::
     case Algorithm::NorMuon: return cuda::make_cuda_muon(hp, std::move(params), options);
     case Algorithm::Dion2:
     case Algorithm::NorDion2: return cuda::make_cuda_dion2(hp, std::move(params), options);
-    case Algorithm::Dion: fail("dion: CUDA version not available yet");
+    case Algorithm::Dion: return cuda::make_cuda_dion(hp, std::move(params), options);
   }
   fail("unknown optimizer algorithm {}", (int)hp.algorithm);
 }
