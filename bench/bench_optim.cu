@@ -13,15 +13,20 @@
 //   gap = median / (FLOP floor + byte floor): the NS and the elementwise passes are sequential.
 // "NS GF" is the NS work as this configuration computes it (Gram variant: fewer FLOPs; the
 // block-triangle products are counted as full), in GFLOP.
+// "host ms" is the median CPU time of the step() call itself (enqueueing its launches): when it is
+// close to the median, the step is bound by launch overhead, not by the GPU.
 // Variants: "[r0]" is the first H100 run's code path (Muon groups in sequence with one shared
-// workspace, Dion2 weight decay inside pass 1), kept selectable until the new defaults are measured;
-// "[gram]" the Gram Newton–Schulz variant. Rows are printed as they finish, and the whole table
-// again at the end.
+// workspace, Dion2 weight decay inside pass 1, no Gram NS); "[r1]" the second run's defaults (Gram
+// NS off); "[graph]" the step replayed as a CUDA graph. Rows are printed as they finish, and the
+// whole table again at the end. Then the per-phase breakdowns (profile_phases: the groups in
+// sequence on one stream, events between the phases; the sum exceeds the concurrent step's time).
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -134,6 +139,45 @@ double floor_bytes_of(const Case& c) {
 
 std::vector<std::string> g_rows;  // the table, printed again at the end
 
+double median_of(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+// Per-phase breakdown of one case (profile_phases): median ms per phase over `steps` steps, their
+// sum, the median event-timed step and the median host time of step().
+std::string phase_breakdown(const Case& c, int steps) {
+  CudaOptimOptions o = c.opt;
+  o.profile_phases = true;
+  std::unique_ptr<CudaOptimizer> opt = make_cuda_optimizer(c.hp, c.set->slots, o);
+  cudaStream_t s = opt->stream();
+  const float lr = 1e-4f;
+  int64_t t = 1;
+  for (int i = 0; i < 3; ++i) opt->step({t++, lr});
+  CUDA_CHECK(cudaStreamSynchronize(s));
+  std::vector<std::string> order;
+  std::map<std::string, std::vector<double>> per;
+  std::vector<double> host_ms, total_ms;
+  for (int i = 0; i < steps; ++i) {
+    const auto h0 = std::chrono::steady_clock::now();
+    opt->step({t++, lr});
+    host_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - h0).count());
+    double total = 0.0;
+    for (const auto& [name, ms] : opt->last_phase_ms()) {
+      if (!per.count(name)) order.push_back(name);
+      per[name].push_back(ms);
+      total += ms;
+    }
+    total_ms.push_back(total);
+  }
+  std::string out = fmt::format("{} (profiled: groups in sequence)\n", c.label);
+  for (const std::string& name : order)
+    out += fmt::format("    {:<24} {:>9.3f} ms\n", name, median_of(per[name]));
+  out += fmt::format("    {:<24} {:>9.3f} ms   (host time of step(): {:.3f} ms)\n", "sum", median_of(total_ms),
+                     median_of(host_ms));
+  return out;
+}
+
 void run_case(const Case& c, int steps) {
   std::unique_ptr<CudaOptimizer> opt = make_cuda_optimizer(c.hp, c.set->slots, c.opt);
   cudaStream_t s = opt->stream();
@@ -145,9 +189,12 @@ void run_case(const Case& c, int steps) {
   for (int i = 0; i < 3; ++i) opt->step({t++, lr});
   CUDA_CHECK(cudaStreamSynchronize(s));
   std::vector<float> ms;
+  std::vector<double> host_ms;
   for (int i = 0; i < steps; ++i) {
     CUDA_CHECK(cudaEventRecord(e0, s));
+    const auto h0 = std::chrono::steady_clock::now();
     opt->step({t++, lr});
+    host_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - h0).count());
     CUDA_CHECK(cudaEventRecord(e1, s));
     CUDA_CHECK(cudaEventSynchronize(e1));
     float x = 0.0f;
@@ -157,15 +204,15 @@ void run_case(const Case& c, int steps) {
   CUDA_CHECK(cudaEventDestroy(e0));
   CUDA_CHECK(cudaEventDestroy(e1));
   std::sort(ms.begin(), ms.end());
-  const double median = ms.size() % 2 ? ms[ms.size() / 2] : 0.5 * (ms[ms.size() / 2 - 1] + ms[ms.size() / 2]);
+  const double median = median_of(std::vector<double>(ms.begin(), ms.end()));
   const double flop_ms = ns_flops_of(c) / kPeakFlops * 1e3, byte_ms = floor_bytes_of(c) / kPeakBytes * 1e3;
   const std::string target = c.target_ms > 0 ? fmt::format("{:.2f}{}", c.target_ms, median <= c.target_ms ? " ok" : " MISS")
                                              : std::string("-");
   const std::string ref = c.ref_ms > 0 ? fmt::format("{:.2f}", c.ref_ms) : std::string("-");
   const std::string row =
-      fmt::format("{:<44} {:>9.3f} {:>9.3f} {:>9.3f} {:>9.3f} {:>9.3f} {:>6.2f} {:>10} {:>8} {:>8.0f}\n", c.label, median,
-                  ms.front(), flop_ms, byte_ms, flop_ms + byte_ms, median / (flop_ms + byte_ms), target, ref,
-                  ns_flops_of(c, true) / 1e9);
+      fmt::format("{:<44} {:>9.3f} {:>9.3f} {:>9.3f} {:>9.3f} {:>9.3f} {:>6.2f} {:>10} {:>8} {:>8.0f} {:>8.3f}\n",
+                  c.label, median, ms.front(), flop_ms, byte_ms, flop_ms + byte_ms, median / (flop_ms + byte_ms),
+                  target, ref, ns_flops_of(c, true) / 1e9, median_of(host_ms));
   g_rows.push_back(row);
   fmt::print("{}", row);
   std::fflush(stdout);
@@ -194,7 +241,7 @@ int main(int argc, char** argv) {
   CLI::App app{"orthogpt optimizer step benchmark (GPU)"};
   int steps = 20, block = 256;
   std::string only, sym = "auto";
-  bool autotune = false, variants = true, big = true;
+  bool autotune = false, variants = true, big = true, phases = true;
   app.add_option("--steps", steps, "timed steps per case (after 3 warm-up steps)")->check(CLI::Range(1, 10000));
   app.add_option("--only", only, "run only the cases whose label contains this text");
   app.add_option("--sym", sym, "symmetric block products: auto, on or off");
@@ -202,6 +249,7 @@ int main(int argc, char** argv) {
   app.add_flag("--autotune", autotune, "time the cuBLASLt candidates at construction");
   app.add_flag("!--no-variants", variants, "skip the symmetric/autotune variant rows");
   app.add_flag("!--no-1b", big, "skip the 1B matrix set");
+  app.add_flag("!--no-phases", phases, "skip the per-phase breakdowns");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -239,54 +287,59 @@ int main(int argc, char** argv) {
       add("1B muon", m1b.get(), hp_of(Algorithm::Muon), 40.0, 69.3, base);
       add("1B dion2 a=0.25 l1", m1b.get(), hp_of(Algorithm::Dion2), 8.0, 0, base);
     }
+    std::vector<Case> phase_cases;  // per-phase breakdowns, printed after the summary
     if (variants) {
-      // Round-1 comparisons first: the old code path [r0] next to the new defaults and [gram].
-      CudaOptimOptions r0 = base, gram = base, gram_r0 = base;
-      r0.concurrent_groups = false;  // Muon: the groups in sequence (Dion2: see below)
-      gram.gram_ns = true;
-      gram_r0 = r0;
-      gram_r0.gram_ns = true;
-      CudaOptimOptions d_r0 = base, d_gram = base;
-      d_r0.overlap_weight_decay = false;  // Dion2 r0: decay inside pass 1, groups concurrent
-      d_gram.gram_ns = true;
-      add("160M muon [r0]", &m160, hp_of(Algorithm::Muon), 0, 0, r0);
-      add("160M muon [gram]", &m160, hp_of(Algorithm::Muon), 0, 0, gram);
-      add("160M muon [gram, serial groups]", &m160, hp_of(Algorithm::Muon), 0, 0, gram_r0);
-      add("160M normuon [r0]", &m160, hp_of(Algorithm::NorMuon), 0, 0, r0);
-      add("160M normuon [gram]", &m160, hp_of(Algorithm::NorMuon), 0, 0, gram);
-      for (float a : {0.5f, 0.25f, 0.125f}) {
-        add(fmt::format("160M dion2 a={} l1 [r0]", a), &m160, hp_of(Algorithm::Dion2, a), 0, 0, d_r0);
-        add(fmt::format("160M dion2 a={} l1 [gram]", a), &m160, hp_of(Algorithm::Dion2, a), 0, 0, d_gram);
-      }
-      add("160M nordion2 a=0.25 l1 [r0]", &m160, hp_of(Algorithm::NorDion2), 0, 0, d_r0);
+      // Round 2: the step as a CUDA graph, next to the defaults (launched).
+      CudaOptimOptions graph = base;
+      graph.cuda_graph = true;
+      add("160M muon [graph]", &m160, hp_of(Algorithm::Muon), 0, 0, graph);
+      add("160M normuon [graph]", &m160, hp_of(Algorithm::NorMuon), 0, 0, graph);
+      for (float a : {0.5f, 0.25f, 0.125f})
+        add(fmt::format("160M dion2 a={} l1 [graph]", a), &m160, hp_of(Algorithm::Dion2, a), 0, 0, graph);
+      add("160M dion2 a=0.25 random [graph]", &m160, hp_of(Algorithm::Dion2, 0.25f, Select::Random), 0, 0, graph);
+      add("160M nordion2 a=0.25 l1 [graph]", &m160, hp_of(Algorithm::NorDion2), 0, 0, graph);
       if (m1b) {
-        add("1B muon [r0]", m1b.get(), hp_of(Algorithm::Muon), 0, 0, r0);
-        add("1B muon [gram]", m1b.get(), hp_of(Algorithm::Muon), 0, 0, gram);
-        add("1B muon [gram, sym off]", m1b.get(), hp_of(Algorithm::Muon), 0, 0, [&] {
-          CudaOptimOptions o = gram;
+        add("1B muon [graph]", m1b.get(), hp_of(Algorithm::Muon), 0, 0, graph);
+        add("1B dion2 a=0.25 l1 [graph]", m1b.get(), hp_of(Algorithm::Dion2), 0, 0, graph);
+      }
+      // Earlier code paths: [r1] = the second run's defaults (no Gram NS), [r0] = the first run's.
+      CudaOptimOptions r1 = base, r0 = base, d_r0 = base;
+      r1.gram_ns = false;
+      r0.gram_ns = false;
+      r0.concurrent_groups = false;       // Muon: the groups in sequence
+      d_r0.gram_ns = false;
+      d_r0.overlap_weight_decay = false;  // Dion2: decay inside pass 1, groups concurrent
+      add("160M muon [r1]", &m160, hp_of(Algorithm::Muon), 0, 0, r1);
+      add("160M muon [r0]", &m160, hp_of(Algorithm::Muon), 0, 0, r0);
+      add("160M normuon [r1]", &m160, hp_of(Algorithm::NorMuon), 0, 0, r1);
+      for (float a : {0.5f, 0.25f, 0.125f}) {
+        add(fmt::format("160M dion2 a={} l1 [r1]", a), &m160, hp_of(Algorithm::Dion2, a), 0, 0, r1);
+        add(fmt::format("160M dion2 a={} l1 [r0]", a), &m160, hp_of(Algorithm::Dion2, a), 0, 0, d_r0);
+      }
+      add("160M nordion2 a=0.25 l1 [r1]", &m160, hp_of(Algorithm::NorDion2), 0, 0, r1);
+      if (m1b) {
+        add("1B muon [r1]", m1b.get(), hp_of(Algorithm::Muon), 0, 0, r1);
+        add("1B muon [sym off]", m1b.get(), hp_of(Algorithm::Muon), 0, 0, [&] {
+          CudaOptimOptions o = base;
           o.symmetric = CudaOptimOptions::Symmetric::Off;
           return o;
         }());
-        add("1B dion2 a=0.25 l1 [r0]", m1b.get(), hp_of(Algorithm::Dion2), 0, 0, d_r0);
-        add("1B dion2 a=0.25 l1 [gram]", m1b.get(), hp_of(Algorithm::Dion2), 0, 0, d_gram);
+        add("1B dion2 a=0.25 l1 [r1]", m1b.get(), hp_of(Algorithm::Dion2), 0, 0, r1);
       }
-      CudaOptimOptions off = base, on = base, tuned = base, serial = base;
-      off.symmetric = CudaOptimOptions::Symmetric::Off;
-      on.symmetric = CudaOptimOptions::Symmetric::On;
-      tuned.autotune_gemm = true;
+      CudaOptimOptions serial = base, tuned = base;
       serial.concurrent_groups = false;
-      add("160M muon [sym off]", &m160, hp_of(Algorithm::Muon), 0, 0, off);
-      add("160M muon [sym on]", &m160, hp_of(Algorithm::Muon), 0, 0, on);
+      tuned.autotune_gemm = true;
+      add("160M muon [serial groups]", &m160, hp_of(Algorithm::Muon), 0, 0, serial);
+      add("160M dion2 a=0.25 l1 [serial groups]", &m160, hp_of(Algorithm::Dion2), 0, 0, serial);
       add("160M muon [autotune]", &m160, hp_of(Algorithm::Muon), 0, 0, tuned);
       add("160M dion2 a=0.25 l1 [autotune]", &m160, hp_of(Algorithm::Dion2), 0, 0, tuned);
-      add("160M dion2 a=0.25 l1 [serial groups]", &m160, hp_of(Algorithm::Dion2), 0, 0, serial);
-      add("160M dion2 a=0.5 l1 [serial groups]", &m160, hp_of(Algorithm::Dion2, 0.5f), 0, 0, serial);
-      if (m1b) {
-        add("1B muon [sym off]", m1b.get(), hp_of(Algorithm::Muon), 0, 0, off);
-        add("1B muon [sym on]", m1b.get(), hp_of(Algorithm::Muon), 0, 0, on);
-        add("1B muon [autotune]", m1b.get(), hp_of(Algorithm::Muon), 0, 0, tuned);
-        add("1B dion2 a=0.25 l1 [sym off]", m1b.get(), hp_of(Algorithm::Dion2), 0, 0, off);
-      }
+    }
+    for (float a : {0.25f, 0.125f, 0.5f})
+      phase_cases.push_back({fmt::format("160M dion2 a={} l1", a), &m160, hp_of(Algorithm::Dion2, a), base});
+    phase_cases.push_back({"160M muon", &m160, hp_of(Algorithm::Muon), base});
+    if (m1b) {
+      phase_cases.push_back({"1B dion2 a=0.25 l1", m1b.get(), hp_of(Algorithm::Dion2), base});
+      phase_cases.push_back({"1B muon", m1b.get(), hp_of(Algorithm::Muon), base});
     }
 
     fmt::print("device: {}; {} timed steps per case; ceilings 989 TFLOP/s bf16, 3.35 TB/s; sym={} block={} "
@@ -294,14 +347,22 @@ int main(int argc, char** argv) {
                prop.name, steps, sym, block, autotune);
     fmt::print("160M set: {} matrices, {:.1f}M elements", m160.slots.size(), m160.elems / 1e6);
     if (m1b) fmt::print("; 1B set: {} matrices, {:.1f}M elements", m1b->slots.size(), m1b->elems / 1e6);
-    const std::string header = fmt::format("{:<44} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>8} {:>8}\n", "case",
-                                           "median ms", "min ms", "FLOP flr", "byte flr", "floor", "gap", "target",
-                                           "pytorch", "NS GF");
+    const std::string header = fmt::format("{:<44} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>8} {:>8} {:>8}\n",
+                                           "case", "median ms", "min ms", "FLOP flr", "byte flr", "floor", "gap",
+                                           "target", "pytorch", "NS GF", "host ms");
     fmt::print("\n{}", header);
     for (const Case& c : cases)
       if (only.empty() || c.label.find(only) != std::string::npos) run_case(c, steps);
     fmt::print("\n==== summary ====\n{}", header);
     for (const std::string& r : g_rows) fmt::print("{}", r);
+    if (phases) {
+      fmt::print("\n==== per-phase breakdown (median ms over {} steps) ====\n", steps);
+      for (const Case& c : phase_cases)
+        if (only.empty() || c.label.find(only) != std::string::npos) {
+          fmt::print("{}", phase_breakdown(c, steps));
+          std::fflush(stdout);
+        }
+    }
   } catch (const Error& e) {
     fmt::print(stderr, "bench_optim: {}\n", e.what());
     return 1;

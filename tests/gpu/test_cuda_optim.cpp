@@ -254,6 +254,7 @@ TEST(CudaOptim, SymmetricBlockProducts) {
     CompareSpec on;
     on.options.symmetric = CudaOptimOptions::Symmetric::On;
     on.options.symmetric_block = 64;
+    on.options.gram_ns = false;  // the block path is the standard iteration's
     compare_with_cpu(hp, shapes, on);
   }
   // On vs off on the GPU.
@@ -264,6 +265,7 @@ TEST(CudaOptim, SymmetricBlockProducts) {
   on.symmetric = CudaOptimOptions::Symmetric::On;
   on.symmetric_block = 64;
   off.symmetric = CudaOptimOptions::Symmetric::Off;
+  on.gram_ns = off.gram_ns = false;
   auto oa = make_cuda_optimizer(hp, a.slots, on);
   auto ob = make_cuda_optimizer(hp, b.slots, off);
   a.upload(host);
@@ -305,6 +307,112 @@ TEST(CudaOptim, GramNewtonSchulzMatchesCpu) {
     spec.options.gram_ns = true;
     compare_with_cpu(hp, kMixedShapes, spec);
   }
+}
+
+// The standard iteration (gram_ns off; Gram NS is the default since round 2) on the same shapes,
+// same tolerances.
+TEST(CudaOptim, StandardNewtonSchulzMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  const Shapes shapes = {{64, 192}, {192, 64}, {48, 96}, {40, 160}, {128, 512}, {512, 128}, {64, 64}};
+  for (Algorithm a : {Algorithm::Muon, Algorithm::NorMuon}) {
+    OptimHParams hp = make_hp(a);
+    hp.nesterov = true;
+    CompareSpec spec;
+    spec.options.gram_ns = false;
+    compare_with_cpu(hp, shapes, spec);
+  }
+  for (float alpha : {0.25f, 0.5f}) {
+    OptimHParams hp = make_hp(Algorithm::Dion2);
+    hp.fraction = alpha;
+    CompareSpec spec;
+    spec.options.gram_ns = false;
+    compare_with_cpu(hp, kMixedShapes, spec);
+  }
+}
+
+// Run `hp` on two copies of the same inputs with options a and b for 3 steps with a different lr
+// every step (the graph must pick up the new scalars) and expect bit-identical weights and state.
+static void expect_bit_identical(const OptimHParams& hp, const CudaOptimOptions& oa_opt, const CudaOptimOptions& ob_opt,
+                          const char* what) {
+  TestGroup host(kMixedShapes, 17);
+  DeviceGroup a(host), b(host);
+  auto oa = make_cuda_optimizer(hp, a.slots, oa_opt);
+  auto ob = make_cuda_optimizer(hp, b.slots, ob_opt);
+  a.upload(host);
+  b.upload(host);
+  for (int64_t t = 1; t <= 3; ++t) {
+    const float lr = 0.01f * (float)t;
+    oa->step({t, lr});
+    ob->step({t, lr});
+  }
+  CUDA_CHECK(cudaDeviceSynchronize());
+  const auto wa = a.download_w(), wb = b.download_w();
+  for (size_t p = 0; p < wa.size(); ++p)
+    EXPECT_EQ(std::memcmp(wa[p].data(), wb[p].data(), wa[p].size() * 4), 0)
+        << what << " " << name_of(hp.algorithm) << " param " << p;
+  const auto sa = oa->state(), sb = ob->state();
+  ASSERT_EQ(sa.size(), sb.size());
+  for (size_t i = 0; i < sa.size(); ++i) EXPECT_EQ(state_values(sa[i]), state_values(sb[i])) << what << " " << sa[i].name;
+  if (hp.algorithm == Algorithm::Dion2 || hp.algorithm == Algorithm::NorDion2)
+    EXPECT_EQ(oa->last_selection(), ob->last_selection()) << what;
+}
+
+// The step replayed as a CUDA graph (cuda_graph) and the profiled step (profile_phases: groups in
+// sequence, events between phases) are bit-identical to the launched step, on the default stream
+// and on a user stream; random selection checks that the step number reaches the graph.
+TEST(CudaOptim, CudaGraphAndProfiledStepsAreBitIdentical) {
+  SKIP_WITHOUT_CUDA();
+  cudaStream_t stream;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  for (Algorithm alg : {Algorithm::Muon, Algorithm::NorMuon, Algorithm::Dion2, Algorithm::NorDion2}) {
+    for (Select sel : {Select::L1, Select::Random}) {
+      if (sel == Select::Random && (alg == Algorithm::Muon || alg == Algorithm::NorMuon)) continue;
+      OptimHParams hp = make_hp(alg);
+      hp.select = sel;
+      CudaOptimOptions plain, graph, graph_stream, profiled;
+      graph.cuda_graph = true;
+      graph_stream.cuda_graph = true;
+      graph_stream.stream = stream;
+      profiled.profile_phases = true;
+      expect_bit_identical(hp, plain, graph, "graph");
+      expect_bit_identical(hp, plain, graph_stream, "graph on a user stream");
+      expect_bit_identical(hp, plain, profiled, "profiled");
+    }
+  }
+  {  // ef off (the state scaling pass is part of the graph) and the fused decay path
+    OptimHParams hp = make_hp(Algorithm::Dion2);
+    hp.ef = false;
+    CudaOptimOptions plain, graph;
+    graph.cuda_graph = true;
+    expect_bit_identical(hp, plain, graph, "graph, ef off");
+    plain.overlap_weight_decay = graph.overlap_weight_decay = false;
+    expect_bit_identical(hp, plain, graph, "graph, decay in pass 1");
+  }
+  CUDA_CHECK(cudaStreamDestroy(stream));
+}
+
+// profile_phases reports the phases of the last step (positive times, Dion2's in step order).
+TEST(CudaOptim, ProfiledPhasesAreReported) {
+  SKIP_WITHOUT_CUDA();
+  TestGroup host(kMixedShapes, 19);
+  DeviceGroup dev(host);
+  CudaOptimOptions o;
+  o.profile_phases = true;
+  auto opt = make_cuda_optimizer(make_hp(Algorithm::Dion2), dev.slots, o);
+  dev.upload(host);
+  opt->step({1, 0.01f});
+  const auto phases = opt->last_phase_ms();
+  std::vector<std::string> names;
+  for (const auto& [n, ms] : phases) {
+    names.push_back(n);
+    EXPECT_GE(ms, 0.0) << n;
+  }
+  const std::vector<std::string> expect = {"pass1", "weight decay", "reduce partials", "select", "gather",
+                                           "newton-schulz", "scatter update"};
+  EXPECT_EQ(names, expect);
+  CudaOptimOptions plain;
+  auto other = make_cuda_optimizer(make_hp(Algorithm::Dion2), dev.slots, plain);
+  EXPECT_TRUE(other->last_phase_ms().empty());
 }
 
 // Dion2's weight decay as its own overlapped pass gives bit-identical weights and state to the

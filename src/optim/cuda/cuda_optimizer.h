@@ -10,6 +10,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "optim/optimizer.h"
@@ -41,8 +43,19 @@ struct CudaOptimOptions {
   // Gram Newton–Schulz for batches whose long side is at least twice the short one: iterate on
   // the m×m Gram matrix (X_k = Q_k·X with Q_k a polynomial in X·Xᵀ), materializing X once after
   // iteration 2 ("restart", for bf16 stability). The same polynomial in exact arithmetic with
-  // 8m²n + 28m³ instead of 20m²n + 10m³ FLOPs (see newton_schulz.h). Off until measured.
-  bool gram_ns = false;
+  // 8m²n + 28m³ instead of 20m²n + 10m³ FLOPs (see newton_schulz.h). On since the second H100
+  // run (faster everywhere: 160M muon 3.44 → 3.17 ms, 1B muon 59.4 → 54.3, 1B dion2 12.6 → 11.2;
+  // the GPU tests hold it to the standard path's tolerances).
+  bool gram_ns = true;
+  // Muon / NorMuon / Dion2 / NorDion2: capture the whole step once as a CUDA graph and replay it
+  // (step_graph.h); the per-step scalars (lr, step) reach the kernels through device memory.
+  // Removes the host launch overhead of ~50–100 launches per step. Bit-identical to the launched
+  // path. Off until measured.
+  bool cuda_graph = false;
+  // Muon / NorMuon / Dion2 / NorDion2: record CUDA events between the phases of every step and
+  // report them (CudaOptimizer::last_phase_ms). Runs the groups in sequence on the step stream
+  // (and Dion2's weight decay inline), without a graph: for the benchmark's breakdown only.
+  bool profile_phases = false;
 };
 
 class CudaOptimizer : public Optimizer {
@@ -54,6 +67,9 @@ class CudaOptimizer : public Optimizer {
   // Dion2 / NorDion2 only (empty otherwise): the slice indices selected at the last step, per
   // parameter, ascending. Synchronizes the stream and copies to the host: for tests and debugging.
   virtual std::vector<std::vector<int32_t>> last_selection() { return {}; }
+  // With CudaOptimOptions::profile_phases: milliseconds per phase of the last step, in step order
+  // (waits for it). Empty otherwise.
+  virtual std::vector<std::pair<std::string, double>> last_phase_ms() { return {}; }
 };
 
 std::unique_ptr<CudaOptimizer> make_cuda_optimizer(const OptimHParams& hp, std::vector<ParamSlot> params,

@@ -13,8 +13,9 @@ namespace {
 // per lane: M ← M + G, W ← W·decay, then the row's ℓ1 and squared ℓ2 norm of the new M.
 template <int VEC, typename S, bool DECAY_W>
 __global__ void pass1_rows_kernel(const Pass1Block* __restrict__ blocks, const Dion2Mat* __restrict__ mats,
-                                  float decay) {
+                                  const Dion2Scalars* __restrict__ sc) {
   const Pass1Block b = blocks[blockIdx.x];
+  const float decay = DECAY_W ? sc->decay : 1.0f;
   const Dion2Mat& d = mats[b.mat];
   const int64_t row = b.row0 + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
@@ -59,8 +60,9 @@ __global__ void pass1_rows_kernel(const Pass1Block* __restrict__ blocks, const D
 // walks rows [row0, row0 + kColChunkRows); partial norms go to row row0 / kColChunkRows.
 template <int VEC, typename S, bool DECAY_W>
 __global__ void pass1_cols_kernel(const Pass1Block* __restrict__ blocks, const Dion2Mat* __restrict__ mats,
-                                  float decay) {
+                                  const Dion2Scalars* __restrict__ sc) {
   const Pass1Block b = blocks[blockIdx.x];
+  const float decay = DECAY_W ? sc->decay : 1.0f;
   const Dion2Mat& d = mats[b.mat];
   const int64_t c = b.col0 + (int64_t)threadIdx.x * VEC;
   const int64_t cols = d.cols;
@@ -150,8 +152,9 @@ __device__ void bitonic_sort(uint64_t* keys, uint32_t* vals, int N) {
 // Keys: ℓ1 → (~orderable(norm) << 32 | i), i.e. norm descending then index ascending;
 // random → hash_u64(seed, step, p, i) with the index as tie-break. Sort, keep the first k, sort
 // those by index, write them, the scale of the selected submatrix and the ℓ1 mass share.
-__global__ void __launch_bounds__(kSelectThreads) select_kernel(const Dion2Mat* __restrict__ mats, bool random, uint64_t seed, int64_t step, float mult,
-                              float eps) {
+__global__ void __launch_bounds__(kSelectThreads) select_kernel(const Dion2Mat* __restrict__ mats, bool random, uint64_t seed,
+                              const Dion2Scalars* __restrict__ sc, float mult, float eps) {
+  const int64_t step = sc->step;
   extern __shared__ uint64_t smem_keys[];
   __shared__ float scratch[32];
   const Dion2Mat& d = mats[blockIdx.x];
@@ -245,7 +248,9 @@ __global__ void gather_kernel(const Dion2Mat* __restrict__ mats, const int32_t* 
 }
 
 // Same grid.  W[sel[j]][l] −= lr_eff·f_j·O[j][l]  (rows)  or  W[l][sel[j]] −= lr_eff·O[j][l]  (columns).
-__global__ void update_kernel(const Dion2Mat* __restrict__ mats, const int32_t* __restrict__ members, float lr) {
+__global__ void update_kernel(const Dion2Mat* __restrict__ mats, const int32_t* __restrict__ members,
+                              const Dion2Scalars* __restrict__ sc) {
+  const float lr = sc->lr;
   __shared__ float tile[32][33];
   const Dion2Mat& d = mats[members[blockIdx.z]];
   const int64_t L = d.by_cols ? d.rows : d.cols, k = d.k, cols = d.cols;
@@ -284,7 +289,8 @@ __global__ void scale_kernel(S* __restrict__ x, int64_t total, float f) {
 // every tensor is 16-byte aligned.
 template <int VEC>
 __global__ void decay_weights_kernel(const ChunkRef* __restrict__ chunks, const WeightSpan* __restrict__ spans,
-                                     float decay) {
+                                     const Dion2Scalars* __restrict__ sc) {
+  const float decay = sc->decay;
   const ChunkRef c = chunks[blockIdx.x];
   const WeightSpan d = spans[c.tensor];
   const int64_t end = min(c.start + kChunkElems, d.numel);
@@ -301,15 +307,23 @@ __global__ void decay_weights_kernel(const ChunkRef* __restrict__ chunks, const 
   }
 }
 
+// One thread: *dst = v.
+__global__ void set_scalars_kernel(Dion2Scalars* dst, Dion2Scalars v) { *dst = v; }
+
 }  // namespace
 
+void dion2_set_scalars(cudaStream_t s, Dion2Scalars* dst, Dion2Scalars v) {
+  set_scalars_kernel<<<1, 1, 0, s>>>(dst, v);
+  CUDA_CHECK_LAUNCH();
+}
+
 void decay_weights(cudaStream_t s, const ChunkRef* chunks, int64_t n_chunks, const WeightSpan* spans, bool vec4,
-                   float decay) {
+                   const Dion2Scalars* sc) {
   if (n_chunks == 0) return;
   if (vec4)
-    decay_weights_kernel<4><<<(unsigned)n_chunks, kChunkThreads, 0, s>>>(chunks, spans, decay);
+    decay_weights_kernel<4><<<(unsigned)n_chunks, kChunkThreads, 0, s>>>(chunks, spans, sc);
   else
-    decay_weights_kernel<1><<<(unsigned)n_chunks, kChunkThreads, 0, s>>>(chunks, spans, decay);
+    decay_weights_kernel<1><<<(unsigned)n_chunks, kChunkThreads, 0, s>>>(chunks, spans, sc);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -324,7 +338,7 @@ void dion2_select_prepare(int npow2) {
 namespace {
 template <bool DECAY_W>
 void pass1_launch(cudaStream_t s, const Dion2Mat* mats, const Pass1Block* row_blocks, int64_t n_row_blocks,
-                  const Pass1Block* col_blocks, int64_t n_col_blocks, bool vec4, bool bf, float decay) {
+                  const Pass1Block* col_blocks, int64_t n_col_blocks, bool vec4, bool bf, const Dion2Scalars* decay) {
   if (n_row_blocks > 0) {
     const unsigned g = (unsigned)n_row_blocks;
     if (vec4)
@@ -350,7 +364,7 @@ void pass1_launch(cudaStream_t s, const Dion2Mat* mats, const Pass1Block* row_bl
 
 void dion2_pass1(cudaStream_t s, const Dion2Mat* mats, const Pass1Block* row_blocks, int64_t n_row_blocks,
                  const Pass1Block* col_blocks, int64_t n_col_blocks, bool vec4, StateDtype dtype, bool decay_w,
-                 float decay) {
+                 const Dion2Scalars* decay) {
   const bool bf = dtype == StateDtype::BF16;
   if (decay_w)
     pass1_launch<true>(s, mats, row_blocks, n_row_blocks, col_blocks, n_col_blocks, vec4, bf, decay);
@@ -367,8 +381,8 @@ void dion2_reduce_partials(cudaStream_t s, const Dion2Mat* mats, const int32_t* 
 }
 
 void dion2_select(cudaStream_t s, const Dion2Mat* mats, int n_mats, int npow2, bool random, uint64_t seed,
-                  int64_t step, float mult, float eps) {
-  select_kernel<<<n_mats, kSelectThreads, dion2_select_smem(npow2), s>>>(mats, random, seed, step, mult, eps);
+                  const Dion2Scalars* sc, float mult, float eps) {
+  select_kernel<<<n_mats, kSelectThreads, dion2_select_smem(npow2), s>>>(mats, random, seed, sc, mult, eps);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -383,9 +397,9 @@ void dion2_gather(cudaStream_t s, const Dion2Mat* mats, const int32_t* members, 
 }
 
 void dion2_update(cudaStream_t s, const Dion2Mat* mats, const int32_t* members, int count, int64_t k, int64_t L,
-                  float lr) {
+                  const Dion2Scalars* sc) {
   dim3 grid((unsigned)((L + 31) / 32), (unsigned)((k + 31) / 32), (unsigned)count), block(32, 8);
-  update_kernel<<<grid, block, 0, s>>>(mats, members, lr);
+  update_kernel<<<grid, block, 0, s>>>(mats, members, sc);
   CUDA_CHECK_LAUNCH();
 }
 

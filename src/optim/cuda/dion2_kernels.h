@@ -40,6 +40,14 @@ struct Dion2Mat {
   const float* row_factor;  // NorDion2: k factors; else nullptr
 };
 
+// The scalars that change from step to step, read by the kernels from device memory (so that a
+// captured CUDA graph of the step stays valid); written by dion2_set_scalars before each step.
+struct Dion2Scalars {
+  float lr;     // learning rate of this step
+  float decay;  // 1 − lr·wd
+  int64_t step; // random selection key
+};
+
 // One weight matrix of the separate weight-decay pass.
 struct WeightSpan {
   float* w;
@@ -64,23 +72,25 @@ size_t dion2_select_smem(int npow2);
 // Allow the select kernel that much shared memory (construction time).
 void dion2_select_prepare(int npow2);
 
+// *dst = v (one thread), ordered on s before the step's kernels.
+void dion2_set_scalars(cudaStream_t s, Dion2Scalars* dst, Dion2Scalars v);
 // decay_w: also W ← W·decay (else W is not touched: decay_weights does it separately).
 void dion2_pass1(cudaStream_t s, const Dion2Mat* mats, const Pass1Block* row_blocks, int64_t n_row_blocks,
                  const Pass1Block* col_blocks, int64_t n_col_blocks, bool vec4, StateDtype dtype, bool decay_w,
-                 float decay);
+                 const Dion2Scalars* sc);
 // W ← W·decay over every span, one block per chunk of a ChunkTable built over the spans' numel.
 void decay_weights(cudaStream_t s, const ChunkRef* chunks, int64_t n_chunks, const WeightSpan* spans, bool vec4,
-                   float decay);
+                   const Dion2Scalars* sc);
 // Column-slice matrices: sum the partial norms into row 0 (fixed order).
 void dion2_reduce_partials(cudaStream_t s, const Dion2Mat* mats, const int32_t* col_mats, int n_col_mats,
                            int64_t max_n);
 void dion2_select(cudaStream_t s, const Dion2Mat* mats, int n_mats, int npow2, bool random, uint64_t seed,
-                  int64_t step, float mult, float eps);
+                  const Dion2Scalars* sc, float mult, float eps);
 // The k×L NS batch of `count` matrices mats[members[z]].
 void dion2_gather(cudaStream_t s, const Dion2Mat* mats, const int32_t* members, int count, int64_t k, int64_t L,
                   StateDtype dtype, bool decay_selected, float ef_decay);
 void dion2_update(cudaStream_t s, const Dion2Mat* mats, const int32_t* members, int count, int64_t k, int64_t L,
-                  float lr);
+                  const Dion2Scalars* sc);
 // x ← f·x over `total` state elements.
 void scale_state(cudaStream_t s, void* x, int64_t total, StateDtype dtype, float f);
 

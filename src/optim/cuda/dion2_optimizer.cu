@@ -26,7 +26,9 @@
 #include "optim/cuda/matrix_rules.h"
 #include "optim/cuda/neuron_norm.h"
 #include "optim/cuda/newton_schulz.h"
+#include "optim/cuda/phase_timer.h"
 #include "optim/cuda/state_arena.h"
+#include "optim/cuda/step_graph.h"
 #include "optim/slice_select.h"
 
 namespace og::cuda {
@@ -45,6 +47,9 @@ class CudaDion2 final : public CudaOptimizer {
     main_ = opt.stream;
     concurrent_ = opt.concurrent_groups;
     overlap_decay_ = opt.overlap_weight_decay;
+    profile_ = opt.profile_phases;
+    use_graph_ = opt.cuda_graph && !profile_;
+    scalars_.resize(1);
     int prio_low = 0, prio_high = 0;  // numerically: low ≥ high
     CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&prio_low, &prio_high));
     const size_t nm = params_.size();
@@ -239,40 +244,32 @@ class CudaDion2 final : public CudaOptimizer {
   void step(const StepContext& ctx) override {
     check_step_context(ctx, hp_.algorithm);
     if (params_.empty()) return;
-    cudaStream_t s = main_;
-    const float decay = 1.0f - ctx.lr * hp_.weight_decay;
-    dion2_pass1(s, mats_.data(), row_blocks_.data(), n_row_blocks_, col_blocks_.data(), n_col_blocks_, vec4_,
-                hp_.state_dtype, !overlap_decay_, decay);
-    if (overlap_decay_) {  // fork the weight decay; joined by every group before its scatter
-      CUDA_CHECK(cudaEventRecord(decay_fork_.e, s));
-      CUDA_CHECK(cudaStreamWaitEvent(decay_stream_.s, decay_fork_.e, 0));
-      decay_weights(decay_stream_.s, decay_chunks_.chunks.data(), decay_chunks_.count(), weight_spans_.data(),
-                    decay_vec4_, decay);
-      CUDA_CHECK(cudaEventRecord(decay_done_.e, decay_stream_.s));
+    dion2_set_scalars(main_, scalars_.data(), Dion2Scalars{ctx.lr, 1.0f - ctx.lr * hp_.weight_decay, (int64_t)ctx.step});
+    if (profile_) {
+      enqueue_step(main_, &timer_);
+      return;
     }
-    dion2_reduce_partials(s, mats_.data(), col_mats_.data(), (int)col_mats_.size(), max_col_n_);
-    dion2_select(s, mats_.data(), (int)params_.size(), npow2_, hp_.select == Select::Random, hp_.seed, ctx.step,
-                 ns_norm_multiplier(hp_.ortho), hp_.eps);
-    if (fork_.e) CUDA_CHECK(cudaEventRecord(fork_.e, s));
-    for (auto& g : groups_) {
-      cudaStream_t gs = g->own_stream.s ? g->own_stream.s : s;
-      if (g->own_stream.s) CUDA_CHECK(cudaStreamWaitEvent(gs, fork_.e, 0));
-      const int64_t k = g->shape.rows, L = g->shape.cols;
-      dion2_gather(gs, mats_.data(), g->members_dev.data(), g->shape.count, k, L, hp_.state_dtype, hp_.ef,
-                   ef_decay_);
-      bf16* out = g->ns.run(*g->blas);
-      OG_CHECK(out == g->ns.result(), "internal: NS result not where planned");
-      if (nordion2_)
-        neuron_norm_factors(gs, out, g->shape.count, k, L, g->ndescs.data(), hp_.state_dtype, hp_.beta2,
-                            g->rowsq.data(), g->factors.data());
-      if (overlap_decay_) CUDA_CHECK(cudaStreamWaitEvent(gs, decay_done_.e, 0));
-      dion2_update(gs, mats_.data(), g->members_dev.data(), g->shape.count, k, L, ctx.lr);
-      if (g->own_stream.s) {  // join
-        CUDA_CHECK(cudaEventRecord(g->done.e, gs));
-        CUDA_CHECK(cudaStreamWaitEvent(s, g->done.e, 0));
+    if (!use_graph_) {
+      enqueue_step(main_, nullptr);
+      return;
+    }
+    if (!graph_.ready()) {  // capture once with every stream pointed at the capture stream
+      const cudaStream_t user = main_;
+      set_stream(graph_.capture_stream());
+      try {
+        graph_.capture([&](cudaStream_t cs) { enqueue_step(cs, nullptr); });
+      } catch (...) {
+        set_stream(user);
+        throw;
       }
+      set_stream(user);
     }
-    if (!hp_.ef) scale_state(s, momentum_.base(), momentum_.total(), hp_.state_dtype, ef_decay_);
+    graph_.launch(main_);
+  }
+
+  std::vector<std::pair<std::string, double>> last_phase_ms() override {
+    if (!profile_) return {};
+    return timer_.results();
   }
 
   // Per parameter, as the CPU reference: momentum, and for NorDion2 variance_neuron (rows).
@@ -308,6 +305,63 @@ class CudaDion2 final : public CudaOptimizer {
   }
 
  private:
+  // The step after dion2_set_scalars, all on stream s and the streams forked from it (joined back
+  // into s). With a timer: the groups in sequence on s, marks between the phases.
+  void enqueue_step(cudaStream_t s, PhaseTimer* timer) {
+    const Dion2Scalars* sc = scalars_.data();
+    const bool overlap = overlap_decay_ && !timer;
+    if (timer) timer->begin(s);
+    dion2_pass1(s, mats_.data(), row_blocks_.data(), n_row_blocks_, col_blocks_.data(), n_col_blocks_, vec4_,
+                hp_.state_dtype, !overlap_decay_, sc);
+    if (timer) timer->mark(s, "pass1");
+    if (overlap) {  // fork the weight decay; joined by every group before its scatter
+      CUDA_CHECK(cudaEventRecord(decay_fork_.e, s));
+      CUDA_CHECK(cudaStreamWaitEvent(decay_stream_.s, decay_fork_.e, 0));
+      decay_weights(decay_stream_.s, decay_chunks_.chunks.data(), decay_chunks_.count(), weight_spans_.data(),
+                    decay_vec4_, sc);
+      CUDA_CHECK(cudaEventRecord(decay_done_.e, decay_stream_.s));
+    } else if (overlap_decay_) {  // profiling: the same pass inline
+      decay_weights(s, decay_chunks_.chunks.data(), decay_chunks_.count(), weight_spans_.data(), decay_vec4_, sc);
+      timer->mark(s, "weight decay");
+    }
+    dion2_reduce_partials(s, mats_.data(), col_mats_.data(), (int)col_mats_.size(), max_col_n_);
+    if (timer) timer->mark(s, "reduce partials");
+    dion2_select(s, mats_.data(), (int)params_.size(), npow2_, hp_.select == Select::Random, hp_.seed, sc,
+                 ns_norm_multiplier(hp_.ortho), hp_.eps);
+    if (timer) timer->mark(s, "select");
+    const bool fork = fork_.e && !timer;
+    if (fork) CUDA_CHECK(cudaEventRecord(fork_.e, s));
+    for (auto& g : groups_) {
+      const bool own = g->own_stream.s && !timer;
+      cudaStream_t gs = own ? g->own_stream.s : s;
+      if (own) CUDA_CHECK(cudaStreamWaitEvent(gs, fork_.e, 0));
+      if (g->own_stream.s && timer) g->blas->set_stream(s);
+      const int64_t k = g->shape.rows, L = g->shape.cols;
+      dion2_gather(gs, mats_.data(), g->members_dev.data(), g->shape.count, k, L, hp_.state_dtype, hp_.ef,
+                   ef_decay_);
+      if (timer) timer->mark(s, "gather");
+      bf16* out = g->ns.run(*g->blas);
+      OG_CHECK(out == g->ns.result(), "internal: NS result not where planned");
+      if (nordion2_)
+        neuron_norm_factors(gs, out, g->shape.count, k, L, g->ndescs.data(), hp_.state_dtype, hp_.beta2,
+                            g->rowsq.data(), g->factors.data());
+      if (timer) timer->mark(s, "newton-schulz");
+      if (overlap) CUDA_CHECK(cudaStreamWaitEvent(gs, decay_done_.e, 0));
+      dion2_update(gs, mats_.data(), g->members_dev.data(), g->shape.count, k, L, sc);
+      if (timer) timer->mark(s, "scatter update");
+      if (own) {  // join
+        CUDA_CHECK(cudaEventRecord(g->done.e, gs));
+        CUDA_CHECK(cudaStreamWaitEvent(s, g->done.e, 0));
+      }
+      if (g->own_stream.s && timer) g->blas->set_stream(g->own_stream.s);
+    }
+    // The decay stream is joined through the groups already; joining it into s directly as well
+    // keeps graph capture happy even with no group.
+    if (overlap) CUDA_CHECK(cudaStreamWaitEvent(s, decay_done_.e, 0));
+    if (!hp_.ef) scale_state(s, momentum_.base(), momentum_.total(), hp_.state_dtype, ef_decay_);
+    if (timer && !hp_.ef) timer->mark(s, "ef decay");
+  }
+
   struct OwnedStream {
     cudaStream_t s = nullptr;
     ~OwnedStream() {
@@ -343,6 +397,10 @@ class CudaDion2 final : public CudaOptimizer {
   bool concurrent_ = true;
   OwnedEvent fork_;
   bool overlap_decay_ = true;
+  bool profile_ = false, use_graph_ = false;
+  PhaseTimer timer_;
+  StepGraph graph_;  // the captured step (cuda_graph); holds no reference to the streams or events
+  DeviceBuffer<Dion2Scalars> scalars_;
   OwnedStream decay_stream_;
   OwnedEvent decay_fork_, decay_done_;
   DeviceBuffer<WeightSpan> weight_spans_;

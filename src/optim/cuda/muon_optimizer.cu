@@ -15,6 +15,7 @@
 #include <map>
 #include <memory>
 #include <utility>
+#include <vector>
 
 #include "optim/cpu_optimizers.h"
 #include "optim/cuda/chunk_table.h"
@@ -23,7 +24,9 @@
 #include "optim/cuda/muon_optimizer.h"
 #include "optim/cuda/neuron_norm.h"
 #include "optim/cuda/newton_schulz.h"
+#include "optim/cuda/phase_timer.h"
 #include "optim/cuda/state_arena.h"
+#include "optim/cuda/step_graph.h"
 
 namespace og::cuda {
 namespace {
@@ -106,9 +109,11 @@ __global__ void muon_normalize_kernel(const ChunkRef* __restrict__ chunks, const
 
 // Same launch shape.  W ← W·decay − lr_eff·f_row·O  (f_row = 1 without row factors). With VEC = 4
 // the caller guarantees cols % 4 == 0, so the 4 elements share a row.
+// decay = scalars[0], lr_eff = scalars[1 + group] (device memory: see StepGraph).
 template <int VEC>
 __global__ void muon_update_kernel(const ChunkRef* __restrict__ chunks, const MuonDesc* __restrict__ descs,
-                                   float decay, float lr_eff) {
+                                   const float* __restrict__ scalars, int group) {
+  const float decay = scalars[0], lr_eff = scalars[1 + group];
   const ChunkRef c = chunks[blockIdx.x];
   const MuonDesc d = descs[c.tensor];
   const int64_t end = min(c.start + kChunkElems, d.numel);
@@ -130,6 +135,15 @@ __global__ void muon_update_kernel(const ChunkRef* __restrict__ chunks, const Mu
   }
 }
 
+// Up to kScalarsPerLaunch step scalars, written by one thread before the step's kernels.
+constexpr int kScalarsPerLaunch = 32;
+struct ScalarBatch {
+  float v[kScalarsPerLaunch];
+};
+__global__ void set_scalars_kernel(float* dst, ScalarBatch b, int n) {
+  for (int i = 0; i < n; ++i) dst[i] = b.v[i];
+}
+
 class CudaMuon final : public CudaOptimizer {
  public:
   CudaMuon(const OptimHParams& hp, std::vector<ParamSlot> params, const CudaOptimOptions& opt)
@@ -144,6 +158,8 @@ class CudaMuon final : public CudaOptimizer {
     momentum_.init(numel, hp_.state_dtype);
     if (normuon_) variance_.init(rows, hp_.state_dtype);
     main_ = opt.stream;
+    profile_ = opt.profile_phases;
+    use_graph_ = opt.cuda_graph && !profile_;
 
     // Shape groups in first-seen order.
     std::map<std::pair<int64_t, int64_t>, size_t> index;
@@ -159,6 +175,7 @@ class CudaMuon final : public CudaOptimizer {
       groups_[it->second]->members.push_back((int)i);
     }
     concurrent_ = opt.concurrent_groups && groups_.size() > 1;
+    scalars_.resize(1 + groups_.size());
     // Workspaces: one per group (concurrent) or one of the largest size shared in sequence.
     int64_t max_x = 0, max_gram = 0, max_rows = 0;
     for (auto& g : groups_) {
@@ -252,13 +269,64 @@ class CudaMuon final : public CudaOptimizer {
 
   void step(const StepContext& ctx) override {
     check_step_context(ctx, hp_.algorithm);
+    // Step scalars: decay, then per group lr_eff (computed on the host as before).
+    std::vector<float> sc{1.0f - ctx.lr * hp_.weight_decay};
+    for (auto& g : groups_) sc.push_back(adjusted_lr(ctx.lr, hp_.adjust_lr, g->shape.rows, g->shape.cols));
+    for (size_t i = 0; i < sc.size(); i += kScalarsPerLaunch) {
+      ScalarBatch batch{};
+      const int n = (int)std::min<size_t>(kScalarsPerLaunch, sc.size() - i);
+      for (int j = 0; j < n; ++j) batch.v[j] = sc[i + j];
+      set_scalars_kernel<<<1, 1, 0, main_>>>(scalars_.data() + i, batch, n);
+      CUDA_CHECK_LAUNCH();
+    }
+    if (profile_ || !use_graph_) {
+      enqueue_step(main_, profile_ ? &timer_ : nullptr);
+      return;
+    }
+    if (!graph_.ready()) {  // capture once with every stream pointed at the capture stream
+      const cudaStream_t user = main_;
+      set_stream(graph_.capture_stream());
+      try {
+        graph_.capture([&](cudaStream_t cs) { enqueue_step(cs, nullptr); });
+      } catch (...) {
+        set_stream(user);
+        throw;
+      }
+      set_stream(user);
+    }
+    graph_.launch(main_);
+  }
+
+  std::vector<std::pair<std::string, double>> last_phase_ms() override {
+    if (!profile_) return {};
+    return timer_.results();
+  }
+
+  // Per parameter, as the CPU reference: momentum, and for NorMuon variance_neuron (rows).
+  std::vector<StateTensor> state() override {
+    std::vector<StateTensor> out;
+    for (size_t i = 0; i < params_.size(); ++i) {
+      out.push_back(momentum_.view(i, names_[i], "momentum"));
+      if (normuon_) out.push_back(variance_.view(i, names_[i], "variance_neuron"));
+    }
+    return out;
+  }
+
+ private:
+  // The step after the scalars are written, on stream s and the group streams forked from it
+  // (joined back into s). With a timer: the groups in sequence on s, marks between the phases.
+  void enqueue_step(cudaStream_t s0, PhaseTimer* timer) {
     const bool bf16_state = hp_.state_dtype == StateDtype::BF16;
-    const float decay = 1.0f - ctx.lr * hp_.weight_decay;
     const float mult = ns_norm_multiplier(hp_.ortho);
-    if (fork_.e) CUDA_CHECK(cudaEventRecord(fork_.e, main_));
-    for (auto& g : groups_) {
-      cudaStream_t s = g->own_stream.s ? g->own_stream.s : main_;
-      if (g->own_stream.s) CUDA_CHECK(cudaStreamWaitEvent(s, fork_.e, 0));
+    if (timer) timer->begin(s0);
+    const bool fork = fork_.e && !timer;
+    if (fork) CUDA_CHECK(cudaEventRecord(fork_.e, s0));
+    for (size_t gi = 0; gi < groups_.size(); ++gi) {
+      Group* g = groups_[gi].get();
+      const bool own = g->own_stream.s && !timer;
+      cudaStream_t s = own ? g->own_stream.s : s0;
+      if (own) CUDA_CHECK(cudaStreamWaitEvent(s, fork_.e, 0));
+      if (g->own_stream.s && timer) g->blas->set_stream(s0);
       const unsigned nblocks = (unsigned)g->chunks.count();
       const ChunkRef* ch = g->chunks.chunks.data();
       const MuonDesc* ds = g->descs.data();
@@ -280,6 +348,7 @@ class CudaMuon final : public CudaOptimizer {
         muon_normalize_kernel<1><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, partials, mult, hp_.eps);
       }
       CUDA_CHECK_LAUNCH();
+      if (timer) timer->mark(s, "momentum+normalize");
 
       bf16* out = g->ns.run(*g->blas);
       OG_CHECK(out == g->ns.result(), "internal: NS result not where planned");
@@ -287,31 +356,22 @@ class CudaMuon final : public CudaOptimizer {
       if (normuon_)
         neuron_norm_factors(s, out, g->shape.count, g->shape.rows, g->shape.cols, g->ndescs.data(), hp_.state_dtype,
                             hp_.beta2, ws.rowsq.data(), ws.factors.data());
+      if (timer) timer->mark(s, "newton-schulz");
 
-      const float lr_eff = adjusted_lr(ctx.lr, hp_.adjust_lr, g->shape.rows, g->shape.cols);
       if (g->vec4)
-        muon_update_kernel<4><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, decay, lr_eff);
+        muon_update_kernel<4><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, scalars_.data(), (int)gi);
       else
-        muon_update_kernel<1><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, decay, lr_eff);
+        muon_update_kernel<1><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, scalars_.data(), (int)gi);
       CUDA_CHECK_LAUNCH();
-      if (g->own_stream.s) {  // join
+      if (timer) timer->mark(s, "update");
+      if (own) {  // join
         CUDA_CHECK(cudaEventRecord(g->done.e, s));
-        CUDA_CHECK(cudaStreamWaitEvent(main_, g->done.e, 0));
+        CUDA_CHECK(cudaStreamWaitEvent(s0, g->done.e, 0));
       }
+      if (g->own_stream.s && timer) g->blas->set_stream(g->own_stream.s);
     }
   }
 
-  // Per parameter, as the CPU reference: momentum, and for NorMuon variance_neuron (rows).
-  std::vector<StateTensor> state() override {
-    std::vector<StateTensor> out;
-    for (size_t i = 0; i < params_.size(); ++i) {
-      out.push_back(momentum_.view(i, names_[i], "momentum"));
-      if (normuon_) out.push_back(variance_.view(i, names_[i], "variance_neuron"));
-    }
-    return out;
-  }
-
- private:
   struct OwnedStream {
     cudaStream_t s = nullptr;
     ~OwnedStream() {
@@ -353,6 +413,10 @@ class CudaMuon final : public CudaOptimizer {
   cudaStream_t main_ = nullptr;
   bool concurrent_ = false;
   OwnedEvent fork_;
+  bool profile_ = false, use_graph_ = false;
+  PhaseTimer timer_;
+  StepGraph graph_;  // the captured step (cuda_graph); holds no reference to the streams or events
+  DeviceBuffer<float> scalars_;  // decay, then lr_eff per group
   StateArena momentum_, variance_;
   Workspace shared_ws_;
   std::vector<std::unique_ptr<Group>> groups_;
