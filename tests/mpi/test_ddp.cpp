@@ -24,8 +24,13 @@ double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
 
 void check_ddp_matches_single(const std::string& algorithm, const std::string& select) {
   const int R = comm().size(), r = comm().rank();
-  // rank 0 writes the shards into a folder every rank can read (same machine)
-  std::string dir = (std::filesystem::temp_directory_path() / ("og_ddp_" + algorithm + select)).string();
+  // rank 0 writes the shards into a folder every rank can read (same machine); its name carries
+  // rank 0's pid, broadcast to all, so the np2 and np3 runs that ctest starts side by side never
+  // share (and delete) each other's data.
+  int64_t owner_pid = r == 0 ? (int64_t)::getpid() : 0;
+  comm().broadcast(&owner_pid, 1, og::DType::I64, 0);
+  std::string dir = (std::filesystem::temp_directory_path() /
+                     ("og_ddp_" + algorithm + select + "_" + std::to_string(owner_pid))).string();
   if (r == 0) {
     std::filesystem::remove_all(dir);
     std::filesystem::create_directories(dir);
