@@ -283,18 +283,7 @@ class CudaMuon final : public CudaOptimizer {
       enqueue_step(main_, profile_ ? &timer_ : nullptr);
       return;
     }
-    if (!graph_.ready()) {  // capture once with every stream pointed at the capture stream
-      const cudaStream_t user = main_;
-      set_stream(graph_.capture_stream());
-      try {
-        graph_.capture([&](cudaStream_t cs) { enqueue_step(cs, nullptr); });
-      } catch (...) {
-        set_stream(user);
-        throw;
-      }
-      set_stream(user);
-    }
-    graph_.launch(main_);
+    graph_.run(main_, [&](cudaStream_t s) { set_stream(s); }, [&](cudaStream_t s) { enqueue_step(s, nullptr); });
   }
 
   std::vector<std::pair<std::string, double>> last_phase_ms() override {

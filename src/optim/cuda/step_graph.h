@@ -46,6 +46,22 @@ class StepGraph {
     CUDA_CHECK(cudaGraphInstantiate(&exec_, graph_, 0));
   }
   void launch(cudaStream_t s) const { CUDA_CHECK(cudaGraphLaunch(exec_, s)); }
+  // Replay one step on `user`, capturing it the first time: set_stream(s) points the caller's
+  // streams and handles at s, enqueue(s) enqueues one step on s.
+  template <typename SetStream, typename Enqueue>
+  void run(cudaStream_t user, SetStream&& set_stream, Enqueue&& enqueue) {
+    if (!ready()) {
+      set_stream(capture_stream());
+      try {
+        capture(enqueue);
+      } catch (...) {
+        set_stream(user);
+        throw;
+      }
+      set_stream(user);
+    }
+    launch(user);
+  }
   void reset() {
     if (exec_) cudaGraphExecDestroy(exec_);
     if (graph_) cudaGraphDestroy(graph_);
