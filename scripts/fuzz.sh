@@ -10,6 +10,12 @@ cd "$root"
 secs="${1:-60}"; shift || true
 targets=("$@"); [ ${#targets[@]} -gt 0 ] || targets=(shard config tokenizer checkpoint)
 build="$root/build-fuzz"
+# clang and its runtime (libFuzzer, sanitizers) are needed only here
+if ! command -v clang++ >/dev/null 2>&1 || ! dpkg-query -W -f='${Status}' libclang-rt-dev 2>/dev/null | grep -q "ok installed"; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends clang libclang-rt-dev
+fi
 CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DORTHOGPT_FUZZ=ON \
   -DORTHOGPT_ENABLE_CUDA=OFF -DORTHOGPT_BUILD_TESTS=OFF -DORTHOGPT_BUILD_BENCH=OFF -DORTHOGPT_NATIVE=OFF >/dev/null
 cmake --build "$build" -j "$(nproc)" --target $(printf 'fuzz_%s ' "${targets[@]}")
