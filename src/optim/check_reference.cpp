@@ -114,7 +114,7 @@ class ParamBuffers {
   }
 
  private:
-  Device device_;
+  [[maybe_unused]] Device device_;  // read only in CUDA builds
   std::vector<std::vector<float>> host_w_, host_g_;
 #ifdef ORTHOGPT_CUDA
   std::vector<DeviceBuffer<float>> dev_w_, dev_g_;

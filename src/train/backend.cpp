@@ -33,7 +33,7 @@ GptCuda& as_cuda(Model& model) {
 }
 #endif
 
-constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+[[maybe_unused]] constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 }  // namespace
 

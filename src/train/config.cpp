@@ -259,7 +259,11 @@ const Schema& schema() {
 void load_yaml_node(Config& c, const YAML::Node& node, const std::string& prefix, const std::string& file) {
   if (!node.IsMap()) fail("{}: '{}' must be a mapping of keys", file, prefix.empty() ? "<top level>" : prefix);
   for (const auto& kv : node) {
-    const std::string k = kv.first.as<std::string>();
+    // a complex key (`? [a, b]` or `? {a: 1}`) is legal YAML but never a config key
+    if (!kv.first.IsScalar())
+      fail("{}: a key under '{}' is a {}, not a name", file, prefix.empty() ? "<top level>" : prefix,
+           kv.first.IsMap() ? "mapping" : kv.first.IsSequence() ? "list" : "null");
+    const std::string k = kv.first.Scalar();
     const std::string key = prefix.empty() ? k : prefix + "." + k;
     const YAML::Node& v = kv.second;
     const Field* f = schema().find(key);
@@ -351,7 +355,11 @@ void load_yaml_file(Config& c, const std::string& path, std::vector<std::string>
     load_yaml_file(c, base.string(), chain);
     root.remove("base");
   }
-  load_yaml_node(c, root, "", path);
+  try {
+    load_yaml_node(c, root, "", path);
+  } catch (const YAML::Exception& e) {  // any yaml-cpp surprise still names the file
+    fail("{}: {}", path, e.what());
+  }
 }
 
 }  // namespace

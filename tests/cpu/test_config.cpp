@@ -81,6 +81,11 @@ TEST(Config, WrongTypesNameTheKey) {
   expect_error([&] { og::load_config(path); }, {path, "model.d_model"});
   const auto bad = write_tmp("e.yaml", "model: {d_model: 1\n");
   expect_error([&] { og::load_config(bad); }, {bad, "YAML"});
+  // found by fuzz_config in CI: a complex (list or mapping) key used to escape as a yaml-cpp exception
+  const auto ck = write_tmp("f.yaml", "model:\n  ? [d_model, n_head]\n  : 1\n");
+  expect_error([&] { og::load_config(ck); }, {ck, "model", "list, not a name"});
+  const auto ck2 = write_tmp("g.yaml", "? {a: 1}\n: 2\n");
+  expect_error([&] { og::load_config(ck2); }, {ck2, "mapping, not a name"});
   expect_error([&] { og::load_config("/nonexistent/x.yaml"); }, {"/nonexistent/x.yaml"});
   expect_error([&] { og::load_config("", {"--lr"}); }, {"--lr", "needs a value"});
 }
