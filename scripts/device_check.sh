@@ -35,11 +35,35 @@ if [ "$bench_only" = 0 ]; then
   labels="gpu"; [ "$all" = 1 ] && labels=""
   if [ -n "$labels" ]; then lab=(-L "$labels"); else lab=(); fi
   if [ "$sanitize" = 1 ]; then
-    for t in "$build"/tests/gpu_*; do
-      [ -x "$t" ] || continue
-      compute-sanitizer --tool memcheck --error-exitcode 9 "$t" >"$out/memcheck_$(basename "$t").log" 2>&1 \
-        && row "memcheck $(basename "$t")" "clean" || row "memcheck $(basename "$t")" "FINDINGS"
+    # memcheck over every GPU test binary (timing tests and the 160M-size fit test excluded: they
+    # measure speed / capacity, and under memcheck only take time); racecheck over the binaries
+    # whose kernels share memory between threads (attention tiles, block reductions, the fused
+    # cross-entropy, the optimizers' reductions). All run at once (the GPU has room; the
+    # instrumentation is CPU-bound), each bounded by san_timeout seconds.
+    san_timeout="${SAN_TIMEOUT:-240}"
+    skip='-CudaTiming.*:CudaModel.Gpt160mForwardBackwardFits'
+    san() {  # san TOOL BINARY [gtest filter]: one summary line into $out/san_rows/TOOL_BINARY
+      local tool=$1 t=$2 filt="${3:-$skip}" log="$out/$1_$(basename "$2").log" t0=$(date +%s) rc
+      timeout "$san_timeout" compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 20 \
+        "$t" --gtest_filter="$filt" >"$log" 2>&1
+      rc=$?
+      local errs; errs=$(grep -Eo 'ERROR SUMMARY: [0-9]+ error' "$log" | tail -1)
+      row() { printf '%-34s %s\n' "$1" "$2" >"$out/san_rows/${tool}_$(basename "$t")"; }
+      case $rc in
+        0) row "$tool $(basename "$t")" "clean, $(grep -Eo '\[  PASSED  \] [0-9]+' "$log" | grep -Eo '[0-9]+$') tests ($(( $(date +%s) - t0 ))s)" ;;
+        124) row "$tool $(basename "$t")" "TIMEOUT after ${san_timeout}s ($errs)" ;;
+        *) row "$tool $(basename "$t")" "FINDINGS rc=$rc ($errs)"
+           grep -E "^========= (Invalid|Race|Error|Uninit|Program hit)" "$log" | sort | uniq -c | head -8 >"$out/findings_${tool}_$(basename "$t").txt" ;;
+      esac
+    }
+    mkdir -p "$out/san_rows"
+    for t in "$build"/tests/gpu_*; do [ -x "$t" ] && san memcheck "$t" & done
+    for t in "$build"/tests/gpu_test_cuda_ops "$build"/tests/gpu_test_cuda_ops_attention "$build"/tests/gpu_test_cuda_optim; do
+      [ -x "$t" ] && san racecheck "$t" &
     done
+    wait
+    for f in "$out"/findings_*.txt; do [ -f "$f" ] && { echo "--- $(basename "$f")"; cat "$f"; }; done
+    echo; echo "==== device_check summary (sanitizers) ===="; printf '%s\n' "${rows[@]}"; cat "$out"/san_rows/*; exit 0
   fi
   ctest --test-dir "$build" "${lab[@]}" --output-on-failure --timeout 900 >"$out/ctest.log" 2>&1
   row "ctest ${labels:-all}" "$(grep -E 'tests passed|tests failed' "$out/ctest.log" | tail -1)"
