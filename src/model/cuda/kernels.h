@@ -16,8 +16,10 @@ namespace og::gpu {
 
 using bf16 = __nv_bfloat16;
 
-// RMSNorm epsilon of the CPU reference (machine epsilon of float); QK-norm of a bf16 reference
-// run would use bf16's (0.0078125): callers choose.
+// RMSNorm epsilon of the CPU reference (machine epsilon of float). It is also what the PyTorch
+// reference uses under bf16 autocast, QK-norm included: since pytorch/pytorch#142848 (Jan 2025)
+// F.rms_norm's default eps is the epsilon of the op-math type, fp32 for bf16/fp16 inputs (not
+// bf16's 0.0078125; the docs were corrected in pytorch/pytorch#173039).
 constexpr float kRmsNormEps = 1.1920928955078125e-07f;
 
 // ---- embedding.cu ------------------------------------------------------------------------------
