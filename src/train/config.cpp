@@ -336,8 +336,14 @@ namespace {
 // so experiment files only state what differs from a shared base.
 void load_yaml_file(Config& c, const std::string& path, std::vector<std::string>& chain) {
   namespace fs = std::filesystem;
-  OG_CHECK(fs::exists(path), "config file {} does not exist", path);
-  const std::string canon = fs::weakly_canonical(path).string();
+  // error_code overloads: a name the OS refuses (too long, bad bytes) is an og::Error, not a throw
+  std::error_code ec;
+  const bool exists = fs::exists(path, ec);
+  OG_CHECK(!ec, "config file {}: {}", path, ec.message());
+  OG_CHECK(exists, "config file {} does not exist", path);
+  const fs::path canon_path = fs::weakly_canonical(path, ec);
+  OG_CHECK(!ec, "config file {}: {}", path, ec.message());
+  const std::string canon = canon_path.string();
   for (const auto& p : chain)
     OG_CHECK(p != canon, "config file {}: 'base' chain loops back to {}", chain.front(), path);
   chain.push_back(canon);

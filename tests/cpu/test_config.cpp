@@ -86,6 +86,9 @@ TEST(Config, WrongTypesNameTheKey) {
   expect_error([&] { og::load_config(ck); }, {ck, "model", "list, not a name"});
   const auto ck2 = write_tmp("g.yaml", "? {a: 1}\n: 2\n");
   expect_error([&] { og::load_config(ck2); }, {ck2, "mapping, not a name"});
+  // found by fuzz_config: a `base:` name the OS refuses (too long) escaped as a filesystem_error
+  const auto longname = write_tmp("h.yaml", "base: " + std::string(5000, 'x') + ".yaml\n");
+  expect_error([&] { og::load_config(longname); }, {"config file", "too long"});
   expect_error([&] { og::load_config("/nonexistent/x.yaml"); }, {"/nonexistent/x.yaml"});
   expect_error([&] { og::load_config("", {"--lr"}); }, {"--lr", "needs a value"});
 }
