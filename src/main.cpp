@@ -3,7 +3,9 @@
 //   orthogpt tokenize --input FILES --output-dir D            text -> token shards
 //   orthogpt check-reference [--device cpu|cuda] DIR...       optimizer vs PyTorch reference vectors
 //   orthogpt bench [--config X.yaml] [--steps N] [--section.key value ...]   model + optimizer throughput
+//   orthogpt sample --checkpoint DIR --prompt TEXT [--max-tokens N ...]    generate text from a checkpoint
 // Every user error is an og::Error: printed as "error: ..." with a non-zero exit.
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
@@ -17,6 +19,7 @@
 #include "optim/check_reference.h"
 #include "train/bench.h"
 #include "train/config.h"
+#include "train/sample.h"
 #include "train/trainer.h"
 
 namespace {
@@ -85,6 +88,24 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   bench->allow_extras();
 
+  // ---- sample ----
+  auto* smp = app.add_subcommand("sample", "generate text from a checkpoint (prompt + continuation on stdout)");
+  og::SampleOptions sopt;
+  smp->add_option("--checkpoint", sopt.checkpoint, "checkpoint folder, or a run folder (its latest checkpoint)")
+      ->required();
+  smp->add_option("--prompt", sopt.prompt, "text to continue")->required();
+  smp->add_option("--max-tokens", sopt.max_tokens, "tokens to generate (fewer if <|endoftext|> comes)")
+      ->capture_default_str();
+  smp->add_option("--temperature", sopt.temperature, "softmax temperature (> 0; greedy: --top-k 1)")
+      ->capture_default_str();
+  smp->add_option("--top-k", sopt.top_k, "sample among the k most likely tokens (>= 1)")->capture_default_str();
+  smp->add_option("--seed", sopt.seed, "random seed (sample i uses seed + i)")->capture_default_str();
+  smp->add_option("--device", sopt.device, "auto | cpu | cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
+      ->capture_default_str();
+  smp->add_option("--tokenizer-dir", sopt.tokenizer_dir, "folder with encoder.json and vocab.bpe");
+  smp->add_option("--num-samples", sopt.num_samples, "independent samples")->capture_default_str();
+
   og::DistContext dist;
   try {
     dist = og::init_distributed(&argc, &argv);
@@ -122,6 +143,13 @@ int main(int argc, char** argv) {
       OG_CHECK(dist.world == 1, "bench runs in one process (started with {} ranks)", dist.world);
       bopt.overrides = bench->remaining();
       og::run_bench(bopt, stdout);
+    }
+    if (smp->parsed()) {
+      OG_CHECK(dist.world == 1, "sample runs in one process (started with {} ranks)", dist.world);
+      // stdout carries the text: log lines go to stderr
+      spdlog::set_default_logger(spdlog::stderr_color_mt("sample"));
+      spdlog::set_pattern("[%H:%M:%S] %^%l%$ %v");
+      og::run_sample(sopt, stdout);
     }
     if (chk->parsed()) {
       rc = og::run_check_reference(chk_dirs, chk_device == "cuda" ? og::Device::CUDA : og::Device::CPU, stdout);

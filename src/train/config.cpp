@@ -202,6 +202,11 @@ class Schema {
     add_string("train.recompute", OG_ACC(train.recompute),
                "CUDA activation recomputation in backward (elementwise: ~free; block: least memory)",
                {"none", "elementwise", "block"});
+    add_int("train.sample_every", OG_ACC(train.sample_every),
+            "rank 0 logs a text sample (temperature 1, top-k 50) every N steps, also in metrics.jsonl (0: never)");
+    add_string("train.sample_prompt", OG_ACC(train.sample_prompt),
+               "text the training samples continue (empty: the start of a document)");
+    add_int("train.sample_tokens", OG_ACC(train.sample_tokens), "tokens per training sample");
 
     add_float("optim.lr", OG_ACC(optim.lr), "base learning rate");
     add_float("optim.weight_decay", OG_ACC(optim.weight_decay), "decoupled weight decay of matrix/vector groups");
@@ -427,6 +432,8 @@ void validate_config(const Config& c, int world) {
        "warmup_frac + warmdown_frac must not exceed 1");
   need(t.val_every >= 0, "train.val_every", "must be >= 0");
   need(t.threads >= 0, "train.threads", "must be >= 0");
+  need(t.sample_every >= 0, "train.sample_every", "must be >= 0");
+  need(t.sample_tokens >= 1, "train.sample_tokens", "must be >= 1");
 
   const auto& o = c.optim;
   need(o.lr > 0, "optim.lr", "must be positive");

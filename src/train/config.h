@@ -43,6 +43,10 @@ struct TrainSection {
   // CUDA activation recomputation in backward: none | elementwise (ReLU² and rmsnorm outputs,
   // about free) | block (each block keeps only its input and re-runs its forward: ~1/3 more compute)
   std::string recompute = "none";
+  // Text samples during training (rank 0; a {"type": "sample"} row in metrics.jsonl)
+  int64_t sample_every = 0;        // every N steps (0: never)
+  std::string sample_prompt = "";  // text to continue (empty: start a document)
+  int64_t sample_tokens = 64;      // tokens per sample
 };
 
 struct MatrixOptimSection {

@@ -19,6 +19,7 @@
 #include "train/backend.h"
 #include "train/checkpoint.h"
 #include "train/metrics.h"
+#include "train/sample.h"
 
 #ifdef ORTHOGPT_CUDA
 #include "core/cuda_utils.h"
@@ -230,6 +231,9 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
     spdlog::info("checkpoint: {} ({:.1f}s)", dir, t.seconds());
   };
 
+  // Text samples during training (rank 0 only); built here so a missing tokenizer stops the run now.
+  std::unique_ptr<TrainingSampler> sampler =
+      rank == 0 && cfg.train.sample_every > 0 ? std::make_unique<TrainingSampler>(cfg) : nullptr;
   MetricsWriter metrics;
   if (rank == 0) metrics.open((fs::path(cfg.log.dir) / "metrics.jsonl").string(), start_step > 0);
 
@@ -342,6 +346,13 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
                                       : fmt::format("{:.1f} GFLOP/s", model_flops / 1e9),
                    std::isfinite(optim_ms) ? fmt::format("{:.1f} ms", optim_ms) : std::string("-"),
                    fmt_duration(wall.seconds()), fmt_duration(eta));
+    }
+    // ---- text samples (train.sample_every): rank 0 continues train.sample_prompt -------------
+    if (sampler && (step + 1) % cfg.train.sample_every == 0) {
+      drain();
+      const std::string text = sampler->sample(*model, step + 1);
+      spdlog::info("step {:>6}/{} | sample: {}{}", step + 1, N, cfg.train.sample_prompt, text);
+      metrics.write({{"type", "sample"}, {"step", step + 1}, {"prompt", cfg.train.sample_prompt}, {"text", text}});
     }
     if (cfg.checkpoint.enabled && ((cfg.checkpoint.every > 0 && (step + 1) % cfg.checkpoint.every == 0) || step + 1 == N))
       checkpoint_now(step + 1);
