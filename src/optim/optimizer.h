@@ -56,6 +56,10 @@ class Optimizer {
   // Diagnostics of the last step when hparams.diagnostics is on (e.g. "select_mass": fraction of
   // the momentum's l1 mass in the selected slices, averaged over the group's matrices).
   virtual std::map<std::string, double> stats() const { return {}; }
+  // Make the state identical on every data-parallel rank (a collective: every rank calls it).
+  // Only optimizers whose state may diverge between ranks do anything (the distributed Dion2
+  // under dist.compressed_sync averages its momenta); the trainer calls it before checkpoints.
+  virtual void synchronize_state() {}
 };
 
 // Build the optimizer for `params` (all on `device`). Throws og::Error for a combination that
