@@ -7,7 +7,10 @@
 
 #include "tests/common/tiny_run.h"
 #include "tests/mpi/mpi_env.h"
+#include "model/param_layout.h"
 #include "train/trainer.h"
+
+#include <nlohmann/json.hpp>
 
 using og_test::comm;
 
@@ -53,11 +56,25 @@ void check_ddp_matches_single(const std::string& algorithm, const std::string& s
     std::ifstream f(out_multi.str() + "/metrics.jsonl");
     std::string line;
     bool seen = false;
-    while (std::getline(f, line))
-      if (line.find("\"type\":\"train\"") != std::string::npos) {
-        EXPECT_NE(line.find("\"comm_bytes\""), std::string::npos) << line;
-        seen = true;
-      }
+    // the gradient all-reduce moves 2 (R-1)/R x 4 bytes per averaged float: the whole buffer,
+    // or (compressed sync) all but the matrices
+    const og::ParamLayout layout = og::gpt_param_layout(c.gpt());
+    size_t matrix = 0;
+    for (const auto& p : layout.params()) matrix += p.role == og::ParamRole::Matrix ? p.numel() : 0;
+    const double whole = 2.0 * (R - 1) / R * 4.0 * (double)layout.total();
+    const double non_matrix = 2.0 * (R - 1) / R * 4.0 * (double)(layout.total() - matrix);
+    while (std::getline(f, line)) {
+      const auto row = nlohmann::json::parse(line);
+      if (row["type"] != "train") continue;
+      seen = true;
+      ASSERT_TRUE(row.contains("comm_bytes") && row.contains("comm_bytes_grad")) << line;
+      const double grad = row["comm_bytes_grad"].get<double>();
+      if (compressed)
+        EXPECT_LE(grad, non_matrix) << line;
+      else
+        EXPECT_EQ(grad, whole) << line;
+      EXPECT_GE(row["comm_bytes"].get<double>(), grad);
+    }
     EXPECT_TRUE(seen);
   }
 
