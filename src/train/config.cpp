@@ -448,8 +448,6 @@ void validate_config(const Config& c, int world) {
   need(!(c.dist.mode == "fsdp" && selective && mx.select_dim == "cols"), "optim.matrix.select_dim",
        "cols is not possible under dist.mode fsdp: parameters are sharded by rows and " + mx.algorithm +
            " selects along the sharded dimension (use rows or shorter)");
-  need(!(c.dist.mode == "fsdp" && mx.algorithm == "dion" && world > 1), "optim.matrix.algorithm",
-       fmt::format("dion with {} ranks under dist.mode fsdp is not supported yet (use dist.mode ddp)", world));
   need(c.dist.bucket_mb > 0, "dist.bucket_mb", "must be positive");
   need(c.dist.timeout_s > 0, "dist.timeout_s", "must be positive");
 
