@@ -242,7 +242,6 @@ class ShardedMatrixCpu final : public Optimizer {
           l1_slice_norms(momentum_[p].data(), n, s.cols, SliceAxis::Rows, score_);
           top_k_indices(score_, k, sel_[p]);
         } else {  // the shard rows with the smallest keys of the global rows
-          score_.resize(n);
           std::vector<uint64_t> key(n);
           for (int64_t i = 0; i < n; ++i) key[i] = hash_u64(hp_.seed, (uint64_t)ctx.step, (uint64_t)p, (uint64_t)(s.row0 + i));
           std::vector<int64_t> idx(n);
