@@ -18,6 +18,10 @@ std::unique_ptr<Optimizer> make_normuon_cpu(const OptimHParams& hp, std::vector<
 std::unique_ptr<Optimizer> make_dion2_cpu(const OptimHParams& hp, std::vector<ParamSlot> params);
 std::unique_ptr<Optimizer> make_nordion2_cpu(const OptimHParams& hp, std::vector<ParamSlot> params);
 
+// make_optimizer's checks of a group (hyperparameter ranges, shapes, roles, buffers), for
+// factories that build optimizers another way (distributed_optimizer.h).
+void validate_optimizer(const OptimHParams& hp, const std::vector<ParamSlot>& params);
+
 // Throws og::Error unless ctx has a finite lr >= 0 and a step >= 1.
 void check_step_context(const StepContext& ctx, Algorithm a);
 

@@ -48,7 +48,9 @@ namespace {
 
 bool in_unit(float x) { return std::isfinite(x) && x >= 0.0f && x < 1.0f; }  // [0, 1)
 
-void validate(const OptimHParams& hp, const std::vector<ParamSlot>& params) {
+}  // namespace
+
+void validate_optimizer(const OptimHParams& hp, const std::vector<ParamSlot>& params) {
   const char* alg = name_of(hp.algorithm);
   OG_CHECK(std::isfinite(hp.weight_decay) && hp.weight_decay >= 0.0f, "{}: weight_decay {} must be >= 0", alg,
            hp.weight_decay);
@@ -86,10 +88,8 @@ void validate(const OptimHParams& hp, const std::vector<ParamSlot>& params) {
   }
 }
 
-}  // namespace
-
 std::unique_ptr<Optimizer> make_optimizer(const OptimHParams& hp, std::vector<ParamSlot> params, Device device) {
-  validate(hp, params);
+  validate_optimizer(hp, params);
   if (device == Device::CUDA) {
 #ifdef ORTHOGPT_CUDA
     return make_cuda_optimizer(hp, std::move(params));

@@ -7,7 +7,7 @@
 namespace og {
 
 ParamGroups::ParamGroups(const std::vector<GroupSpec>& specs, const ParamLayout& layout, float* params,
-                         const float* grads, Device device) {
+                         const float* grads, Device device, const OptimizerFactory& factory) {
   std::vector<int> claimed(layout.params().size(), -1);
   for (size_t gi = 0; gi < specs.size(); ++gi) {
     const GroupSpec& s = specs[gi];
@@ -27,7 +27,7 @@ ParamGroups::ParamGroups(const std::vector<GroupSpec>& specs, const ParamLayout&
     g.spec = s;
     g.num_params = slots.size();
     g.num_elements = elems;
-    g.opt = make_optimizer(s.hp, std::move(slots), device);
+    g.opt = factory ? factory(s, std::move(slots), device) : make_optimizer(s.hp, std::move(slots), device);
     groups_.push_back(std::move(g));
   }
   for (size_t pi = 0; pi < claimed.size(); ++pi)
@@ -59,6 +59,10 @@ std::map<std::string, double> ParamGroups::stats() const {
   for (const auto& g : groups_)
     for (const auto& [k, v] : g.opt->stats()) all[g.spec.name + "." + k] = v;
   return all;
+}
+
+void ParamGroups::synchronize_state() {
+  for (auto& g : groups_) g.opt->synchronize_state();
 }
 
 std::vector<Optimizer*> ParamGroups::optimizers() {

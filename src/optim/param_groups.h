@@ -2,6 +2,7 @@
 // one algorithm with its hyperparameters and an lr scale (lr of the group = base lr x schedule
 // x lr_scale). The trainer steps every group once per optimizer step.
 #pragma once
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -19,17 +20,24 @@ struct GroupSpec {
   double lr_scale = 1.0;
 };
 
+// Builds the optimizer of one group (e.g. make_distributed_optimizer with the group's options);
+// empty: make_optimizer.
+using OptimizerFactory =
+    std::function<std::unique_ptr<Optimizer>(const GroupSpec& spec, std::vector<ParamSlot> slots, Device device)>;
+
 class ParamGroups {
  public:
   // params/grads: the model's contiguous buffers (device memory when device == CUDA).
   // Groups that select no parameter are dropped; a parameter claimed by two groups, or by none,
   // is an og::Error.
   ParamGroups(const std::vector<GroupSpec>& specs, const ParamLayout& layout, float* params, const float* grads,
-              Device device);
+              Device device, const OptimizerFactory& factory = {});
   // One optimizer step: step is 1-based; base_lr already includes the schedule multiplier.
   void step(int64_t step, double base_lr);
   std::vector<StateTensor> state();
   std::map<std::string, double> stats() const;  // "<group>.<stat>"
+  // Optimizer::synchronize_state of every group (a collective; before checkpoints).
+  void synchronize_state();
   std::string describe() const;                // one line per group, for the log
   // The optimizer of each group, in group order (e.g. to put CUDA optimizers on a stream).
   std::vector<Optimizer*> optimizers();

@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "dist/counting_communicator.h"
 
 #ifdef ORTHOGPT_CUDA
 #include "core/cuda_utils.h"
@@ -108,6 +109,7 @@ void poison_gradient(Model& model) {
 
 GradientAverager::GradientAverager(DistContext& dist, Model& model, double timeout_s)
     : model_(model), host_(*dist.host_comm) {
+  ranges_.emplace_back(0, model.layout().total());
   if (dist.world == 1 || model.device() == Device::CPU) return;
 #if defined(ORTHOGPT_CUDA) && defined(ORTHOGPT_NCCL)
   device_comm_ = make_nccl_communicator(host_, as_cuda(model).stream(), timeout_s);
@@ -119,16 +121,33 @@ GradientAverager::GradientAverager(DistContext& dist, Model& model, double timeo
 GradientAverager::~GradientAverager() = default;
 
 void GradientAverager::average() {
+  last_bytes_ = 0;
   if (host_.size() == 1) return;
-  if (!device_comm_) {
-    host_.all_reduce(model_.grads(), model_.layout().total(), ReduceOp::Avg);
-    return;
+  Communicator& comm = device_comm_ ? *device_comm_ : host_;
+  for (auto [begin, end] : ranges_) {
+    comm.all_reduce(model_.grads() + begin, end - begin, DType::F32, ReduceOp::Avg);
+    last_bytes_ += ring_bytes_per_rank(CollectiveKind::AllReduce, end - begin, DType::F32, host_.size());
   }
 #if defined(ORTHOGPT_CUDA) && defined(ORTHOGPT_NCCL)
-  device_comm_->all_reduce(model_.grads(), model_.layout().total(), DType::F32, ReduceOp::Avg);
-  nccl_synchronize(*device_comm_);  // with the timeout: a dead peer is an error, not a hang
+  if (device_comm_) nccl_synchronize(*device_comm_);  // with the timeout: a dead peer is an error, not a hang
 #endif
 }
+
+void GradientAverager::exclude_role(ParamRole role) {
+  ranges_.clear();
+  const auto& ps = model_.layout().params();
+  for (size_t i = 0; i < ps.size(); ++i) {
+    if (ps[i].role == role) continue;
+    // Extend the last range over the padding before this parameter when nothing excluded lies between.
+    const bool adjacent = i > 0 && ps[i - 1].role != role && !ranges_.empty();
+    if (adjacent)
+      ranges_.back().second = ps[i].offset + ps[i].numel();
+    else
+      ranges_.emplace_back(ps[i].offset, ps[i].offset + ps[i].numel());
+  }
+}
+
+Communicator& GradientAverager::optimizer_comm() { return device_comm_ ? *device_comm_ : host_; }
 
 std::string GradientAverager::backend() const { return device_comm_ ? device_comm_->backend() : host_.backend(); }
 

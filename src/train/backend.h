@@ -6,6 +6,8 @@
 #pragma once
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "dist/bootstrap.h"
 #include "model/model.h"
@@ -40,11 +42,22 @@ class GradientAverager {
   ~GradientAverager();
   void average();  // no-op in a world of one
   std::string backend() const;
+  // Leave the gradients of parameters with this role out of average() (dist.compressed_sync:
+  // the matrix optimizer synchronizes what it needs itself). The remaining parameters are
+  // averaged as maximal contiguous ranges of the buffer (padding between them included).
+  void exclude_role(ParamRole role);
+  // The communicator optimizers of this model's parameters use: NCCL on the model's stream for a
+  // CUDA model with more than one rank, else the host communicator.
+  Communicator& optimizer_comm();
+  // Bytes this rank sent in the last average(), by the ring formula (dist/counting_communicator.h).
+  double last_bytes() const { return last_bytes_; }
 
  private:
   Model& model_;
   Communicator& host_;
   std::unique_ptr<Communicator> device_comm_;
+  std::vector<std::pair<size_t, size_t>> ranges_;  // [begin, end) in floats; whole buffer by default
+  double last_bytes_ = 0;
 };
 
 // Elapsed time of work queued between start() and stop(): CUDA events on the model's stream,

@@ -455,6 +455,12 @@ void validate_config(const Config& c, int world) {
 
   need(!c.dist.compressed_sync || (mx.algorithm == "dion2" && mx.select == "random"), "dist.compressed_sync",
        "needs optim.matrix.algorithm dion2 with select random (replicas must pick the same slices)");
+  need(!c.dist.compressed_sync || c.dist.mode == "ddp", "dist.compressed_sync",
+       "only for replicated parameters (dist.mode ddp), not dist.mode " + c.dist.mode);
+  const bool selective = mx.algorithm == "dion2" || mx.algorithm == "nordion2" || mx.algorithm == "dion3";
+  need(!(c.dist.mode == "fsdp" && selective && mx.select_dim == "cols"), "optim.matrix.select_dim",
+       "cols is not possible under dist.mode fsdp: parameters are sharded by rows and " + mx.algorithm +
+           " selects along the sharded dimension (use rows or shorter)");
   need(c.dist.bucket_mb > 0, "dist.bucket_mb", "must be positive");
   need(c.dist.timeout_s > 0, "dist.timeout_s", "must be positive");
 

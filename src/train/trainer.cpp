@@ -15,6 +15,7 @@
 #include "core/timer.h"
 #include "data/loader.h"
 #include "model/model.h"
+#include "optim/distributed_optimizer.h"
 #include "optim/lr_schedule.h"
 #include "train/backend.h"
 #include "train/checkpoint.h"
@@ -152,9 +153,23 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
     gpt_init_params(model->layout(), init.data(), cfg.train.seed);
     model->upload_params(init.data());
   }
-  ParamGroups groups(build_group_specs(cfg), model->layout(), model->params(), model->grads(), device);
-  bind_optimizers(groups, *model);
   GradientAverager averager(dist, *model, cfg.dist.timeout_s);
+  // Data parallel: the groups' optimizers across ranks (optim/distributed_optimizer.h). Under
+  // dist.compressed_sync the matrix gradients stay local: the matrix optimizer all-reduces only
+  // the selected momentum slices, so the averager leaves the matrices out.
+  OptimizerFactory factory;
+  if (world > 1) {
+    factory = [&](const GroupSpec& spec, std::vector<ParamSlot> slots, Device dev) {
+      DistributedOptions o;
+      o.comm = &averager.optimizer_comm();
+      o.compressed_sync = cfg.dist.compressed_sync && spec.name == "matrix";
+      o.select_scope = cfg.dist.select_scope;
+      return make_distributed_optimizer(spec.hp, std::move(slots), dev, o);
+    };
+    if (cfg.dist.compressed_sync) averager.exclude_role(ParamRole::Matrix);
+  }
+  ParamGroups groups(build_group_specs(cfg), model->layout(), model->params(), model->grads(), device, factory);
+  bind_optimizers(groups, *model);
 
   const double flops_tok = flops_per_token(gpt.n_layer, gpt.d_model, T, gpt.vocab_size);
   spdlog::info("model: {} parameters ({} in matrices), d_model {}, {} layers, {} heads, seq {}, vocab {}",
@@ -275,6 +290,8 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
   };
   auto checkpoint_now = [&](int64_t steps_done) {
     drain();
+    groups.synchronize_state();  // compressed sync: every rank's momenta become the synced ones
+    drain();
     save_checkpoint(steps_done);
   };
 
@@ -290,7 +307,11 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
     // Data parallel: average gradients (and the loss, for the log) over ranks.
     averager.average();
     if (step == cfg.train.fault_nan_step) poison_gradient(*model);  // fault injection for tests
-    const double grad_norm = std::sqrt(model->grad_norm_sq());  // the step's one wait on a GPU
+    // Under compressed sync the matrix gradients differ between ranks: the logged norm is the
+    // rms over ranks of the local norms, the same on every rank (so all skip a step together).
+    const double grad_norm = std::sqrt(
+        cfg.dist.compressed_sync && world > 1 ? comm.all_reduce_scalar(model->grad_norm_sq(), ReduceOp::Avg)
+                                              : model->grad_norm_sq());  // the step's one wait on a GPU
     const double loss = comm.all_reduce_scalar(model->take_loss_sum() / (double)grad_accum, ReduceOp::Avg);
     // On a GPU the previous step's optimizer is done by now: read its time.
     const double prev_gpu_optim_ms =
@@ -334,6 +355,13 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
     if (std::isfinite(mfu)) row["mfu"] = mfu;
     if (res.skipped_steps) row["skipped_steps"] = res.skipped_steps;
     for (const auto& [k, v] : groups.stats()) row[k] = v;
+    if (world > 1) {  // bytes this rank sent (ring formulas): gradient average + optimizers
+      double bytes = averager.last_bytes();
+      row["comm_bytes_grad"] = bytes;
+      for (const auto& [k, v] : groups.stats())
+        if (k.size() > 11 && k.compare(k.size() - 11, 11, ".comm_bytes") == 0) bytes += v;
+      row["comm_bytes"] = bytes;
+    }
     metrics.write(row);
 
     if ((step + 1) % cfg.log.every == 0 || step + 1 == N) {
