@@ -25,6 +25,10 @@ struct ParamSlot {
   float* w = nullptr;        // fp32 master weights, rows*cols, row-major
   const float* g = nullptr;  // gradient, same layout
   size_t numel() const { return (size_t)rows * (size_t)cols; }
+  // Under FSDP this rank holds rows [row0, row0 + local_rows) of the whole rows x cols parameter
+  // and w / g point at that shard (local_rows x cols). Replicated parameters: row0 = 0, local_rows = rows.
+  int64_t row0 = 0, local_rows = -1;  // -1: the whole parameter (local_rows = rows)
+  int64_t shard_rows() const { return local_rows < 0 ? rows : local_rows; }
 };
 
 struct StepContext {
