@@ -10,6 +10,7 @@
 #include <cmath>
 #include <filesystem>
 
+#include "core/error.h"
 #include "model/model.h"
 #include "tests/common/tiny_run.h"
 #include "tests/mpi/mpi_env.h"
@@ -25,6 +26,8 @@ constexpr int kVocab = 250;
 // differences in the averaged gradients (reduce-scatter vs all-reduce vs one process) stay
 // around 1e-6 relative after a few steps; 2e-4 is the DDP test's bound.
 constexpr double kTol = 2e-4;
+// FSDP and DDP on the same ranks differ only by reduce-scatter vs all-reduce summation order.
+constexpr double kTolSameWorld = 1e-5;
 
 double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
   double num = 0, den = 0;
@@ -70,6 +73,10 @@ og::Config fsdp_config(const std::string& data, const std::string& out, const st
   c.optim.matrix.algorithm = algorithm;
   c.optim.scalar.algorithm = algorithm;
   c.dist.mode = "fsdp";
+  // AdamW's first steps are ~lr * sign(g): an entry whose averaged gradient is at the fp32
+  // rounding level of the sum could flip sign between reduction orders. eps 1e-6 (instead of
+  // 1e-8) damps such entries, so the comparison measures the sharding, not that noise.
+  c.optim.scalar.eps = 1e-6;
   return c;
 }
 
@@ -99,8 +106,10 @@ TEST(FSDP, AdamWMatchesSingleProcessAndDDP) {
 
   const double d_single = rel_diff(fsdp.final_params, single.final_params);
   const double d_ddp = rel_diff(fsdp.final_params, ddp.final_params);
+  if (comm().rank() == 0)
+    std::printf("FSDP on %d ranks: max rel diff %.3g vs one process, %.3g vs DDP\n", R, d_single, d_ddp);
   EXPECT_LT(d_single, kTol) << R << " FSDP ranks vs one process: max rel diff " << d_single;
-  EXPECT_LT(d_ddp, kTol) << R << " FSDP ranks vs DDP: max rel diff " << d_ddp;
+  EXPECT_LT(d_ddp, kTolSameWorld) << R << " FSDP ranks vs DDP: max rel diff " << d_ddp;
   EXPECT_GT(rel_diff(single.final_params, std::vector<float>(single.final_params.size(), 0.0f)), 0.0);
   EXPECT_NEAR(fsdp.final_val_loss, single.final_val_loss, 1e-3);
   // every rank holds the same gathered weights
@@ -141,6 +150,7 @@ TEST(FSDP, ShardedCheckpointResumeAndReshard) {
       og::DistContext self = self_context();
       const og::TrainResult one = og::run_train(c1, self);
       const double d = rel_diff(one.final_params, straight.final_params);
+      if (r == 0) std::printf("%s: resumed %d -> 1 ranks: max rel diff %.3g\n", alg.c_str(), R, d);
       // Lion's sign() turns last-bit differences of a near-zero momentum into whole lr steps:
       // compare it at the looser bound of a few flipped entries (lr 0.02 of weights ~1).
       EXPECT_LT(d, alg == "adamw" ? kTol : 0.05) << alg << ": " << R << " -> 1 ranks, max rel diff " << d;
@@ -167,11 +177,11 @@ TEST(FSDP, ShardedCheckpointResumeAndReshard) {
   c.log.dir = data / "one_resumed";
   const og::TrainResult many = og::run_train(c, *og_test::g_dist);
   const double d = rel_diff(many.final_params, reference);
+  if (r == 0) std::printf("adamw: resumed 1 -> %d ranks: max rel diff %.3g\n", R, d);
   EXPECT_LT(d, kTol) << "1 -> " << R << " ranks, max rel diff " << d;
 }
 
-TEST(FSDP, RefusesModeMismatchAndMatrixReshard) {
-  const int R = comm().size();
+TEST(FSDP, RefusesModeMismatch) {
   SharedDir data("og_fsdp_refuse");
   og::Config c = fsdp_config(data.str(), data / "w", "adamw");
   c.checkpoint.enabled = true;
@@ -187,7 +197,6 @@ TEST(FSDP, RefusesModeMismatchAndMatrixReshard) {
   } catch (const og::Error& e) {
     EXPECT_NE(std::string(e.what()).find("dist.mode fsdp"), std::string::npos) << e.what();
   }
-  (void)R;
 }
 
 // Per-rank bytes of master weights, gradient shards and optimizer state vs replicated.
