@@ -12,7 +12,6 @@
 #include <sstream>
 
 #include "core/error.h"
-#include "train/fsdp_optimizers.h"
 
 namespace og {
 namespace {
@@ -443,12 +442,6 @@ void validate_config(const Config& c, int world) {
 
   need(!c.dist.compressed_sync || (mx.algorithm == "dion2" && mx.select == "random"), "dist.compressed_sync",
        "needs optim.matrix.algorithm dion2 with select random (replicas must pick the same slices)");
-  if (c.dist.mode == "fsdp") {
-    need(sharded_optimizer_available(parse_algorithm(mx.algorithm), world), "optim.matrix.algorithm",
-         fmt::format("{} under dist.mode fsdp on {} ranks needs the distributed matrix optimizer (all-to-all of row "
-                     "shards), which this build does not have; use dist.mode ddp, or adamw / lion",
-                     mx.algorithm, world));
-  }
   need(c.dist.bucket_mb > 0, "dist.bucket_mb", "must be positive");
   need(c.dist.timeout_s > 0, "dist.timeout_s", "must be positive");
 

@@ -52,11 +52,6 @@ std::unique_ptr<Optimizer> make_sharded_group_optimizer(const OptimHParams& hp, 
   return make_optimizer(hp, std::move(local), device);
 }
 
-bool sharded_optimizer_available(Algorithm algorithm, int world) {
-  // MERGE: with make_distributed_optimizer, the matrix algorithms it covers are available too.
-  return !is_matrix_algorithm(algorithm) || world == 1;
-}
-
 bool is_empty_shard_optimizer(const Optimizer* opt) { return dynamic_cast<const EmptyShardOptimizer*>(opt) != nullptr; }
 
 }  // namespace og

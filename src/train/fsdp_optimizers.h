@@ -20,11 +20,6 @@ namespace og {
 std::unique_ptr<Optimizer> make_sharded_group_optimizer(const OptimHParams& hp, std::vector<ParamSlot> slots,
                                                         Device device, Communicator& comm, const DistSection& dist);
 
-// Whether a group of `algorithm` can be stepped on row shards over `world` ranks (validate_config
-// asks, so the config error comes before any work): scalar algorithms always; matrix algorithms
-// only in a world of one until the distributed optimizer is merged.
-bool sharded_optimizer_available(Algorithm algorithm, int world);
-
 // True for the optimizer of a group of which this rank holds no row at all (it steps nothing
 // and has no state; it is no CudaOptimizer, so it is not bound to a stream).
 bool is_empty_shard_optimizer(const Optimizer* opt);

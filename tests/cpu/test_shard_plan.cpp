@@ -167,8 +167,6 @@ TEST(ShardPlan, MatrixAlgorithmOnShardsNeedsTheDistributedOptimizer) {
       error_of([&] { og::make_sharded_group_optimizer(hp, {s}, og::Device::CPU, *self, og::DistSection{}); });
   EXPECT_NE(e.find("distributed"), std::string::npos) << e;
   EXPECT_NE(e.find("dist.mode"), std::string::npos) << e;
-  EXPECT_FALSE(og::sharded_optimizer_available(og::Algorithm::Muon, 2));
-  EXPECT_TRUE(og::sharded_optimizer_available(og::Algorithm::AdamW, 2));
   // A whole parameter (one rank) steps with the ordinary optimizer.
   s.row0 = 0;
   s.local_rows = 40;
