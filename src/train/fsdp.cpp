@@ -112,6 +112,7 @@ Fsdp::Fsdp(DistContext& dist, Model& model, const DistSection& cfg)
   buf_->norm_scratch.resize(1 + gpu::kSumSquaresPartials);
   CUDA_CHECK(cudaMemset(buf_->dev_master.data(), 0, n * sizeof(float)));
   CUDA_CHECK(cudaMemset(buf_->dev_grads.data(), 0, n * sizeof(float)));
+  CUDA_CHECK(cudaDeviceSynchronize());  // the memsets ran on the legacy stream; later copies use the model's
   buf_->master = buf_->dev_master.data();
   buf_->grads = buf_->dev_grads.data();
   if (world_ > 1) {

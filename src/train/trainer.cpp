@@ -160,10 +160,10 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
     fsdp = std::make_unique<Fsdp>(dist, *model, cfg.dist);
   else
     averager = std::make_unique<GradientAverager>(dist, *model, cfg.dist.timeout_s);
+  if (fsdp) fsdp->shard_params();  // the master shards, before an optimizer may look at them
   const std::vector<GroupSpec> specs = build_group_specs(cfg);
   ParamGroups groups = fsdp ? fsdp->make_groups(specs)
                             : ParamGroups(specs, model->layout(), model->params(), model->grads(), device);
-  if (fsdp) fsdp->shard_params();
   bind_optimizers(groups, *model);
 
   const double flops_tok = flops_per_token(gpt.n_layer, gpt.d_model, T, gpt.vocab_size);
