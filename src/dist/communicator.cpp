@@ -1,5 +1,6 @@
 #include "dist/communicator.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/error.h"
@@ -16,6 +17,39 @@ size_t dtype_size(DType t) {
     case DType::U8: return 1;
   }
   return 0;
+}
+
+void Communicator::all_gatherv(const void* send, void* recv, const std::vector<size_t>& counts, DType t) {
+  const size_t n = (size_t)size(), es = dtype_size(t);
+  OG_CHECK(counts.size() == n, "all_gatherv: {} counts for {} ranks", counts.size(), n);
+  size_t max = 0;
+  for (size_t c : counts) max = std::max(max, c);
+  if (max == 0) return;
+  std::vector<char> mine(max * es, 0), all(n * max * es);
+  if (counts[rank()]) std::memcpy(mine.data(), send, counts[rank()] * es);
+  all_gather(mine.data(), all.data(), max, t);
+  char* out = static_cast<char*>(recv);
+  for (size_t r = 0; r < n; ++r) {
+    if (counts[r]) std::memcpy(out, all.data() + r * max * es, counts[r] * es);
+    out += counts[r] * es;
+  }
+}
+
+void Communicator::reduce_scatterv(const void* send, void* recv, const std::vector<size_t>& counts, DType t,
+                                   ReduceOp op) {
+  const size_t n = (size_t)size(), es = dtype_size(t);
+  OG_CHECK(counts.size() == n, "reduce_scatterv: {} counts for {} ranks", counts.size(), n);
+  size_t max = 0;
+  for (size_t c : counts) max = std::max(max, c);
+  if (max == 0) return;
+  std::vector<char> padded(n * max * es, 0), mine(max * es);
+  const char* in = static_cast<const char*>(send);
+  for (size_t r = 0; r < n; ++r) {
+    if (counts[r]) std::memcpy(padded.data() + r * max * es, in, counts[r] * es);
+    in += counts[r] * es;
+  }
+  reduce_scatter(padded.data(), mine.data(), max, t, op);
+  if (counts[rank()]) std::memcpy(recv, mine.data(), counts[rank()] * es);
 }
 
 namespace {

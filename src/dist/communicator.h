@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace og {
 
@@ -30,6 +31,18 @@ class Communicator {
   virtual void all_to_all(const void* send, void* recv, size_t count, DType t) = 0;
   virtual void broadcast(void* data, size_t count, DType t, int root) = 0;
   virtual void barrier() = 0;
+
+  // Variable-size blocks (FSDP shards of uneven row splits): counts[r] elements from / to rank r,
+  // block r at element offset counts[0] + ... + counts[r-1] of the concatenated buffer.
+  // all_gatherv: send holds counts[rank()] elements, recv the sum of counts.
+  // reduce_scatterv: send holds the sum of counts, recv counts[rank()] (block rank() reduced).
+  // The defaults serve host-buffer backends (self, MPI): each block is padded to the largest
+  // count in a temporary host buffer of size() x max(counts) elements and the equal-block
+  // collective runs on it, so the traffic is size() x max instead of the sum (for FSDP row
+  // shards: at most one row per rank and parameter more). Device backends (NCCL) override them.
+  virtual void all_gatherv(const void* send, void* recv, const std::vector<size_t>& counts, DType t);
+  virtual void reduce_scatterv(const void* send, void* recv, const std::vector<size_t>& counts, DType t,
+                               ReduceOp op);
 
   // typed conveniences
   void all_reduce(float* d, size_t n, ReduceOp op) { all_reduce(d, n, DType::F32, op); }

@@ -59,6 +59,25 @@ void CountingCommunicator::broadcast(void* data, size_t count_, DType t, int roo
   inner_.broadcast(data, count_, t, root);
 }
 
+namespace {
+size_t max_count(const std::vector<size_t>& counts) {
+  size_t m = 0;
+  for (size_t c : counts) m = c > m ? c : m;
+  return m;
+}
+}  // namespace
+
+void CountingCommunicator::all_gatherv(const void* send, void* recv, const std::vector<size_t>& counts, DType t) {
+  count(CollectiveKind::AllGather, max_count(counts), t);
+  inner_.all_gatherv(send, recv, counts, t);
+}
+
+void CountingCommunicator::reduce_scatterv(const void* send, void* recv, const std::vector<size_t>& counts, DType t,
+                                           ReduceOp op) {
+  count(CollectiveKind::ReduceScatter, max_count(counts), t);
+  inner_.reduce_scatterv(send, recv, counts, t, op);
+}
+
 void CountingCommunicator::barrier() {
   count(CollectiveKind::Barrier, 0, DType::U8);
   inner_.barrier();

@@ -42,6 +42,11 @@ class CountingCommunicator final : public Communicator {
   void all_to_all(const void* send, void* recv, size_t count, DType t) override;
   void broadcast(void* data, size_t count, DType t, int root) override;
   void barrier() override;
+  // Forwarded (so a device backend's own implementation runs) and counted as the padded
+  // equal-block collective, each block max(counts) elements.
+  void all_gatherv(const void* send, void* recv, const std::vector<size_t>& counts, DType t) override;
+  void reduce_scatterv(const void* send, void* recv, const std::vector<size_t>& counts, DType t,
+                       ReduceOp op) override;
   using Communicator::all_reduce;
 
   Communicator& inner() { return inner_; }

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <thread>
+#include <vector>
 
 #include "core/cuda_utils.h"
 #include "core/error.h"
@@ -73,6 +74,37 @@ class NcclCommunicator final : public Communicator {
       check(ncclSend(static_cast<const char*>(send) + peer * bytes, count, nccl_type(t), peer, comm_, stream_),
             "ncclSend");
       check(ncclRecv(static_cast<char*>(recv) + peer * bytes, count, nccl_type(t), peer, comm_, stream_), "ncclRecv");
+    }
+    check(ncclGroupEnd(), "ncclGroupEnd");
+  }
+  // Variable-size blocks as one NCCL group: rank r's block is broadcast from r (all_gatherv) or
+  // reduced to r (reduce_scatterv); empty blocks are skipped (every rank sees the same counts).
+  void all_gatherv(const void* send, void* recv, const std::vector<size_t>& counts, DType t) override {
+    OG_CHECK(counts.size() == (size_t)size_, "all_gatherv: {} counts for {} ranks", counts.size(), size_);
+    const size_t es = dtype_size(t);
+    char* out = static_cast<char*>(recv);
+    check(ncclGroupStart(), "ncclGroupStart");
+    for (int r = 0; r < size_; ++r) {
+      if (counts[r]) {
+        const void* src = r == rank_ ? send : out;  // only the root's send buffer is read
+        check(ncclBroadcast(src, out, counts[r], nccl_type(t), r, comm_, stream_), "ncclBroadcast");
+      }
+      out += counts[r] * es;
+    }
+    check(ncclGroupEnd(), "ncclGroupEnd");
+  }
+  void reduce_scatterv(const void* send, void* recv, const std::vector<size_t>& counts, DType t,
+                       ReduceOp op) override {
+    OG_CHECK(counts.size() == (size_t)size_, "reduce_scatterv: {} counts for {} ranks", counts.size(), size_);
+    const size_t es = dtype_size(t);
+    const char* in = static_cast<const char*>(send);
+    check(ncclGroupStart(), "ncclGroupStart");
+    for (int r = 0; r < size_; ++r) {
+      if (counts[r]) {
+        void* dst = r == rank_ ? recv : const_cast<char*>(in);  // recvbuff is only written on the root
+        check(ncclReduce(in, dst, counts[r], nccl_type(t), nccl_op(op), r, comm_, stream_), "ncclReduce");
+      }
+      in += counts[r] * es;
     }
     check(ncclGroupEnd(), "ncclGroupEnd");
   }

@@ -21,7 +21,7 @@
 //   row-sharded (FSDP)  slots are row shards (ParamSlot::row0 / local_rows), state sharded the
 //                       same way. Muon / NorMuon: an all-to-all assembles each whole matrix on its
 //                       owner, NS there, a second all-to-all returns the shards. Dion2 / NorDion2
-//                       select ROWS (select_dim cols is an error) and ship only selected rows:
+//                       select ROWS (select_dim auto means rows here; cols is an error) and ship only selected rows:
 //                         local scope: each rank takes the top-k_local rows of its own shard,
 //                           k_local = max(1, ceil(fraction · ceil(rows / world)))  (the reference's
 //                           rule, from the GLOBAL row count so every rank agrees), capped at the

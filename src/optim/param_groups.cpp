@@ -7,7 +7,18 @@
 namespace og {
 
 ParamGroups::ParamGroups(const std::vector<GroupSpec>& specs, const ParamLayout& layout, float* params,
-                         const float* grads, Device device, const OptimizerFactory& factory) {
+                         const float* grads, Device device, const OptimizerFactory& factory)
+    : ParamGroups(
+          specs, layout,
+          [&](const ParamInfo& p) {
+            return ParamSlot{p.name, p.role, p.rows, p.cols, params + p.offset, grads + p.offset};
+          },
+          [&](const GroupSpec& s, std::vector<ParamSlot> slots) {
+            return factory ? factory(s, std::move(slots), device) : make_optimizer(s.hp, std::move(slots), device);
+          }) {}
+
+ParamGroups::ParamGroups(const std::vector<GroupSpec>& specs, const ParamLayout& layout, const SlotMaker& make_slot,
+                         const OptimizerMaker& make_opt) {
   std::vector<int> claimed(layout.params().size(), -1);
   for (size_t gi = 0; gi < specs.size(); ++gi) {
     const GroupSpec& s = specs[gi];
@@ -19,7 +30,7 @@ ParamGroups::ParamGroups(const std::vector<GroupSpec>& specs, const ParamLayout&
       OG_CHECK(claimed[pi] < 0, "parameter {} is claimed by optimizer groups {} and {}", p.name,
                specs[claimed[pi]].name, s.name);
       claimed[pi] = (int)gi;
-      slots.push_back({p.name, p.role, p.rows, p.cols, params + p.offset, grads + p.offset});
+      slots.push_back(make_slot(p));
       elems += p.numel();
     }
     if (slots.empty()) continue;
@@ -27,7 +38,7 @@ ParamGroups::ParamGroups(const std::vector<GroupSpec>& specs, const ParamLayout&
     g.spec = s;
     g.num_params = slots.size();
     g.num_elements = elems;
-    g.opt = factory ? factory(s, std::move(slots), device) : make_optimizer(s.hp, std::move(slots), device);
+    g.opt = make_opt(s, std::move(slots));
     groups_.push_back(std::move(g));
   }
   for (size_t pi = 0; pi < claimed.size(); ++pi)

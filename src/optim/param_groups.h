@@ -32,6 +32,12 @@ class ParamGroups {
   // is an og::Error.
   ParamGroups(const std::vector<GroupSpec>& specs, const ParamLayout& layout, float* params, const float* grads,
               Device device, const OptimizerFactory& factory = {});
+  // The general form: make_slot gives each selected parameter's slot (e.g. FSDP: a view of this
+  // rank's shard), make_opt builds a group's optimizer from its slots.
+  using SlotMaker = std::function<ParamSlot(const ParamInfo&)>;
+  using OptimizerMaker = std::function<std::unique_ptr<Optimizer>(const GroupSpec&, std::vector<ParamSlot>)>;
+  ParamGroups(const std::vector<GroupSpec>& specs, const ParamLayout& layout, const SlotMaker& make_slot,
+              const OptimizerMaker& make_opt);
   // One optimizer step: step is 1-based; base_lr already includes the schedule multiplier.
   void step(int64_t step, double base_lr);
   std::vector<StateTensor> state();

@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "dist/counting_communicator.h"
+#include "train/fsdp_optimizers.h"
 
 #ifdef ORTHOGPT_CUDA
 #include "core/cuda_utils.h"
@@ -86,6 +87,7 @@ void bind_optimizers(ParamGroups& groups, Model& model) {
   // on every step goes on the model's stream, ordered with forward/backward.
   CUDA_CHECK(cudaDeviceSynchronize());
   for (Optimizer* opt : groups.optimizers()) {
+    if (is_empty_shard_optimizer(opt)) continue;  // FSDP: this rank holds no row of the group
     auto* cuda_opt = dynamic_cast<CudaOptimizer*>(opt);
     OG_CHECK(cuda_opt != nullptr, "internal: a CPU optimizer ({}) on CUDA parameters", name_of(opt->algorithm()));
     cuda_opt->set_stream(gpu.stream());

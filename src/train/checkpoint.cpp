@@ -119,8 +119,64 @@ void put(std::string& s, T v) {
 nlohmann::json meta_to_json(const CheckpointMeta& m) {
   nlohmann::json loaders = nlohmann::json::array();
   for (const auto& l : m.loaders) loaders.push_back({{"shard", l.shard}, {"position", l.position}, {"epoch", l.epoch}});
-  return {{"format", "orthogpt-checkpoint"}, {"version", kVersion}, {"step", m.step}, {"world", m.world},
-          {"loaders", loaders}, {"model_signature", m.model_signature}, {"optimizer_signature", m.optimizer_signature}};
+  nlohmann::json j = {{"format", "orthogpt-checkpoint"}, {"version", kVersion}, {"step", m.step}, {"world", m.world},
+                      {"loaders", loaders}, {"model_signature", m.model_signature},
+                      {"optimizer_signature", m.optimizer_signature}};
+  if (m.shards > 0) j["shards"] = m.shards;
+  return j;
+}
+
+// state.bin format: header, table, aligned data, checksum.
+void write_tensor_file(const std::string& path, const std::vector<NamedTensor>& tensors) {
+  std::string head(kMagic, sizeof kMagic);
+  put<uint32_t>(head, kVersion);
+  put<uint32_t>(head, (uint32_t)tensors.size());
+  size_t offset = 0;
+  for (const auto& t : tensors) {
+    put<uint32_t>(head, (uint32_t)t.name.size());
+    head += t.name;
+    put<uint64_t>(head, offset);
+    put<uint64_t>(head, t.bytes);
+    offset += (t.bytes + kAlign - 1) / kAlign * kAlign;
+  }
+  put<uint64_t>(head, offset);  // data bytes
+  const size_t pad_head = (kAlign - head.size() % kAlign) % kAlign;
+  head.append(pad_head, '\0');
+  Checksum sum;
+  CheckedFile f(path);
+  f.write(head.data(), head.size());
+  sum.update(head.data(), head.size());
+  static const char zeros[kAlign] = {};
+  for (const auto& t : tensors) {
+    f.write(t.data, t.bytes);
+    sum.update(t.data, t.bytes);
+    const size_t pad = (kAlign - t.bytes % kAlign) % kAlign;
+    f.write(zeros, pad);
+    sum.update(zeros, pad);
+  }
+  const uint64_t digest = sum.digest();
+  f.write(&digest, sizeof digest);
+  f.close();
+}
+
+// Rename the finished temp folder `tmp` to `final_dir` (replacing an existing one), then
+// repoint `latest` at it.
+void publish(const fs::path& tmp, const fs::path& final_dir) {
+  const fs::path parent = final_dir.parent_path();
+  std::error_code ec;
+  if (fs::exists(final_dir)) {
+    const fs::path old = parent / (final_dir.filename().string() + ".old-" + std::to_string(::getpid()));
+    fs::rename(final_dir, old);
+    fs::rename(tmp, final_dir);
+    fs::remove_all(old, ec);
+  } else {
+    fs::rename(tmp, final_dir);
+  }
+  fsync_dir(parent.string());
+  const fs::path latest_tmp = parent / ("latest.tmp-" + std::to_string(::getpid()));
+  write_text(latest_tmp.string(), final_dir.filename().string() + "\n");
+  fs::rename(latest_tmp, parent / "latest");
+  fsync_dir(parent.string());
 }
 
 }  // namespace
@@ -150,53 +206,11 @@ void write_checkpoint(const std::string& dir, const CheckpointMeta& meta, const 
   fs::create_directories(tmp, ec);
   OG_CHECK(!ec, "checkpoint: cannot create {}: {}", tmp.string(), ec.message());
   try {
-    // ---- state.bin: header, table, aligned data, checksum ----
-    std::string head(kMagic, sizeof kMagic);
-    put<uint32_t>(head, kVersion);
-    put<uint32_t>(head, (uint32_t)tensors.size());
-    size_t offset = 0;
-    for (const auto& t : tensors) {
-      put<uint32_t>(head, (uint32_t)t.name.size());
-      head += t.name;
-      put<uint64_t>(head, offset);
-      put<uint64_t>(head, t.bytes);
-      offset += (t.bytes + kAlign - 1) / kAlign * kAlign;
-    }
-    put<uint64_t>(head, offset);  // data bytes
-    const size_t pad_head = (kAlign - head.size() % kAlign) % kAlign;
-    head.append(pad_head, '\0');
-    Checksum sum;
-    CheckedFile f((tmp / "state.bin").string());
-    f.write(head.data(), head.size());
-    sum.update(head.data(), head.size());
-    static const char zeros[kAlign] = {};
-    for (const auto& t : tensors) {
-      f.write(t.data, t.bytes);
-      sum.update(t.data, t.bytes);
-      const size_t pad = (kAlign - t.bytes % kAlign) % kAlign;
-      f.write(zeros, pad);
-      sum.update(zeros, pad);
-    }
-    const uint64_t digest = sum.digest();
-    f.write(&digest, sizeof digest);
-    f.close();
+    write_tensor_file((tmp / "state.bin").string(), tensors);
     write_text((tmp / "meta.json").string(), meta_to_json(meta).dump(2) + "\n");
     write_text((tmp / "config.yaml").string(), meta.config_yaml);
     fsync_dir(tmp.string());
-    // ---- publish: rename into place, then repoint `latest` ----
-    if (fs::exists(final_dir)) {
-      const fs::path old = parent / (final_dir.filename().string() + ".old-" + std::to_string(::getpid()));
-      fs::rename(final_dir, old);
-      fs::rename(tmp, final_dir);
-      fs::remove_all(old, ec);
-    } else {
-      fs::rename(tmp, final_dir);
-    }
-    fsync_dir(parent.string());
-    const fs::path latest_tmp = parent / ("latest.tmp-" + std::to_string(::getpid()));
-    write_text(latest_tmp.string(), final_dir.filename().string() + "\n");
-    fs::rename(latest_tmp, parent / "latest");
-    fsync_dir(parent.string());
+    publish(tmp, final_dir);
   } catch (...) {
     fs::remove_all(tmp, ec);
     throw;
@@ -207,7 +221,7 @@ CheckpointReader::CheckpointReader(const std::string& path) {
   // Accept a checkpoint folder, a run's checkpoints folder, or a run folder.
   fs::path p(path);
   OG_CHECK(fs::exists(p), "checkpoint: {} does not exist", path);
-  if (!fs::exists(p / "state.bin")) {
+  if (!fs::exists(p / "state.bin") && !fs::exists(p / "meta.json")) {
     std::string latest = latest_checkpoint(p.string());
     if (latest.empty() && p.filename() == "checkpoints") latest = latest_checkpoint(p.parent_path().string());
     OG_CHECK(!latest.empty(), "checkpoint: {} holds no checkpoint (no state.bin, no checkpoints/latest)", path);
@@ -231,6 +245,7 @@ CheckpointReader::CheckpointReader(const std::string& path) {
       for (const auto& l : mj.at("loaders")) meta_.loaders.push_back({l.at("shard"), l.at("position"), l.at("epoch")});
       meta_.model_signature = mj.at("model_signature");
       meta_.optimizer_signature = mj.at("optimizer_signature");
+      meta_.shards = mj.value("shards", 0);
     } catch (const nlohmann::json::exception& e) {
       fail("checkpoint: {} is malformed: {}", meta_path, e.what());
     }
@@ -240,7 +255,32 @@ CheckpointReader::CheckpointReader(const std::string& path) {
     meta_.config_yaml.assign(std::istreambuf_iterator<char>(cf), std::istreambuf_iterator<char>());
   }
 
-  // ---- state.bin: read, verify checksum, parse table ----
+  if (meta_.shards > 0) {
+    OG_CHECK(meta_.shards == meta_.world, "checkpoint: {} lists {} rank files for a world of {}", meta_path,
+             meta_.shards, meta_.world);
+    for (int r = 0; r < meta_.shards; ++r)
+      OG_CHECK(fs::exists(shard_path(r)), "checkpoint: {} is missing (the checkpoint was written by {} ranks)",
+               shard_path(r), meta_.shards);
+    return;
+  }
+  state_ = std::make_unique<TensorFile>(state, dir_);
+}
+
+std::string CheckpointReader::shard_path(int rank) const {
+  return (fs::path(dir_) / shard_file_name(rank, meta_.shards)).string();
+}
+
+void CheckpointReader::read(const std::string& name, void* dst, size_t bytes) const {
+  OG_CHECK(state_ != nullptr,
+           "checkpoint {}: written sharded by {} FSDP ranks (no state.bin); it is read per rank file (dist.mode fsdp)",
+           dir_, meta_.shards);
+  state_->read(name, dst, bytes);
+}
+
+std::vector<std::string> CheckpointReader::names() const { return state_ ? state_->names() : std::vector<std::string>{}; }
+
+TensorFile::TensorFile(const std::string& state, const std::string& label) : label_(label) {
+  // ---- read, verify checksum, parse table ----
   std::ifstream f(state, std::ios::binary | std::ios::ate);
   OG_CHECK(f.good(), "checkpoint: cannot read {}", state);
   const size_t size = (size_t)f.tellg();
@@ -295,20 +335,86 @@ CheckpointReader::CheckpointReader(const std::string& path) {
   }
 }
 
-void CheckpointReader::read(const std::string& name, void* dst, size_t bytes) const {
-  for (const auto& e : entries_) {
-    if (e.name != name) continue;
-    OG_CHECK(e.bytes == bytes, "checkpoint {}: tensor {} has {} bytes, expected {}", dir_, name, e.bytes, bytes);
-    std::memcpy(dst, blob_.data() + e.offset, bytes);
-    return;
-  }
-  fail("checkpoint {}: no tensor named {}", dir_, name);
+const TensorFile::Entry& TensorFile::find(const std::string& name) const {
+  for (const auto& e : entries_)
+    if (e.name == name) return e;
+  fail("checkpoint {}: no tensor named {}", label_, name);
 }
 
-std::vector<std::string> CheckpointReader::names() const {
+void TensorFile::read(const std::string& name, void* dst, size_t bytes) const {
+  const Entry& e = find(name);
+  OG_CHECK(e.bytes == bytes, "checkpoint {}: tensor {} has {} bytes, expected {}", label_, name, e.bytes, bytes);
+  std::memcpy(dst, blob_.data() + e.offset, bytes);
+}
+
+bool TensorFile::has(const std::string& name) const {
+  for (const auto& e : entries_)
+    if (e.name == name) return true;
+  return false;
+}
+
+size_t TensorFile::bytes(const std::string& name) const { return find(name).bytes; }
+
+std::vector<std::string> TensorFile::names() const {
   std::vector<std::string> n;
   for (const auto& e : entries_) n.push_back(e.name);
   return n;
+}
+
+std::string shard_file_name(int rank, int world) {
+  char name[48];
+  std::snprintf(name, sizeof name, "rank-%05d-of-%05d.bin", rank, world);
+  return name;
+}
+
+void write_sharded_checkpoint(const std::string& dir, const CheckpointMeta& meta_in,
+                              const std::vector<NamedTensor>& my_tensors, Communicator& comm) {
+  const int rank = comm.rank(), world = comm.size();
+  const fs::path final_dir(dir);
+  const fs::path parent = final_dir.parent_path();
+  // Every rank must learn whether every rank succeeded, so a failure never leaves a rank waiting
+  // in a collective: each phase ends with an all-reduce of an ok flag (min over ranks).
+  std::string error;
+  auto all_ok = [&](bool ok) { return comm.all_reduce_scalar(ok ? 1.0 : 0.0, ReduceOp::Min) > 0.5; };
+  auto attempt = [&](auto&& f) {
+    try {
+      f();
+      return true;
+    } catch (const std::exception& e) {
+      error = e.what();
+      return false;
+    }
+  };
+  // One temp folder for all ranks, named after rank 0's pid.
+  int64_t pid = rank == 0 ? (int64_t)::getpid() : 0;
+  comm.broadcast(&pid, 1, DType::I64, 0);
+  const fs::path tmp = parent / (final_dir.filename().string() + ".tmp-" + std::to_string(pid));
+  std::error_code ec;
+  bool ok = rank != 0 || attempt([&] {
+    fs::create_directories(parent, ec);
+    OG_CHECK(!ec, "checkpoint: cannot create {}: {}", parent.string(), ec.message());
+    fs::remove_all(tmp, ec);
+    fs::create_directories(tmp, ec);
+    OG_CHECK(!ec, "checkpoint: cannot create {}: {}", tmp.string(), ec.message());
+  });
+  if (all_ok(ok)) {
+    ok = attempt([&] { write_tensor_file((tmp / shard_file_name(rank, world)).string(), my_tensors); });
+    if (all_ok(ok)) {
+      ok = rank != 0 || attempt([&] {
+        CheckpointMeta meta = meta_in;
+        meta.shards = world;
+        meta.world = world;
+        write_text((tmp / "meta.json").string(), meta_to_json(meta).dump(2) + "\n");
+        write_text((tmp / "config.yaml").string(), meta.config_yaml);
+        fsync_dir(tmp.string());
+        publish(tmp, final_dir);
+      });
+      if (all_ok(ok)) return;
+    }
+  }
+  if (rank == 0) fs::remove_all(tmp, ec);
+  if (!error.empty()) fail("{}", error);
+  fail("checkpoint {}: another rank failed to write its shard (see its log); nothing was published", dir);
 }
 
 void prune_checkpoints(const std::string& log_dir, int keep) {

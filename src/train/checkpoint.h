@@ -5,12 +5,20 @@
 // Written atomically: everything goes to a temp folder that is fsynced and renamed into place,
 // then the pointer file `latest` is replaced by rename. A corrupted, truncated or mismatched
 // checkpoint is refused with a message naming the file and what disagrees.
+//
+// Sharded (FSDP) checkpoints replace state.bin by one tensor file per rank,
+// rank-RRRRR-of-NNNNN.bin (same format: named tensors + checksum), holding that rank's shards of
+// the parameters and of its optimizer state; meta.json says "shards": N. All ranks write into
+// one temp folder; after every rank has finished (a collective), rank 0 writes meta.json and
+// renames the folder into place, so a checkpoint is published whole or not at all.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "data/loader.h"
+#include "dist/communicator.h"
 #include "optim/optimizer.h"
 
 namespace og {
@@ -28,10 +36,41 @@ struct CheckpointMeta {
   std::string model_signature;       // shapes and names of the parameters
   std::string optimizer_signature;   // groups, algorithms and state tensor shapes
   std::string config_yaml;
+  int shards = 0;  // FSDP: number of rank files (the world size that wrote them); 0: one state.bin
 };
 
 // Write a checkpoint folder `dir` (must not exist yet; its parent is created). Atomic.
 void write_checkpoint(const std::string& dir, const CheckpointMeta& meta, const std::vector<NamedTensor>& tensors);
+// Sharded form, a collective over `comm` (every rank passes its own shards; meta.shards is set to
+// comm.size()): rank files, then meta.json by rank 0, published atomically. An error on any rank
+// is an og::Error on every rank, and nothing is published.
+void write_sharded_checkpoint(const std::string& dir, const CheckpointMeta& meta,
+                              const std::vector<NamedTensor>& my_tensors, Communicator& comm);
+// "rank-00001-of-00004.bin"
+std::string shard_file_name(int rank, int world);
+
+// One tensor file (state.bin or a rank file): read whole and verified (magic, version, table,
+// checksum) at construction. `label` names it in the messages of read().
+class TensorFile {
+ public:
+  TensorFile(const std::string& path, const std::string& label);
+  // Copy tensor `name` into dst (exactly `bytes` bytes); a missing tensor or a size mismatch is
+  // an og::Error naming the tensor.
+  void read(const std::string& name, void* dst, size_t bytes) const;
+  bool has(const std::string& name) const;
+  size_t bytes(const std::string& name) const;  // og::Error if absent
+  std::vector<std::string> names() const;
+
+ private:
+  struct Entry {
+    std::string name;
+    size_t offset = 0, bytes = 0;
+  };
+  const Entry& find(const std::string& name) const;
+  std::string label_;
+  std::vector<Entry> entries_;
+  std::vector<char> blob_;
+};
 
 class CheckpointReader {
  public:
@@ -40,20 +79,18 @@ class CheckpointReader {
   explicit CheckpointReader(const std::string& path);
   const CheckpointMeta& meta() const { return meta_; }
   const std::string& dir() const { return dir_; }
-  // Copy tensor `name` into dst (exactly `bytes` bytes); a missing tensor or a size mismatch is
-  // an og::Error naming the tensor.
+  // Copy tensor `name` of state.bin into dst (exactly `bytes` bytes); a missing tensor or a size
+  // mismatch is an og::Error naming the tensor. A sharded checkpoint has no state.bin: open its
+  // rank files (shard_path) instead.
   void read(const std::string& name, void* dst, size_t bytes) const;
   std::vector<std::string> names() const;
+  bool sharded() const { return meta_.shards > 0; }
+  std::string shard_path(int rank) const;  // rank file `rank` of a sharded checkpoint
 
  private:
-  struct Entry {
-    std::string name;
-    size_t offset = 0, bytes = 0;
-  };
   std::string dir_;
   CheckpointMeta meta_;
-  std::vector<Entry> entries_;
-  std::vector<char> blob_;
+  std::unique_ptr<TensorFile> state_;  // state.bin (null when sharded)
 };
 
 // The checkpoint folder for `step` under a run's log dir, and the folder `latest` points to

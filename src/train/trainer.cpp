@@ -19,6 +19,7 @@
 #include "optim/lr_schedule.h"
 #include "train/backend.h"
 #include "train/checkpoint.h"
+#include "train/fsdp.h"
 #include "train/metrics.h"
 #include "train/sample.h"
 
@@ -153,22 +154,32 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
     gpt_init_params(model->layout(), init.data(), cfg.train.seed);
     model->upload_params(init.data());
   }
-  GradientAverager averager(dist, *model, cfg.dist.timeout_s);
-  // Data parallel: the groups' optimizers across ranks (optim/distributed_optimizer.h). Under
+  // Data parallel: DDP replicates weights and optimizer state and averages whole gradients;
+  // FSDP keeps master weights, gradients and optimizer state as row shards (train/fsdp.h).
+  std::unique_ptr<Fsdp> fsdp;
+  std::unique_ptr<GradientAverager> averager;
+  if (cfg.dist.mode == "fsdp")
+    fsdp = std::make_unique<Fsdp>(dist, *model, cfg.dist);
+  else
+    averager = std::make_unique<GradientAverager>(dist, *model, cfg.dist.timeout_s);
+  if (fsdp) fsdp->shard_params();  // the master shards, before an optimizer may look at them
+  const std::vector<GroupSpec> specs = build_group_specs(cfg);
+  // DDP: the groups' optimizers across ranks (optim/distributed_optimizer.h). Under
   // dist.compressed_sync the matrix gradients stay local: the matrix optimizer all-reduces only
   // the selected momentum slices, so the averager leaves the matrices out.
   OptimizerFactory factory;
-  if (world > 1) {
+  if (averager && world > 1) {
     factory = [&](const GroupSpec& spec, std::vector<ParamSlot> slots, Device dev) {
       DistributedOptions o;
-      o.comm = &averager.optimizer_comm();
+      o.comm = &averager->optimizer_comm();
       o.compressed_sync = cfg.dist.compressed_sync && spec.name == "matrix";
       o.select_scope = cfg.dist.select_scope;
       return make_distributed_optimizer(spec.hp, std::move(slots), dev, o);
     };
-    if (cfg.dist.compressed_sync) averager.exclude_role(ParamRole::Matrix);
+    if (cfg.dist.compressed_sync) averager->exclude_role(ParamRole::Matrix);
   }
-  ParamGroups groups(build_group_specs(cfg), model->layout(), model->params(), model->grads(), device, factory);
+  ParamGroups groups = fsdp ? fsdp->make_groups(specs)
+                            : ParamGroups(specs, model->layout(), model->params(), model->grads(), device, factory);
   bind_optimizers(groups, *model);
 
   const double flops_tok = flops_per_token(gpt.n_layer, gpt.d_model, T, gpt.vocab_size);
@@ -186,7 +197,14 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
                val_loader ? fmt::format("; val: {} batches = {} tokens", val_batches, val_batches * B * T * world)
                           : std::string("; no validation"));
   spdlog::info("optimizer groups:\n{}", groups.describe());
-  if (world > 1) spdlog::info("data parallel: {} ranks, gradients averaged over {}", world, averager.backend());
+  if (fsdp) {
+    const FsdpMemory mem = fsdp->memory(groups);  // a collective
+    spdlog::info("fully sharded data parallel: {} ranks, shards gathered / reduce-scattered over {}", world,
+                 fsdp->backend());
+    spdlog::info("{}", mem.describe());
+  } else if (world > 1) {
+    spdlog::info("data parallel: {} ranks, gradients averaged over {}", world, averager->backend());
+  }
 
   // ---- resume ----------------------------------------------------------------------------
   int64_t start_step = 0;
@@ -196,24 +214,33 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
     OG_CHECK(m.model_signature == model_signature(*model),
              "--resume {}: the checkpoint's model differs from this config's:\n  checkpoint: {}\n  config:     {}",
              ck.dir(), m.model_signature.substr(0, 200), model_signature(*model).substr(0, 200));
+    OG_CHECK(ck.sharded() == (fsdp != nullptr),
+             "--resume {}: written under dist.mode {} ({} rank(s)), this run uses dist.mode {}; the modes store "
+             "different files (one state.bin / one file per rank)",
+             ck.dir(), ck.sharded() ? "fsdp" : "ddp", m.world, cfg.dist.mode);
     std::vector<StateTensor> st = groups.state();
-    OG_CHECK(m.optimizer_signature == optimizer_signature(st),
+    OG_CHECK(m.optimizer_signature == (fsdp ? fsdp_optimizer_signature(specs) : optimizer_signature(st)),
              "--resume {}: the checkpoint's optimizer state does not match this config's optimizer groups "
              "(algorithm, fraction/rank or state dtype changed?)",
              ck.dir());
-    OG_CHECK(m.world == world, "--resume {}: written by {} data-parallel rank(s), this run has {}", ck.dir(), m.world,
-             world);
     OG_CHECK(m.step < N, "--resume {}: the checkpoint is at step {}, train.steps is {}", ck.dir(), m.step, N);
-    std::vector<float> host(model->layout().total());
-    ck.read("params", host.data(), host.size() * sizeof(float));
-    model->upload_params(host.data());
-    std::vector<char> buf;
-    for (const auto& t : st) {
-      buf.resize(state_bytes(t));
-      ck.read("optim/" + t.name, buf.data(), buf.size());
-      state_from_host(t, buf);
+    if (fsdp) {
+      fsdp->load_checkpoint(ck, groups);  // re-shards when written at another world size
+      train_loader.restore(resume_loader_state(m, rank, world, B, T));
+    } else {
+      OG_CHECK(m.world == world, "--resume {}: written by {} data-parallel rank(s), this run has {}", ck.dir(), m.world,
+               world);
+      std::vector<float> host(model->layout().total());
+      ck.read("params", host.data(), host.size() * sizeof(float));
+      model->upload_params(host.data());
+      std::vector<char> buf;
+      for (const auto& t : st) {
+        buf.resize(state_bytes(t));
+        ck.read("optim/" + t.name, buf.data(), buf.size());
+        state_from_host(t, buf);
+      }
+      train_loader.restore(m.loaders.at(rank));
     }
-    train_loader.restore(m.loaders.at(rank));
     start_step = m.step;
     spdlog::info("resumed from {} at step {}", ck.dir(), start_step);
   }
@@ -223,15 +250,23 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
     const LoaderState mine = train_loader.state();
     std::vector<int64_t> send = {mine.shard, mine.position, mine.epoch}, all(3 * (size_t)world);
     comm.all_gather(send.data(), all.data(), 3, DType::I64);
-    if (rank != 0) return;
     CheckpointMeta m;
     m.step = steps_done;
     m.world = world;
     for (int r = 0; r < world; ++r) m.loaders.push_back({all[3 * r], all[3 * r + 1], all[3 * r + 2]});
     m.model_signature = model_signature(*model);
+    m.config_yaml = resolved;
+    const std::string dir = checkpoint_dir(cfg.log.dir, steps_done);
+    if (fsdp) {  // every rank writes its shards
+      m.optimizer_signature = fsdp_optimizer_signature(specs);
+      fsdp->save_checkpoint(dir, m, groups);
+      if (rank == 0) prune_checkpoints(cfg.log.dir, cfg.checkpoint.keep);
+      spdlog::info("checkpoint: {} ({} rank files, {:.1f}s)", dir, world, t.seconds());
+      return;
+    }
+    if (rank != 0) return;
     std::vector<StateTensor> st = groups.state();
     m.optimizer_signature = optimizer_signature(st);
-    m.config_yaml = resolved;
     std::vector<float> host(model->layout().total());
     model->download_params(host.data());
     std::vector<std::vector<char>> bufs(st.size());
@@ -240,7 +275,6 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
       state_to_host(st[i], bufs[i]);
       tensors.push_back({"optim/" + st[i].name, bufs[i].data(), bufs[i].size()});
     }
-    const std::string dir = checkpoint_dir(cfg.log.dir, steps_done);
     write_checkpoint(dir, m, tensors);
     prune_checkpoints(cfg.log.dir, cfg.checkpoint.keep);
     spdlog::info("checkpoint: {} ({:.1f}s)", dir, t.seconds());
@@ -304,14 +338,24 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
       train_loader.next_batch(x.data(), y.data());
       model->forward_backward_accumulate(x.data(), y.data(), B, T, 1.0f / (float)grad_accum);
     }
-    // Data parallel: average gradients (and the loss, for the log) over ranks.
-    averager.average();
-    if (step == cfg.train.fault_nan_step) poison_gradient(*model);  // fault injection for tests
-    // Under compressed sync the matrix gradients differ between ranks: the logged norm is the
-    // rms over ranks of the local norms, the same on every rank (so all skip a step together).
-    const double grad_norm = std::sqrt(
-        cfg.dist.compressed_sync && world > 1 ? comm.all_reduce_scalar(model->grad_norm_sq(), ReduceOp::Avg)
-                                              : model->grad_norm_sq());  // the step's one wait on a GPU
+    // Data parallel: average gradients (and the loss, for the log) over ranks. Fault injection for
+    // tests poisons the gradient; under FSDP before the reduce-scatter, which carries it into a shard.
+    const bool poison = step == cfg.train.fault_nan_step;
+    if (fsdp) {
+      if (poison) poison_gradient(*model);
+      fsdp->reduce_gradients();
+    } else {
+      averager->average();
+      if (poison) poison_gradient(*model);
+    }
+    // The step's one wait on a GPU. Under compressed sync the matrix gradients differ between
+    // ranks: the logged norm is the rms over ranks of the local norms, the same on every rank (so
+    // all skip a step together).
+    const double grad_norm =
+        std::sqrt(fsdp ? fsdp->grad_norm_sq()
+                       : cfg.dist.compressed_sync && world > 1
+                             ? comm.all_reduce_scalar(model->grad_norm_sq(), ReduceOp::Avg)
+                             : model->grad_norm_sq());
     const double loss = comm.all_reduce_scalar(model->take_loss_sum() / (double)grad_accum, ReduceOp::Avg);
     // On a GPU the previous step's optimizer is done by now: read its time.
     const double prev_gpu_optim_ms =
@@ -335,8 +379,9 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
     Timer opt_host_timer;
     optim_timer.start();
     groups.step(step + 1, lr);
-    model->params_changed();  // CUDA: refresh the bf16 weights from the updated fp32 master weights
+    if (!fsdp) model->params_changed();  // CUDA: refresh the bf16 weights from the updated fp32 master weights
     optim_timer.stop();
+    if (fsdp) fsdp->gather_params();  // the next forward's weights from the updated shards (and bf16 on CUDA)
     const double optim_ms = device == Device::CUDA ? prev_gpu_optim_ms : opt_host_timer.ms();
     const double step_s = step_timer.seconds();
     train_seconds += step_s;
@@ -355,8 +400,8 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
     if (std::isfinite(mfu)) row["mfu"] = mfu;
     if (res.skipped_steps) row["skipped_steps"] = res.skipped_steps;
     for (const auto& [k, v] : groups.stats()) row[k] = v;
-    if (world > 1) {  // bytes this rank sent (ring formulas): gradient average + optimizers
-      double bytes = averager.last_bytes();
+    if (world > 1) {  // bytes this rank sent (ring formulas): gradients (+ FSDP's weight gather) + optimizers
+      double bytes = fsdp ? fsdp->last_bytes() : averager->last_bytes();
       row["comm_bytes_grad"] = bytes;
       for (const auto& [k, v] : groups.stats())
         if (k.size() > 11 && k.compare(k.size() - 11, 11, ".comm_bytes") == 0) bytes += v;

@@ -24,7 +24,9 @@ struct TrainResult {
 // Run training as configured (the config must already be validated). Throws og::Error on bad
 // input or a non-finite loss/gradient (unless train.skip_nonfinite).
 // Data-parallel over dist.host_comm (a world of one without mpirun): each rank reads its own
-// windows, gradients are averaged across ranks once per step, every rank steps identically.
+// windows, gradients are averaged across ranks once per step, every rank steps identically
+// (dist.mode ddp), or weights, gradients and optimizer state are row-sharded (dist.mode fsdp,
+// train/fsdp.h; checkpoints are then one file per rank).
 TrainResult run_train(const Config& cfg, DistContext& dist);
 
 }  // namespace og
