@@ -18,6 +18,7 @@
 #include "optim/lr_schedule.h"
 #include "train/backend.h"
 #include "train/checkpoint.h"
+#include "train/fault_injection.h"
 #include "train/metrics.h"
 
 #ifdef ORTHOGPT_CUDA
@@ -154,6 +155,7 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
   ParamGroups groups(build_group_specs(cfg), model->layout(), model->params(), model->grads(), device);
   bind_optimizers(groups, *model);
   GradientAverager averager(dist, *model, cfg.dist.timeout_s);
+  comm.set_timeout(cfg.dist.timeout_s);  // a dead or hanging peer aborts the job, never hangs it
 
   const double flops_tok = flops_per_token(gpt.n_layer, gpt.d_model, T, gpt.vocab_size);
   spdlog::info("model: {} parameters ({} in matrices), d_model {}, {} layers, {} heads, seq {}, vocab {}",
@@ -284,6 +286,7 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
       model->forward_backward_accumulate(x.data(), y.data(), B, T, 1.0f / (float)grad_accum);
     }
     // Data parallel: average gradients (and the loss, for the log) over ranks.
+    inject_rank_faults(cfg.train, rank, step);  // fault injection for tests (train.fault_kill_*/hang_*)
     averager.average();
     if (step == cfg.train.fault_nan_step) poison_gradient(*model);  // fault injection for tests
     const double grad_norm = std::sqrt(model->grad_norm_sq());  // the step's one wait on a GPU
