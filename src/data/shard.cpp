@@ -73,8 +73,8 @@ Shard Shard::open(const std::string& path) {
   if (!S_ISREG(st.st_mode)) fail("shard '{}': not a regular file", path);
   const size_t file_bytes = static_cast<size_t>(st.st_size);
   if (file_bytes < kShardHeaderBytes)
-    fail("shard '{}': truncated header: the file ends at byte offset {}, the header alone needs {} bytes", path,
-         file_bytes, kShardHeaderBytes);
+    fail("shard '{}': truncated header: the file has {} bytes (it ends at byte offset {}), the header alone needs {}",
+         path, file_bytes, file_bytes, kShardHeaderBytes);
 
   Shard s;
   s.path_ = path;
