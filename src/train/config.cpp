@@ -175,7 +175,8 @@ class Schema {
                        }});
   }
 
-#define OG_ACC(member) [](Config& c) -> auto& { return c.member; }
+// `member` is a member path (train.steps): it cannot be parenthesized.
+#define OG_ACC(member) [](Config& c) -> auto& { return c.member; }  // NOLINT(bugprone-macro-parentheses)
   void build() {
     add_int("model.vocab_size", OG_ACC(model.vocab_size), "vocabulary size (GPT-2 padded: 50304)");
     add_int("model.d_model", OG_ACC(model.d_model), "model width");
