@@ -46,7 +46,8 @@ template <typename T> struct Vec {
 };
 constexpr int kNV = 2;  // vectors per tile row
 template <typename T> constexpr int kLanes = kVecBytes / sizeof(T);
-template <typename T> constexpr int kNR = kNV * kLanes<T>;
+// (parenthesized: clang-format 14 reads `kNV * kLanes<T>` here as a declaration `kNV* kLanes<T>`)
+template <typename T> constexpr int kNR = (kNV * kLanes<T>);
 
 // Cache blocks. KC x NR of B (one micro-panel) should stay in L1, MC x KC of A in L2, and
 // KC x NC of B in L2/L3. Sizes in elements; MC is a multiple of MR, NC of NR.

@@ -44,11 +44,14 @@ Shard::Shard(Shard&& o) noexcept { *this = std::move(o); }
 Shard& Shard::operator=(Shard&& o) noexcept {
   if (this != &o) {
     if (map_) ::munmap(map_, map_bytes_);
+    if (fd_ >= 0) ::close(fd_);
     path_ = std::move(o.path_);
+    fd_ = o.fd_;
     map_ = o.map_;
     map_bytes_ = o.map_bytes_;
     tokens_ = o.tokens_;
     num_tokens_ = o.num_tokens_;
+    o.fd_ = -1;
     o.map_ = nullptr;
     o.map_bytes_ = 0;
     o.tokens_ = nullptr;
@@ -59,6 +62,7 @@ Shard& Shard::operator=(Shard&& o) noexcept {
 
 Shard::~Shard() {
   if (map_) ::munmap(map_, map_bytes_);
+  if (fd_ >= 0) ::close(fd_);
 }
 
 Shard Shard::open(const std::string& path) {
@@ -69,8 +73,8 @@ Shard Shard::open(const std::string& path) {
   if (!S_ISREG(st.st_mode)) fail("shard '{}': not a regular file", path);
   const size_t file_bytes = static_cast<size_t>(st.st_size);
   if (file_bytes < kShardHeaderBytes)
-    fail("shard '{}': truncated header: the file has {} bytes, the header alone needs {}", path, file_bytes,
-         kShardHeaderBytes);
+    fail("shard '{}': truncated header: the file has {} bytes (it ends at byte offset {}), the header alone needs {}",
+         path, file_bytes, file_bytes, kShardHeaderBytes);
 
   Shard s;
   s.path_ = path;
@@ -89,8 +93,9 @@ Shard Shard::open(const std::string& path) {
   const size_t count = static_cast<size_t>(header[2]);
   const size_t expected_bytes = kShardHeaderBytes + count * sizeof(uint16_t);
   if (file_bytes < expected_bytes)
-    fail("shard '{}': truncated: the header says {} tokens ({} bytes in all) but the file has {} bytes", path,
-         count, expected_bytes, file_bytes);
+    fail("shard '{}': truncated: the header says {} tokens ({} bytes in all) but the file has {} bytes (it ends at "
+         "byte offset {}, token offset {})",
+         path, count, expected_bytes, file_bytes, file_bytes, (file_bytes - kShardHeaderBytes) / sizeof(uint16_t));
   if (file_bytes > expected_bytes)
     fail("shard '{}': {} trailing bytes: the header says {} tokens ({} bytes in all) but the file has {} bytes",
          path, file_bytes - expected_bytes, count, expected_bytes, file_bytes);
@@ -98,6 +103,8 @@ Shard Shard::open(const std::string& path) {
   ::madvise(map, file_bytes, MADV_SEQUENTIAL);  // advisory only: its failure is harmless
   s.tokens_ = reinterpret_cast<const uint16_t*>(static_cast<const char*>(map) + kShardHeaderBytes);
   s.num_tokens_ = count;
+  s.fd_ = fd.fd;  // owned by s from here on
+  fd.fd = -1;
   return s;
 }
 
@@ -106,17 +113,43 @@ void Shard::read(size_t begin, size_t n, int32_t* out, int vocab_size) const {
   OG_CHECK(begin <= num_tokens_ && n <= num_tokens_ - begin,
            "shard '{}': read of tokens [{}, {}) is out of range: the shard has {} tokens", path_, begin, begin + n,
            num_tokens_);
-  // Convert first and check the maximum afterwards: the hot loop stays branch-free.
-  const uint16_t* src = tokens_ + begin;
+  // pread in chunks through a small buffer instead of reading the mapping: a file truncated in
+  // place after open() then gives a short read (an error below), never a SIGBUS. The copy is
+  // B*T tokens per batch, negligible next to the model's work.
+  constexpr size_t kChunk = 4096;
+  uint16_t buf[kChunk];
   uint16_t max_id = 0;
-  for (size_t i = 0; i < n; i++) {
-    out[i] = src[i];
-    max_id = std::max(max_id, src[i]);
+  for (size_t done = 0; done < n;) {
+    const size_t take = std::min(kChunk, n - done);
+    const size_t want = take * sizeof(uint16_t);
+    const off_t offset = static_cast<off_t>(kShardHeaderBytes + (begin + done) * sizeof(uint16_t));
+    size_t got = 0;
+    while (got < want) {
+      const ssize_t r = ::pread(fd_, reinterpret_cast<char*>(buf) + got, want - got, offset + static_cast<off_t>(got));
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0)
+        fail("shard '{}': read of {} bytes at byte offset {} failed: {}", path_, want - got,
+             static_cast<long long>(offset) + static_cast<long long>(got), errno_text(errno));
+      if (r == 0) {
+        struct stat st {};
+        const long long now = ::fstat(fd_, &st) == 0 ? static_cast<long long>(st.st_size) : -1;
+        fail("shard '{}': truncated while in use: reading tokens [{}, {}) needs the file to reach byte offset {}, "
+             "but it now ends at byte offset {} (the header says {} tokens)",
+             path_, begin, begin + n, kShardHeaderBytes + (begin + n) * sizeof(uint16_t), now, num_tokens_);
+      }
+      got += static_cast<size_t>(r);
+    }
+    // Convert first and check the maximum afterwards: the hot loop stays branch-free.
+    for (size_t i = 0; i < take; i++) {
+      out[done + i] = buf[i];
+      max_id = std::max(max_id, buf[i]);
+    }
+    done += take;
   }
   if (n > 0 && static_cast<int>(max_id) >= vocab_size) {
     for (size_t i = 0; i < n; i++)
-      if (static_cast<int>(src[i]) >= vocab_size)
-        fail("shard '{}': token id {} at token offset {} is out of range for vocab size {}", path_, src[i],
+      if (out[i] >= vocab_size)
+        fail("shard '{}': token id {} at token offset {} is out of range for vocab size {}", path_, out[i],
              begin + i, vocab_size);
   }
 }

@@ -1,6 +1,8 @@
 // Token shards in the llm.c / modded-nanogpt format: a header of 256 little-endian int32
 // (magic 20240520, version 1, token count, then zeros) followed by `count` uint16 tokens.
-// Reading is memory-mapped and validated; writing is atomic (temp file + rename).
+// Reading is validated; read() copies with pread (never through the mapping), so a file truncated
+// while in use is an og::Error naming the file and the byte offset, never a SIGBUS. Writing is
+// atomic (temp file + rename).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -28,13 +30,18 @@ class Shard {
 
   const std::string& path() const { return path_; }
   size_t num_tokens() const { return num_tokens_; }
+  // Direct view of the mapped tokens (tests, tools). Unlike read(), touching it after the file was
+  // truncated in place raises SIGBUS: the data loader uses read().
   const uint16_t* tokens() const { return tokens_; }
   // Copy tokens [begin, begin + n) into out as int32, checking each id < vocab_size
-  // (an out-of-range id is an og::Error naming the file and the token's offset).
+  // (an out-of-range id is an og::Error naming the file and the token's offset). The tokens are
+  // read from the open file descriptor: a file truncated since open() is an og::Error naming the
+  // file and the byte offset where the data ends.
   void read(size_t begin, size_t n, int32_t* out, int vocab_size) const;
 
  private:
   std::string path_;
+  int fd_ = -1;  // kept open for read()
   void* map_ = nullptr;
   size_t map_bytes_ = 0;
   const uint16_t* tokens_ = nullptr;

@@ -31,6 +31,10 @@ class Communicator {
   virtual void all_to_all(const void* send, void* recv, size_t count, DType t) = 0;
   virtual void broadcast(void* data, size_t count, DType t, int root) = 0;
   virtual void barrier() = 0;
+  // Abort the whole job (with a message naming the collective) when one collective takes longer
+  // than `seconds` (dist.timeout_s): a dead or hanging peer must not hang the others forever.
+  // <= 0: wait forever. Only the MPI backend needs it (self never waits; NCCL has its own).
+  virtual void set_timeout(double seconds) { (void)seconds; }
 
   // Variable-size blocks (FSDP shards of uneven row splits): counts[r] elements from / to rank r,
   // block r at element offset counts[0] + ... + counts[r-1] of the concatenated buffer.

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -61,10 +63,22 @@ class Checksum {
   uint64_t lane_[4] = {1, 2, 3, 4};
 };
 
+// The test-only fault hook (checkpoint.h): bytes a checkpoint write may still write before the
+// process SIGKILLs itself; -1 when OG_FAULT_CHECKPOINT_KILL_AFTER_BYTES is unset.
+int64_t fault_kill_budget() {
+  const char* v = std::getenv("OG_FAULT_CHECKPOINT_KILL_AFTER_BYTES");
+  if (v == nullptr || *v == '\0') return -1;
+  char* end = nullptr;
+  const long long n = std::strtoll(v, &end, 10);
+  OG_CHECK(*end == '\0' && n >= 0, "OG_FAULT_CHECKPOINT_KILL_AFTER_BYTES: '{}' is not a byte count", v);
+  return n;
+}
+
 // A file written with checked writes and fsync; on failure the error names the path.
+// `kill_budget` (the fault hook) is shared by the files of one checkpoint.
 class CheckedFile {
  public:
-  explicit CheckedFile(const std::string& path) : path_(path) {
+  explicit CheckedFile(const std::string& path, int64_t* kill_budget = nullptr) : path_(path), kill_(kill_budget) {
     fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd_ < 0) fail("checkpoint: cannot create {}: {}", path, std::strerror(errno));
   }
@@ -73,15 +87,23 @@ class CheckedFile {
   }
   void write(const void* data, size_t n) {
     const char* p = static_cast<const char*>(data);
+    bool die = false;
+    if (kill_ && *kill_ >= 0 && (int64_t)n >= *kill_) {  // fault hook: write up to the budget, then die
+      n = (size_t)*kill_;
+      die = true;
+    }
+    if (kill_ && *kill_ >= 0) *kill_ -= (int64_t)n;
     while (n > 0) {
       const ssize_t w = ::write(fd_, p, std::min<size_t>(n, 1 << 28));
       if (w < 0) {
         if (errno == EINTR) continue;
         fail("checkpoint: write to {} failed: {}", path_, std::strerror(errno));
       }
+      if (w == 0) fail("checkpoint: write to {} made no progress ({} bytes left)", path_, n);
       p += w;
       n -= (size_t)w;
     }
+    if (die) std::raise(SIGKILL);
   }
   void close() {
     if (::fsync(fd_) != 0) fail("checkpoint: fsync of {} failed: {}", path_, std::strerror(errno));
@@ -94,11 +116,12 @@ class CheckedFile {
 
  private:
   std::string path_;
+  int64_t* kill_ = nullptr;
   int fd_ = -1;
 };
 
-void write_text(const std::string& path, const std::string& text) {
-  CheckedFile f(path);
+void write_text(const std::string& path, const std::string& text, int64_t* kill_budget = nullptr) {
+  CheckedFile f(path, kill_budget);
   f.write(text.data(), text.size());
   f.close();
 }
@@ -108,6 +131,35 @@ void fsync_dir(const std::string& dir) {
   if (fd >= 0) {
     ::fsync(fd);
     ::close(fd);
+  }
+}
+
+void rename_or_fail(const fs::path& from, const fs::path& to) {
+  std::error_code ec;
+  fs::rename(from, to, ec);
+  OG_CHECK(!ec, "checkpoint: cannot rename {} to {}: {}", from.string(), to.string(), ec.message());
+}
+
+// Leftovers of a write that was interrupted (killed, power loss) in checkpoints folder `parent`:
+// temp folders and files (<name>.tmp-<pid>) are removed; a folder set aside for replacement
+// (<name>.old-<pid>) whose replacement never arrived is put back, otherwise removed.
+void clean_interrupted_writes(const fs::path& parent) {
+  std::error_code ec;
+  std::vector<fs::path> tmp, old;
+  for (fs::directory_iterator it(parent, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string n = it->path().filename().string();
+    if (n.find(".tmp-") != std::string::npos) tmp.push_back(it->path());
+    if (n.find(".old-") != std::string::npos) old.push_back(it->path());
+  }
+  for (const auto& p : tmp) fs::remove_all(p, ec);
+  for (const auto& p : old) {
+    const std::string n = p.filename().string();
+    const fs::path original = parent / n.substr(0, n.find(".old-"));
+    if (!fs::exists(original)) {
+      fs::rename(p, original, ec);
+      if (!ec) continue;
+    }
+    fs::remove_all(p, ec);
   }
 }
 
@@ -127,7 +179,9 @@ nlohmann::json meta_to_json(const CheckpointMeta& m) {
 }
 
 // state.bin format: header, table, aligned data, checksum.
-void write_tensor_file(const std::string& path, const std::vector<NamedTensor>& tensors) {
+// `kill_budget`: the test-only fault hook (checkpoint.h), shared by the files of one checkpoint.
+void write_tensor_file(const std::string& path, const std::vector<NamedTensor>& tensors,
+                       int64_t* kill_budget = nullptr) {
   std::string head(kMagic, sizeof kMagic);
   put<uint32_t>(head, kVersion);
   put<uint32_t>(head, (uint32_t)tensors.size());
@@ -143,7 +197,7 @@ void write_tensor_file(const std::string& path, const std::vector<NamedTensor>& 
   const size_t pad_head = (kAlign - head.size() % kAlign) % kAlign;
   head.append(pad_head, '\0');
   Checksum sum;
-  CheckedFile f(path);
+  CheckedFile f(path, kill_budget);
   f.write(head.data(), head.size());
   sum.update(head.data(), head.size());
   static const char zeros[kAlign] = {};
@@ -166,16 +220,16 @@ void publish(const fs::path& tmp, const fs::path& final_dir) {
   std::error_code ec;
   if (fs::exists(final_dir)) {
     const fs::path old = parent / (final_dir.filename().string() + ".old-" + std::to_string(::getpid()));
-    fs::rename(final_dir, old);
-    fs::rename(tmp, final_dir);
+    rename_or_fail(final_dir, old);
+    rename_or_fail(tmp, final_dir);
     fs::remove_all(old, ec);
   } else {
-    fs::rename(tmp, final_dir);
+    rename_or_fail(tmp, final_dir);
   }
   fsync_dir(parent.string());
   const fs::path latest_tmp = parent / ("latest.tmp-" + std::to_string(::getpid()));
   write_text(latest_tmp.string(), final_dir.filename().string() + "\n");
-  fs::rename(latest_tmp, parent / "latest");
+  rename_or_fail(latest_tmp, parent / "latest");
   fsync_dir(parent.string());
 }
 
@@ -201,14 +255,16 @@ void write_checkpoint(const std::string& dir, const CheckpointMeta& meta, const 
   std::error_code ec;
   fs::create_directories(parent, ec);
   OG_CHECK(!ec, "checkpoint: cannot create {}: {}", parent.string(), ec.message());
+  clean_interrupted_writes(parent);
   const fs::path tmp = parent / (final_dir.filename().string() + ".tmp-" + std::to_string(::getpid()));
   fs::remove_all(tmp, ec);
   fs::create_directories(tmp, ec);
+  int64_t kill_budget = fault_kill_budget();
   OG_CHECK(!ec, "checkpoint: cannot create {}: {}", tmp.string(), ec.message());
   try {
-    write_tensor_file((tmp / "state.bin").string(), tensors);
-    write_text((tmp / "meta.json").string(), meta_to_json(meta).dump(2) + "\n");
-    write_text((tmp / "config.yaml").string(), meta.config_yaml);
+    write_tensor_file((tmp / "state.bin").string(), tensors, &kill_budget);
+    write_text((tmp / "meta.json").string(), meta_to_json(meta).dump(2) + "\n", &kill_budget);
+    write_text((tmp / "config.yaml").string(), meta.config_yaml, &kill_budget);
     fsync_dir(tmp.string());
     publish(tmp, final_dir);
   } catch (...) {
@@ -393,6 +449,7 @@ void write_sharded_checkpoint(const std::string& dir, const CheckpointMeta& meta
   bool ok = rank != 0 || attempt([&] {
     fs::create_directories(parent, ec);
     OG_CHECK(!ec, "checkpoint: cannot create {}: {}", parent.string(), ec.message());
+    clean_interrupted_writes(parent);
     fs::remove_all(tmp, ec);
     fs::create_directories(tmp, ec);
     OG_CHECK(!ec, "checkpoint: cannot create {}: {}", tmp.string(), ec.message());

@@ -2,9 +2,19 @@
 //   state.bin   named tensors (parameters, every optimizer state tensor) + a 64-bit checksum
 //   meta.json   step, data-loader positions of every rank, world size, model/optimizer identity
 //   config.yaml the resolved config of the run that wrote it
-// Written atomically: everything goes to a temp folder that is fsynced and renamed into place,
-// then the pointer file `latest` is replaced by rename. A corrupted, truncated or mismatched
-// checkpoint is refused with a message naming the file and what disagrees.
+// Written atomically: everything goes to a temp folder (step_XXXXXXXX.tmp-<pid>) that is fsynced
+// and renamed into place, then the pointer file `latest` is replaced by rename. A writer killed
+// midway leaves only its temp folder, which readers never look at (they follow `latest` or a
+// named folder) and which the next write_checkpoint into the same checkpoints folder removes.
+// Every write, fsync and close is checked: a full disk is an og::Error naming the file, and the
+// previous checkpoint and `latest` stay as they were. One process writes a run's checkpoints.
+// A corrupted, truncated or mismatched checkpoint is refused with a message naming the file and
+// what disagrees.
+//
+// Test-only fault hook: when the environment variable OG_FAULT_CHECKPOINT_KILL_AFTER_BYTES is a
+// number N, write_checkpoint writes exactly N bytes of the checkpoint's files (state.bin first)
+// and then raises SIGKILL in its own process, i.e. a crash in the middle of writing tensors at a
+// deterministic point (tests/cpu/test_faults.cpp).
 //
 // Sharded (FSDP) checkpoints replace state.bin by one tensor file per rank,
 // rank-RRRRR-of-NNNNN.bin (same format: named tensors + checksum), holding that rank's shards of
@@ -39,7 +49,8 @@ struct CheckpointMeta {
   int shards = 0;  // FSDP: number of rank files (the world size that wrote them); 0: one state.bin
 };
 
-// Write a checkpoint folder `dir` (must not exist yet; its parent is created). Atomic.
+// Write a checkpoint folder `dir` (its parent is created; an existing `dir` is replaced). Atomic.
+// Leftovers of an interrupted earlier write in the same parent folder are cleaned up first.
 void write_checkpoint(const std::string& dir, const CheckpointMeta& meta, const std::vector<NamedTensor>& tensors);
 // Sharded form, a collective over `comm` (every rank passes its own shards; meta.shards is set to
 // comm.size()): rank files, then meta.json by rank 0, published atomically. An error on any rank

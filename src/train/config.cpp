@@ -175,7 +175,8 @@ class Schema {
                        }});
   }
 
-#define OG_ACC(member) [](Config& c) -> auto& { return c.member; }
+// `member` is a member path (train.steps): it cannot be parenthesized.
+#define OG_ACC(member) [](Config& c) -> auto& { return c.member; }  // NOLINT(bugprone-macro-parentheses)
   void build() {
     add_int("model.vocab_size", OG_ACC(model.vocab_size), "vocabulary size (GPT-2 padded: 50304)");
     add_int("model.d_model", OG_ACC(model.d_model), "model width");
@@ -199,6 +200,12 @@ class Schema {
     add_bool("train.skip_nonfinite", OG_ACC(train.skip_nonfinite), "skip (not stop at) steps with NaN/Inf");
     add_int("train.threads", OG_ACC(train.threads), "CPU threads (0: all cores)");
     add_int("train.fault_nan_step", OG_ACC(train.fault_nan_step), "testing: inject NaN into the gradient at this step");
+    add_int("train.fault_kill_rank", OG_ACC(train.fault_kill_rank),
+            "testing: this rank SIGKILLs itself at train.fault_kill_step (-1: none)");
+    add_int("train.fault_kill_step", OG_ACC(train.fault_kill_step), "testing: step at which fault_kill_rank dies");
+    add_int("train.fault_hang_rank", OG_ACC(train.fault_hang_rank),
+            "testing: this rank sleeps forever before the gradient all-reduce of train.fault_hang_step (-1: none)");
+    add_int("train.fault_hang_step", OG_ACC(train.fault_hang_step), "testing: step at which fault_hang_rank hangs");
     add_string("train.recompute", OG_ACC(train.recompute),
                "CUDA activation recomputation in backward (elementwise: ~free; block: least memory)",
                {"none", "elementwise", "block"});
@@ -434,6 +441,10 @@ void validate_config(const Config& c, int world) {
   need(t.threads >= 0, "train.threads", "must be >= 0");
   need(t.sample_every >= 0, "train.sample_every", "must be >= 0");
   need(t.sample_tokens >= 1, "train.sample_tokens", "must be >= 1");
+  need(t.fault_kill_rank >= -1 && t.fault_kill_rank < world, "train.fault_kill_rank",
+       fmt::format("{} must be -1 (none) or a rank in [0, {})", t.fault_kill_rank, world));
+  need(t.fault_hang_rank >= -1 && t.fault_hang_rank < world, "train.fault_hang_rank",
+       fmt::format("{} must be -1 (none) or a rank in [0, {})", t.fault_hang_rank, world));
 
   const auto& o = c.optim;
   need(o.lr > 0, "optim.lr", "must be positive");

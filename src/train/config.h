@@ -40,6 +40,13 @@ struct TrainSection {
   bool skip_nonfinite = false;     // on: skip a step whose loss/grad is NaN/Inf (counted); off: stop
   int threads = 0;                 // CPU threads (0: all cores)
   int64_t fault_nan_step = -1;     // testing: poison the gradient with NaN at this step (-1: never)
+  // testing (tests/mpi/rank_failure.sh): rank fault_kill_rank SIGKILLs itself at the start of step
+  // fault_kill_step; rank fault_hang_rank sleeps forever before the gradient all-reduce of step
+  // fault_hang_step (-1: never). The other ranks must end the job, never hang.
+  int fault_kill_rank = -1;
+  int64_t fault_kill_step = -1;
+  int fault_hang_rank = -1;
+  int64_t fault_hang_step = -1;
   // CUDA activation recomputation in backward: none | elementwise (ReLU² and rmsnorm outputs,
   // about free) | block (each block keeps only its input and re-runs its forward: ~1/3 more compute)
   std::string recompute = "none";

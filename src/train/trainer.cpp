@@ -19,6 +19,7 @@
 #include "optim/lr_schedule.h"
 #include "train/backend.h"
 #include "train/checkpoint.h"
+#include "train/fault_injection.h"
 #include "train/fsdp.h"
 #include "train/metrics.h"
 #include "train/sample.h"
@@ -181,6 +182,7 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
   ParamGroups groups = fsdp ? fsdp->make_groups(specs)
                             : ParamGroups(specs, model->layout(), model->params(), model->grads(), device, factory);
   bind_optimizers(groups, *model);
+  comm.set_timeout(cfg.dist.timeout_s);  // a dead or hanging peer aborts the job, never hangs it
 
   const double flops_tok = flops_per_token(gpt.n_layer, gpt.d_model, T, gpt.vocab_size);
   spdlog::info("model: {} parameters ({} in matrices), d_model {}, {} layers, {} heads, seq {}, vocab {}",
@@ -340,6 +342,7 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
     }
     // Data parallel: average gradients (and the loss, for the log) over ranks. Fault injection for
     // tests poisons the gradient; under FSDP before the reduce-scatter, which carries it into a shard.
+    inject_rank_faults(cfg.train, rank, step);  // fault injection for tests (train.fault_kill_*/hang_*)
     const bool poison = step == cfg.train.fault_nan_step;
     if (fsdp) {
       if (poison) poison_gradient(*model);
