@@ -20,8 +20,8 @@
 // NS off); "[graph]" the step replayed as a CUDA graph. Rows are printed as they finish, and the
 // whole table again at the end. Then the per-phase breakdowns (profile_phases: the groups in
 // sequence on one stream, events between the phases; the sum exceeds the concurrent step's time).
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -120,8 +120,8 @@ double ns_flops_of(const Case& c, bool as_run = false) {
       case Algorithm::NorMuon: f += ns_one(s.rows, s.cols, c.opt, as_run); break;
       case Algorithm::Dion2:
       case Algorithm::NorDion2: {
-        const bool rows = c.hp.algorithm == Algorithm::NorDion2 ||
-                          selection_axis(c.hp.select_dim, s.rows, s.cols) == SliceAxis::Rows;
+        const bool rows =
+            c.hp.algorithm == Algorithm::NorDion2 || selection_axis(c.hp.select_dim, s.rows, s.cols) == SliceAxis::Rows;
         const int64_t n = rows ? s.rows : s.cols, L = rows ? s.cols : s.rows;
         f += ns_one(select_count(c.hp.fraction, n), L, c.opt, as_run);
         break;
@@ -171,8 +171,7 @@ std::string phase_breakdown(const Case& c, int steps) {
     total_ms.push_back(total);
   }
   std::string out = fmt::format("{} (profiled: groups in sequence)\n", c.label);
-  for (const std::string& name : order)
-    out += fmt::format("    {:<24} {:>9.3f} ms\n", name, median_of(per[name]));
+  for (const std::string& name : order) out += fmt::format("    {:<24} {:>9.3f} ms\n", name, median_of(per[name]));
   out += fmt::format("    {:<24} {:>9.3f} ms   (host time of step(): {:.3f} ms)\n", "sum", median_of(total_ms),
                      median_of(host_ms));
   return out;
@@ -206,8 +205,9 @@ void run_case(const Case& c, int steps) {
   std::sort(ms.begin(), ms.end());
   const double median = median_of(std::vector<double>(ms.begin(), ms.end()));
   const double flop_ms = ns_flops_of(c) / kPeakFlops * 1e3, byte_ms = floor_bytes_of(c) / kPeakBytes * 1e3;
-  const std::string target = c.target_ms > 0 ? fmt::format("{:.2f}{}", c.target_ms, median <= c.target_ms ? " ok" : " MISS")
-                                             : std::string("-");
+  const std::string target = c.target_ms > 0
+                                 ? fmt::format("{:.2f}{}", c.target_ms, median <= c.target_ms ? " ok" : " MISS")
+                                 : std::string("-");
   const std::string ref = c.ref_ms > 0 ? fmt::format("{:.2f}", c.ref_ms) : std::string("-");
   const std::string row =
       fmt::format("{:<44} {:>9.3f} {:>9.3f} {:>9.3f} {:>9.3f} {:>9.3f} {:>6.2f} {:>10} {:>8} {:>8.0f} {:>8.3f}\n",
@@ -269,8 +269,9 @@ int main(int argc, char** argv) {
     if (big) m1b = std::make_unique<MatrixSet>("1B", 16, 2048);
 
     std::vector<Case> cases;
-    auto add = [&](std::string label, MatrixSet* set, OptimHParams hp, double target, double ref,
-                   CudaOptimOptions o) { cases.push_back({std::move(label), set, hp, o, target, ref}); };
+    auto add = [&](std::string label, MatrixSet* set, OptimHParams hp, double target, double ref, CudaOptimOptions o) {
+      cases.push_back({std::move(label), set, hp, o, target, ref});
+    };
     add("160M adamw", &m160, hp_of(Algorithm::AdamW), 1.2, 1.43, base);
     add("160M muon", &m160, hp_of(Algorithm::Muon), 3.0, 5.59, base);
     add("160M normuon", &m160, hp_of(Algorithm::NorMuon), 0, 0, base);
@@ -306,7 +307,7 @@ int main(int argc, char** argv) {
       CudaOptimOptions r1 = base, r0 = base, d_r0 = base;
       r1.gram_ns = false;
       r0.gram_ns = false;
-      r0.concurrent_groups = false;       // Muon: the groups in sequence
+      r0.concurrent_groups = false;  // Muon: the groups in sequence
       d_r0.gram_ns = false;
       d_r0.overlap_weight_decay = false;  // Dion2: decay inside pass 1, groups concurrent
       add("160M muon [r1]", &m160, hp_of(Algorithm::Muon), 0, 0, r1);
@@ -342,14 +343,15 @@ int main(int argc, char** argv) {
       phase_cases.push_back({"1B muon", m1b.get(), hp_of(Algorithm::Muon), base});
     }
 
-    fmt::print("device: {}; {} timed steps per case; ceilings 989 TFLOP/s bf16, 3.35 TB/s; sym={} block={} "
-               "autotune={}\n",
-               prop.name, steps, sym, block, autotune);
+    fmt::print(
+        "device: {}; {} timed steps per case; ceilings 989 TFLOP/s bf16, 3.35 TB/s; sym={} block={} "
+        "autotune={}\n",
+        prop.name, steps, sym, block, autotune);
     fmt::print("160M set: {} matrices, {:.1f}M elements", m160.slots.size(), m160.elems / 1e6);
     if (m1b) fmt::print("; 1B set: {} matrices, {:.1f}M elements", m1b->slots.size(), m1b->elems / 1e6);
-    const std::string header = fmt::format("{:<44} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>8} {:>8} {:>8}\n",
-                                           "case", "median ms", "min ms", "FLOP flr", "byte flr", "floor", "gap",
-                                           "target", "pytorch", "NS GF", "host ms");
+    const std::string header =
+        fmt::format("{:<44} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>8} {:>8} {:>8}\n", "case", "median ms",
+                    "min ms", "FLOP flr", "byte flr", "floor", "gap", "target", "pytorch", "NS GF", "host ms");
     fmt::print("\n{}", header);
     for (const Case& c : cases)
       if (only.empty() || c.label.find(only) != std::string::npos) run_case(c, steps);

@@ -138,9 +138,11 @@ int main(int argc, char** argv) {
       topt.progress = !no_progress;
       const og::TokenizeSummary s = og::run_tokenize(topt);
       if (dist.rank == 0)
-        std::printf("tokenized %lld documents: train %lld docs / %lld tokens, val %lld docs / %lld tokens, %zu shard(s) in %s\n",
-                  (long long)s.documents, (long long)s.train_documents, (long long)s.train_tokens,
-                  (long long)s.val_documents, (long long)s.val_tokens, s.shards.size(), topt.output_dir.c_str());
+        std::printf(
+            "tokenized %lld documents: train %lld docs / %lld tokens, val %lld docs / %lld tokens, %zu shard(s) in "
+            "%s\n",
+            (long long)s.documents, (long long)s.train_documents, (long long)s.train_tokens, (long long)s.val_documents,
+            (long long)s.val_tokens, s.shards.size(), topt.output_dir.c_str());
     }
     if (bench->parsed()) {
       OG_CHECK(dist.world == 1, "bench runs in one process (started with {} ranks)", dist.world);

@@ -10,15 +10,13 @@
 
 namespace og {
 
-template <typename T>
-__device__ __forceinline__ T warp_sum(T v) {
+template <typename T> __device__ __forceinline__ T warp_sum(T v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
 
-template <typename T>
-__device__ __forceinline__ T warp_max(T v) {
+template <typename T> __device__ __forceinline__ T warp_max(T v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
@@ -38,13 +36,11 @@ __device__ __forceinline__ T block_reduce(T v, T* scratch, T identity, WarpOp wa
 }
 }  // namespace detail
 
-template <typename T>
-__device__ __forceinline__ T block_sum(T v, T* scratch) {
+template <typename T> __device__ __forceinline__ T block_sum(T v, T* scratch) {
   return detail::block_reduce(v, scratch, T(0), [](T x) { return warp_sum(x); });
 }
 
-template <typename T>
-__device__ __forceinline__ T block_max(T v, T* scratch) {
+template <typename T> __device__ __forceinline__ T block_max(T v, T* scratch) {
   return detail::block_reduce(v, scratch, T(-INFINITY), [](T x) { return warp_max(x); });
 }
 

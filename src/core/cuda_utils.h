@@ -11,20 +11,19 @@
 
 #include "core/error.h"
 
-#define CUDA_CHECK(call)                                                                          \
-  do {                                                                                            \
-    cudaError_t err_ = (call);                                                                    \
-    if (err_ != cudaSuccess)                                                                      \
-      ::og::fail("CUDA error {} ({}) at {}:{}: {}", (int)err_, cudaGetErrorString(err_), __FILE__, \
-                 __LINE__, #call);                                                                \
+#define CUDA_CHECK(call)                                                                                             \
+  do {                                                                                                               \
+    cudaError_t err_ = (call);                                                                                       \
+    if (err_ != cudaSuccess)                                                                                         \
+      ::og::fail("CUDA error {} ({}) at {}:{}: {}", (int)err_, cudaGetErrorString(err_), __FILE__, __LINE__, #call); \
   } while (0)
 
-#define CUBLAS_CHECK(call)                                                                              \
-  do {                                                                                                  \
-    cublasStatus_t st_ = (call);                                                                        \
-    if (st_ != CUBLAS_STATUS_SUCCESS)                                                                   \
-      ::og::fail("cuBLAS error {} ({}) at {}:{}: {}", (int)st_, cublasGetStatusString(st_), __FILE__, \
-                 __LINE__, #call);                                                                      \
+#define CUBLAS_CHECK(call)                                                                                      \
+  do {                                                                                                          \
+    cublasStatus_t st_ = (call);                                                                                \
+    if (st_ != CUBLAS_STATUS_SUCCESS)                                                                           \
+      ::og::fail("cuBLAS error {} ({}) at {}:{}: {}", (int)st_, cublasGetStatusString(st_), __FILE__, __LINE__, \
+                 #call);                                                                                        \
   } while (0)
 
 // Check the last launch (call right after a <<<...>>>).
@@ -37,8 +36,7 @@ bool cuda_available();
 
 // Owning device allocation (cudaMalloc / cudaFree). An allocation failure is an og::Error that
 // says how many bytes were asked for (out-of-memory must be a clear error).
-template <typename T>
-class DeviceBuffer {
+template <typename T> class DeviceBuffer {
  public:
   DeviceBuffer() = default;
   explicit DeviceBuffer(size_t n) { resize(n); }

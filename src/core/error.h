@@ -13,15 +13,14 @@ struct Error : std::runtime_error {
 };
 
 // Throw og::Error with a fmt-formatted message.
-template <typename... Args>
-[[noreturn]] inline void fail(fmt::format_string<Args...> f, Args&&... args) {
+template <typename... Args> [[noreturn]] inline void fail(fmt::format_string<Args...> f, Args&&... args) {
   throw Error(fmt::format(f, std::forward<Args>(args)...));
 }
 
 }  // namespace og
 
 // OG_CHECK(cond, "fmt {}", args...): precondition on user input or on invariants.
-#define OG_CHECK(cond, ...)                  \
-  do {                                       \
-    if (!(cond)) ::og::fail(__VA_ARGS__);    \
+#define OG_CHECK(cond, ...)               \
+  do {                                    \
+    if (!(cond)) ::og::fail(__VA_ARGS__); \
   } while (0)

@@ -139,15 +139,15 @@ void pack_b(T* Bp, bool trans_b, const T* B, int64_t ldb, int64_t k0, int64_t kc
 // The micro-kernel: acc[MR x NR] = sum_k Ap[k][:] (outer) Bp[k][:], then
 // C[0:m, 0:n] = alpha * acc + beta * C (C not read when beta == 0).
 template <typename T>
-void micro_kernel(int64_t kc, const T* __restrict Ap, const T* __restrict Bp, T* __restrict C, int64_t ldc,
-                  int64_t m, int64_t n, T alpha, T beta) {
+void micro_kernel(int64_t kc, const T* __restrict Ap, const T* __restrict Bp, T* __restrict C, int64_t ldc, int64_t m,
+                  int64_t n, T alpha, T beta) {
   using V = typename Vec<T>::type;
   using VU = typename Vec<T>::utype;
   constexpr int L = kLanes<T>;
   constexpr int NR = kNR<T>;
   V acc[kMR][kNV];
   for (int i = 0; i < kMR; ++i)
-    for (int v = 0; v < kNV; ++v) acc[i][v] = V{} ;
+    for (int v = 0; v < kNV; ++v) acc[i][v] = V{};
   for (int64_t k = 0; k < kc; ++k) {
     V b[kNV];
     for (int v = 0; v < kNV; ++v) b[v] = *reinterpret_cast<const V*>(Bp + k * NR + v * L);
@@ -235,7 +235,8 @@ void gemm_chunk(bool trans_a, bool trans_b, int64_t m0, int64_t m1, int64_t n0, 
         for (int64_t pc = 0; pc < K; pc += KC) {
           const int64_t kc = std::min(KC, K - pc);
           pack_a(Ap, trans_a, A, lda, ic, mc, pc, kc);
-          macro_kernel(mc, nc, kc, Ap, Bp + pc * padded_cols<T>(nc), C + ic * ldc + jc, ldc, alpha, pc == 0 ? beta : T(1));
+          macro_kernel(mc, nc, kc, Ap, Bp + pc * padded_cols<T>(nc), C + ic * ldc + jc, ldc, alpha,
+                       pc == 0 ? beta : T(1));
         }
       }
     } else {

@@ -62,7 +62,8 @@ class Rng {
       return spare_;
     }
     double u1;
-    do u1 = uniform(); while (u1 <= 0.0);
+    do u1 = uniform();
+    while (u1 <= 0.0);
     const double u2 = uniform();
     const double r = std::sqrt(-2.0 * std::log(u1));
     spare_ = r * std::sin(2.0 * M_PI * u2);

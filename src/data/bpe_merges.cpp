@@ -113,7 +113,7 @@ void BpeMergeTable::apply_heap(std::vector<int>& s) const {
   for (int i = 0; i + 1 < n; ++i)
     if (const Merge* m = find(id[size_t(i)], id[size_t(i) + 1])) init.emplace_back(m->rank, i);
   std::priority_queue<Candidate, std::vector<Candidate>, std::greater<Candidate>> heap(std::greater<Candidate>{},
-                                                                                     std::move(init));
+                                                                                       std::move(init));
   while (!heap.empty()) {
     auto [rank, pos] = heap.top();
     heap.pop();

@@ -53,9 +53,7 @@ class BpeMergeTable {
     Merge merge;
   };
   static constexpr uint64_t kEmpty = ~uint64_t{0};
-  static uint64_t pack(int left, int right) {
-    return (uint64_t(uint32_t(left)) << 32) | uint32_t(right);
-  }
+  static uint64_t pack(int left, int right) { return (uint64_t(uint32_t(left)) << 32) | uint32_t(right); }
   static size_t hash(uint64_t key) {  // splitmix64 finalizer: cheap and well mixed
     key ^= key >> 30;
     key *= 0xbf58476d1ce4e5b9ULL;

@@ -13,10 +13,10 @@
 namespace og {
 
 struct RawDocument {
-  std::string text;    // the document, or for a *.jsonl input the raw JSON line
-  size_t file = 0;     // index into the reader's input list
-  int64_t line = 0;    // 1-based line number where the document starts
-  bool json = false;   // text is a JSON line; document_text() extracts the document
+  std::string text;   // the document, or for a *.jsonl input the raw JSON line
+  size_t file = 0;    // index into the reader's input list
+  int64_t line = 0;   // 1-based line number where the document starts
+  bool json = false;  // text is a JSON line; document_text() extracts the document
 };
 
 class DocumentReader {
@@ -41,8 +41,8 @@ class DocumentReader {
   size_t next_file_ = 0;  // index of the file after the open one
   std::ifstream in_;
   bool open_ = false;
-  bool json_ = false;     // the open file is *.jsonl
-  int64_t line_no_ = 0;   // lines read from the open file
+  bool json_ = false;    // the open file is *.jsonl
+  int64_t line_no_ = 0;  // lines read from the open file
 };
 
 // The text of a document: raw.text, or the "text" field of a JSON line. A malformed line, a

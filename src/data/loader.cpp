@@ -36,8 +36,8 @@ DataLoader::DataLoader(const std::string& glob, const std::string& what, int B, 
       fail("{}: {}", what, e.what());
     }
     if (static_cast<int64_t>(s.num_tokens()) < min_tokens)
-      fail("{}: shard '{}' has {} tokens, too few for one step: it needs at least world*B*T+1 = {}*{}*{}+1 = {}",
-           what, f, s.num_tokens(), world, B, T, min_tokens);
+      fail("{}: shard '{}' has {} tokens, too few for one step: it needs at least world*B*T+1 = {}*{}*{}+1 = {}", what,
+           f, s.num_tokens(), world, B, T, min_tokens);
     sizes_.push_back(s.num_tokens());
   }
   reset();
@@ -109,8 +109,8 @@ void DataLoader::restore(const LoaderState& s) {
     bad(fmt::format("the position is not rank*B*T + k*world*B*T (a state saved with another world size, B or T?)"));
   const int64_t len = static_cast<int64_t>(sizes_[static_cast<size_t>(s.shard)]);
   if (base + step_tokens() + 1 > len)
-    bad(fmt::format("the step at base {} does not fit in shard '{}' of {} tokens",
-                    base, files_[static_cast<size_t>(s.shard)], len));
+    bad(fmt::format("the step at base {} does not fit in shard '{}' of {} tokens", base,
+                    files_[static_cast<size_t>(s.shard)], len));
   state_ = s;
 }
 

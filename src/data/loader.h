@@ -37,7 +37,7 @@ class DataLoader {
 
  private:
   void open_current();
-  int64_t step_tokens() const { return int64_t(world_) * B_ * T_; }  // one step's span, less 1
+  int64_t step_tokens() const { return int64_t(world_) * B_ * T_; }    // one step's span, less 1
   int64_t first_position() const { return int64_t(rank_) * B_ * T_; }  // this rank's offset in a step
   std::string what_;  // config key for error messages, e.g. "data.train"
   std::vector<std::string> files_;

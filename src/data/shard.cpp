@@ -93,12 +93,13 @@ Shard Shard::open(const std::string& path) {
   const size_t count = static_cast<size_t>(header[2]);
   const size_t expected_bytes = kShardHeaderBytes + count * sizeof(uint16_t);
   if (file_bytes < expected_bytes)
-    fail("shard '{}': truncated: the header says {} tokens ({} bytes in all) but the file has {} bytes (it ends at "
-         "byte offset {}, token offset {})",
-         path, count, expected_bytes, file_bytes, file_bytes, (file_bytes - kShardHeaderBytes) / sizeof(uint16_t));
+    fail(
+        "shard '{}': truncated: the header says {} tokens ({} bytes in all) but the file has {} bytes (it ends at "
+        "byte offset {}, token offset {})",
+        path, count, expected_bytes, file_bytes, file_bytes, (file_bytes - kShardHeaderBytes) / sizeof(uint16_t));
   if (file_bytes > expected_bytes)
-    fail("shard '{}': {} trailing bytes: the header says {} tokens ({} bytes in all) but the file has {} bytes",
-         path, file_bytes - expected_bytes, count, expected_bytes, file_bytes);
+    fail("shard '{}': {} trailing bytes: the header says {} tokens ({} bytes in all) but the file has {} bytes", path,
+         file_bytes - expected_bytes, count, expected_bytes, file_bytes);
 
   ::madvise(map, file_bytes, MADV_SEQUENTIAL);  // advisory only: its failure is harmless
   s.tokens_ = reinterpret_cast<const uint16_t*>(static_cast<const char*>(map) + kShardHeaderBytes);
@@ -133,9 +134,10 @@ void Shard::read(size_t begin, size_t n, int32_t* out, int vocab_size) const {
       if (r == 0) {
         struct stat st {};
         const long long now = ::fstat(fd_, &st) == 0 ? static_cast<long long>(st.st_size) : -1;
-        fail("shard '{}': truncated while in use: reading tokens [{}, {}) needs the file to reach byte offset {}, "
-             "but it now ends at byte offset {} (the header says {} tokens)",
-             path_, begin, begin + n, kShardHeaderBytes + (begin + n) * sizeof(uint16_t), now, num_tokens_);
+        fail(
+            "shard '{}': truncated while in use: reading tokens [{}, {}) needs the file to reach byte offset {}, "
+            "but it now ends at byte offset {} (the header says {} tokens)",
+            path_, begin, begin + n, kShardHeaderBytes + (begin + n) * sizeof(uint16_t), now, num_tokens_);
       }
       got += static_cast<size_t>(r);
     }
@@ -149,8 +151,8 @@ void Shard::read(size_t begin, size_t n, int32_t* out, int vocab_size) const {
   if (n > 0 && static_cast<int>(max_id) >= vocab_size) {
     for (size_t i = 0; i < n; i++)
       if (out[i] >= vocab_size)
-        fail("shard '{}': token id {} at token offset {} is out of range for vocab size {}", path_, out[i],
-             begin + i, vocab_size);
+        fail("shard '{}': token id {} at token offset {} is out of range for vocab size {}", path_, out[i], begin + i,
+             vocab_size);
   }
 }
 
@@ -184,8 +186,8 @@ std::string parent_dir(const std::string& path) {
 }  // namespace
 
 void write_shard(const std::string& path, const uint16_t* tokens, size_t n) {
-  OG_CHECK(n <= static_cast<size_t>(INT32_MAX), "write_shard '{}': {} tokens do not fit the int32 header count",
-           path, n);
+  OG_CHECK(n <= static_cast<size_t>(INT32_MAX), "write_shard '{}': {} tokens do not fit the int32 header count", path,
+           n);
   OG_CHECK(n == 0 || tokens != nullptr, "write_shard '{}': null token pointer for {} tokens", path, n);
 
   // A unique temp name beside the target (same filesystem, so rename is atomic). O_EXCL with a
@@ -199,8 +201,7 @@ void write_shard(const std::string& path, const uint16_t* tokens, size_t n) {
     fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     if (fd < 0 && errno != EEXIST) break;
   }
-  if (fd < 0)
-    fail("write_shard '{}': cannot create the temporary file '{}': {}", path, tmp, errno_text(errno));
+  if (fd < 0) fail("write_shard '{}': cannot create the temporary file '{}': {}", path, tmp, errno_text(errno));
 
   // From here on, any failure removes the temp file.
   auto abandon = [&](const char* what, int err) {

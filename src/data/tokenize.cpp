@@ -185,9 +185,12 @@ std::vector<std::filesystem::path> stale_shards(const std::string& dir, const st
     const std::string name = entry.path().filename().string();
     if (!name.starts_with(prefix + "_")) continue;
     std::string rest = name.substr(prefix.size() + 1);  // train_NNNNNN.bin or val_NNNNNN.bin
-    if (rest.starts_with("train_")) rest = rest.substr(6);
-    else if (rest.starts_with("val_")) rest = rest.substr(4);
-    else continue;
+    if (rest.starts_with("train_"))
+      rest = rest.substr(6);
+    else if (rest.starts_with("val_"))
+      rest = rest.substr(4);
+    else
+      continue;
     if (rest.size() != 10 || !rest.ends_with(".bin") ||
         !std::all_of(rest.begin(), rest.begin() + 6, [](char c) { return c >= '0' && c <= '9'; }))
       continue;

@@ -9,13 +9,13 @@ namespace og {
 struct TokenizeOptions {
   std::vector<std::string> inputs;  // files; *.jsonl: one JSON object per line with a "text" field
   std::string output_dir;
-  std::string prefix = "corpus";        // shard names: {prefix}_train_000000.bin, {prefix}_val_000000.bin
-  std::string split = "blank-line";     // plain text: "blank-line" (documents separated by blank lines) | "file"
-  double val_fraction = 0.01;           // fraction of documents that go to val (deterministic)
-  int64_t shard_tokens = 100000000;     // tokens per shard
-  std::string tokenizer_dir;            // empty: default_tokenizer_dir()
-  int threads = 0;                      // 0: all cores
-  bool progress = true;                 // progress bar on stderr
+  std::string prefix = "corpus";     // shard names: {prefix}_train_000000.bin, {prefix}_val_000000.bin
+  std::string split = "blank-line";  // plain text: "blank-line" (documents separated by blank lines) | "file"
+  double val_fraction = 0.01;        // fraction of documents that go to val (deterministic)
+  int64_t shard_tokens = 100000000;  // tokens per shard
+  std::string tokenizer_dir;         // empty: default_tokenizer_dir()
+  int threads = 0;                   // 0: all cores
+  bool progress = true;              // progress bar on stderr
 };
 
 struct TokenizeSummary {

@@ -39,8 +39,7 @@ namespace og {
 namespace {
 
 // GPT-2's pre-tokenization pattern (openai/gpt-2 encoder.py).
-constexpr const char* kGpt2Pattern =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+constexpr const char* kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
 // GPT-2's byte -> printable character table (the alphabet of encoder.json / vocab.bpe): bytes
 // that are printable Latin-1 ('!'..'~', U+00A1..U+00AC, U+00AE..U+00FF) stand for themselves,
@@ -243,8 +242,7 @@ GPT2Tokenizer GPT2Tokenizer::load(const std::string& dir) {
     fail("{}: expected \"<|endoftext|>\" with id {}", encoder_path.string(), kEndOfText);
   for (int b = 0; b < 256; ++b) {
     auto it = text_to_id.find(utf8_of(byte_char[size_t(b)]));
-    if (it == text_to_id.end())
-      fail("{}: no single-byte token for byte 0x{:02x}", encoder_path.string(), b);
+    if (it == text_to_id.end()) fail("{}: no single-byte token for byte 0x{:02x}", encoder_path.string(), b);
     impl->byte_token[size_t(b)] = it->second;
   }
 
@@ -268,7 +266,9 @@ GPT2Tokenizer GPT2Tokenizer::load(const std::string& dir) {
     auto l = text_to_id.find(left), r = text_to_id.find(right), m = text_to_id.find(left + right);
     if (l == text_to_id.end() || r == text_to_id.end() || m == text_to_id.end())
       fail("{}:{}: token \"{}\" is not in encoder.json", merges_path.string(), line_no,
-           l == text_to_id.end() ? left : r == text_to_id.end() ? right : left + right);
+           l == text_to_id.end()   ? left
+           : r == text_to_id.end() ? right
+                                   : left + right);
     if (!impl->merges.add(l->second, r->second, m->second))
       fail("{}:{}: duplicate merge \"{}\"", merges_path.string(), line_no, line);
   }
@@ -312,7 +312,7 @@ std::vector<int> GPT2Tokenizer::encode(std::string_view text) const {
       fail("tokenizer: PCRE2 match failed at byte {}: {}", pos, reinterpret_cast<char*>(msg));
     }
     const size_t start = ovector[0], end = ovector[1];
-    if (start > pos) impl_->encode_word(text.substr(pos, start - pos), ids);  // skipped invalid bytes
+    if (start > pos) impl_->encode_word(text.substr(pos, start - pos), ids);   // skipped invalid bytes
     if (end <= start) fail("tokenizer: empty regex match at byte {}", start);  // impossible for this pattern
     impl_->encode_word(text.substr(start, end - start), ids);
     pos = end;

@@ -9,7 +9,7 @@ namespace og {
 
 struct DistContext {
   int rank = 0, world = 1, local_rank = 0, local_world = 1;
-  bool mpi = false;  // MPI was initialized (and must be finalized)
+  bool mpi = false;                         // MPI was initialized (and must be finalized)
   std::unique_ptr<Communicator> host_comm;  // MPI (or self) communicator on host buffers
 };
 

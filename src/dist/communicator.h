@@ -45,8 +45,7 @@ class Communicator {
   // collective runs on it, so the traffic is size() x max instead of the sum (for FSDP row
   // shards: at most one row per rank and parameter more). Device backends (NCCL) override them.
   virtual void all_gatherv(const void* send, void* recv, const std::vector<size_t>& counts, DType t);
-  virtual void reduce_scatterv(const void* send, void* recv, const std::vector<size_t>& counts, DType t,
-                               ReduceOp op);
+  virtual void reduce_scatterv(const void* send, void* recv, const std::vector<size_t>& counts, DType t, ReduceOp op);
 
   // typed conveniences
   void all_reduce(float* d, size_t n, ReduceOp op) { all_reduce(d, n, DType::F32, op); }

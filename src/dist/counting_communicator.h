@@ -45,8 +45,7 @@ class CountingCommunicator final : public Communicator {
   // Forwarded (so a device backend's own implementation runs) and counted as the padded
   // equal-block collective, each block max(counts) elements.
   void all_gatherv(const void* send, void* recv, const std::vector<size_t>& counts, DType t) override;
-  void reduce_scatterv(const void* send, void* recv, const std::vector<size_t>& counts, DType t,
-                       ReduceOp op) override;
+  void reduce_scatterv(const void* send, void* recv, const std::vector<size_t>& counts, DType t, ReduceOp op) override;
   using Communicator::all_reduce;
 
   Communicator& inner() { return inner_; }

@@ -71,7 +71,7 @@ void wait_or_abort(MPI_Request& req, const char* what, double timeout_s, int ran
   using clock = std::chrono::steady_clock;
   const auto start = clock::now();
   const auto spin = std::chrono::microseconds(2000);  // poll without sleeping this long first
-  const double limit_s = std::min(timeout_s, 1e9);  // ~30 years: "forever" without overflowing the clock
+  const double limit_s = std::min(timeout_s, 1e9);    // ~30 years: "forever" without overflowing the clock
   const auto deadline = start + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(limit_s));
   auto nap = std::chrono::microseconds(10);
   for (;;) {
@@ -117,8 +117,7 @@ class MpiCommunicator final : public Communicator {
         continue;
       }
       MPI_Request req;
-      check(MPI_Iallreduce(MPI_IN_PLACE, p + off * es, n, mpi_type(t), mpi_op(op), MPI_COMM_WORLD, &req),
-            "all_reduce");
+      check(MPI_Iallreduce(MPI_IN_PLACE, p + off * es, n, mpi_type(t), mpi_op(op), MPI_COMM_WORLD, &req), "all_reduce");
       wait(req, "all_reduce");
     }
     if (op == ReduceOp::Avg) scale(data, count, t, size_);

@@ -93,8 +93,7 @@ class NcclCommunicator final : public Communicator {
     }
     check(ncclGroupEnd(), "ncclGroupEnd");
   }
-  void reduce_scatterv(const void* send, void* recv, const std::vector<size_t>& counts, DType t,
-                       ReduceOp op) override {
+  void reduce_scatterv(const void* send, void* recv, const std::vector<size_t>& counts, DType t, ReduceOp op) override {
     OG_CHECK(counts.size() == (size_t)size_, "reduce_scatterv: {} counts for {} ranks", counts.size(), size_);
     const size_t es = dtype_size(t);
     const char* in = static_cast<const char*>(send);

@@ -9,7 +9,7 @@ struct GPTConfig {
   int d_model = 768;
   int n_layer = 12;
   int n_head = 6;
-  int seq_len = 1024;      // maximum sequence length T
+  int seq_len = 1024;  // maximum sequence length T
   float rope_base = 10000.0f;
   int head_dim() const { return d_model / n_head; }
   int d_ff() const { return 4 * d_model; }

@@ -29,8 +29,8 @@ class ParamLayout {
   static constexpr size_t kAlign = 64;
   const ParamInfo& add(std::string name, int64_t rows, int64_t cols, ParamRole role);
   const std::vector<ParamInfo>& params() const { return params_; }
-  size_t total() const { return total_; }          // floats, including alignment padding
-  size_t num_elements() const;                      // floats, excluding padding
+  size_t total() const { return total_; }                // floats, including alignment padding
+  size_t num_elements() const;                           // floats, excluding padding
   const ParamInfo& find(const std::string& name) const;  // throws og::Error if absent
   const ParamInfo* try_find(const std::string& name) const;
 

@@ -3,8 +3,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
 #include <cstring>
+#include <filesystem>
 #include <map>
 
 #include <fmt/format.h>
@@ -229,10 +229,9 @@ int run_check_reference(const std::vector<std::string>& args, Device device, std
     try {
       const ReferenceCase c = load_reference_case(dir);
       const ReferenceCheck r = check_reference_case(c, device);
-      std::string state = r.worst_state < 0.0
-                              ? std::string("no state arrays")
-                              : fmt::format("state {:.2e} (tol {:.0e}, {})", r.worst_state, r.state_tol,
-                                            r.worst_state_array);
+      std::string state = r.worst_state < 0.0 ? std::string("no state arrays")
+                                              : fmt::format("state {:.2e} (tol {:.0e}, {})", r.worst_state, r.state_tol,
+                                                            r.worst_state_array);
       fmt::print(out, "{:<24} {:<9} worst dW rel err {:.3e} (step {}, param {})  tol {:.0e}  {}  {}\n", r.name,
                  name_of(r.algorithm), r.worst_update, r.worst_step, r.worst_param, r.update_tol, state,
                  r.pass ? "PASS" : "FAIL");

@@ -34,16 +34,16 @@ struct DionMatrix {
   size_t index = 0;  // position in the group: seeds Q's init and the sketches
   DionShape shape;
   // The state, in exactly one of the two storages (hp.state_dtype).
-  std::vector<float> momentum, q;           // F32: m*n and cols_b*r
-  std::vector<uint16_t> momentum16, q16;    // BF16
+  std::vector<float> momentum, q;         // F32: m*n and cols_b*r
+  std::vector<uint16_t> momentum16, q16;  // BF16
 };
 
 class DionCpu final : public Optimizer {
  public:
   DionCpu(const OptimHParams& hp, std::vector<ParamSlot> params) : hp_(hp) {
     OG_CHECK(hp.algorithm == Algorithm::Dion, "make_dion_cpu called for algorithm {}", name_of(hp.algorithm));
-    OG_CHECK(hp.rank_fraction > 0.0f && hp.rank_fraction <= 1.0f,
-             "dion: rank_fraction must be in (0, 1], got {}", hp.rank_fraction);
+    OG_CHECK(hp.rank_fraction > 0.0f && hp.rank_fraction <= 1.0f, "dion: rank_fraction must be in (0, 1], got {}",
+             hp.rank_fraction);
     OG_CHECK(hp.cqr_warmup_steps >= 0, "dion: cqr_warmup_steps must be >= 0, got {}", hp.cqr_warmup_steps);
     OG_CHECK(std::isfinite(hp.mu), "dion: mu must be finite, got {}", hp.mu);
     const bool bf16 = hp.state_dtype == StateDtype::BF16;
@@ -123,12 +123,11 @@ class DionCpu final : public Optimizer {
     const bool bf16 = hp_.state_dtype == StateDtype::BF16;
     for (DionMatrix& d : mats_) {
       if (bf16) {
-        out.push_back({d.slot.name + "/momentum", d.momentum16.data(), d.momentum16.size(), StateDtype::BF16,
-                       Device::CPU});
+        out.push_back(
+            {d.slot.name + "/momentum", d.momentum16.data(), d.momentum16.size(), StateDtype::BF16, Device::CPU});
         out.push_back({d.slot.name + "/Q", d.q16.data(), d.q16.size(), StateDtype::BF16, Device::CPU});
       } else {
-        out.push_back({d.slot.name + "/momentum", d.momentum.data(), d.momentum.size(), StateDtype::F32,
-                       Device::CPU});
+        out.push_back({d.slot.name + "/momentum", d.momentum.data(), d.momentum.size(), StateDtype::F32, Device::CPU});
         out.push_back({d.slot.name + "/Q", d.q.data(), d.q.size(), StateDtype::F32, Device::CPU});
       }
     }

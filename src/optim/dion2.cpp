@@ -62,7 +62,8 @@ void Dion2Cpu::step(const StepContext& ctx) {
       const ParamSlot& s = params_[p];
       const SliceAxis axis = axis_of(s);
       NsJob job;
-      job.src = NsSource{momentum_[p].data(), s.rows, s.cols, s.cols, index_[p].data(), (int64_t)index_[p].size(), axis};
+      job.src =
+          NsSource{momentum_[p].data(), s.rows, s.cols, s.cols, index_[p].data(), (int64_t)index_[p].size(), axis};
       job.out = work_.data() + off;
       job.ld_out = job.src.out_cols();
       jobs.push_back(job);

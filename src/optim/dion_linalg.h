@@ -25,8 +25,7 @@ bool cholesky_upper(int64_t n, const double* A, double* R);
 // Y = X R^{-1} for X (m x n) and R (n x n) upper triangular (solve Y R = X from the right).
 // Y may alias X. Rows are independent and solved in parallel, accumulating in double.
 // Instantiated for every (In, Out) in {float, double}^2.
-template <typename In, typename Out>
-void solve_upper_right(int64_t m, int64_t n, const double* R, const In* X, Out* Y);
+template <typename In, typename Out> void solve_upper_right(int64_t m, int64_t n, const double* R, const In* X, Out* Y);
 
 // Gaussian sketch S (k x m) with i.i.d. N(0, 1/k) entries drawn row-major from og::Rng(seed).
 void gaussian_sketch(int64_t k, int64_t m, uint64_t seed, float* S);

@@ -14,10 +14,10 @@
 namespace og::dion {
 
 struct DionShape {
-  int64_t m = 0, n = 0;      // the whole parameter, (rows, cols) = (fan_out, fan_in)
-  bool transposed = false;   // B = M^T (the parameter is wide)
+  int64_t m = 0, n = 0;     // the whole parameter, (rows, cols) = (fan_out, fan_in)
+  bool transposed = false;  // B = M^T (the parameter is wide)
   int64_t rows_b = 0, cols_b = 0;
-  int64_t r = 0;             // rank of the low-rank factorization
+  int64_t r = 0;  // rank of the low-rank factorization
 };
 
 // r = clamp(ceil(rank_fraction * min(m, n)), 1, min(m, n)).

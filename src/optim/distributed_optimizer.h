@@ -47,9 +47,9 @@
 namespace og {
 
 struct DistributedOptions {
-  Communicator* comm = nullptr;   // host (MPI) comm for CPU params, a device (NCCL) comm for CUDA params
-  bool row_sharded = false;       // FSDP: slots are row shards (row0/local_rows); else replicated (DDP)
-  bool compressed_sync = false;   // dist.compressed_sync (Dion2, random selection, replicated only)
+  Communicator* comm = nullptr;        // host (MPI) comm for CPU params, a device (NCCL) comm for CUDA params
+  bool row_sharded = false;            // FSDP: slots are row shards (row0/local_rows); else replicated (DDP)
+  bool compressed_sync = false;        // dist.compressed_sync (Dion2, random selection, replicated only)
   std::string select_scope = "local";  // dist.select_scope: "local" | "global" (row-sharded Dion2)
 };
 

@@ -31,10 +31,9 @@ Algorithm parse_algorithm(const std::string& s) {
                                 {"dion", Algorithm::Dion}});
 }
 AdjustLr parse_adjust_lr(const std::string& s) {
-  return parse_enum<AdjustLr>("adjust_lr", s,
-                              {{"spectral_norm", AdjustLr::SpectralNorm},
-                               {"rms_norm", AdjustLr::RmsNorm},
-                               {"none", AdjustLr::None}});
+  return parse_enum<AdjustLr>(
+      "adjust_lr", s,
+      {{"spectral_norm", AdjustLr::SpectralNorm}, {"rms_norm", AdjustLr::RmsNorm}, {"none", AdjustLr::None}});
 }
 Ortho parse_ortho(const std::string& s) {
   return parse_enum<Ortho>("ortho", s,
@@ -51,7 +50,9 @@ SelectDim parse_select_dim(const std::string& s) {
 }
 StateDtype parse_state_dtype(const std::string& s) {
   return parse_enum<StateDtype>("state dtype", s,
-                                {{"fp32", StateDtype::F32}, {"float32", StateDtype::F32}, {"bf16", StateDtype::BF16},
+                                {{"fp32", StateDtype::F32},
+                                 {"float32", StateDtype::F32},
+                                 {"bf16", StateDtype::BF16},
                                  {"bfloat16", StateDtype::BF16}});
 }
 

@@ -53,7 +53,7 @@ struct OptimHParams {
   int cqr_warmup_steps = 0;  // plain Cholesky-QR allowed after this many steps (QR before)
   // state storage
   StateDtype state_dtype = StateDtype::F32;
-  uint64_t seed = 0;  // random selection, Dion's Q init and sketches
+  uint64_t seed = 0;         // random selection, Dion's Q init and sketches
   bool diagnostics = false;  // compute per-step statistics (selection mass, ...)
 };
 

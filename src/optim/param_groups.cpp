@@ -86,8 +86,8 @@ std::string ParamGroups::describe() const {
   std::string s;
   for (const auto& g : groups_) {
     const auto& h = g.spec.hp;
-    s += fmt::format("  group {:<9} {:>3} params {:>11} elements  {:<8} lr x{:.4g}  wd {:g}", g.spec.name,
-                     g.num_params, g.num_elements, name_of(h.algorithm), g.spec.lr_scale, h.weight_decay);
+    s += fmt::format("  group {:<9} {:>3} params {:>11} elements  {:<8} lr x{:.4g}  wd {:g}", g.spec.name, g.num_params,
+                     g.num_elements, name_of(h.algorithm), g.spec.lr_scale, h.weight_decay);
     if (h.algorithm == Algorithm::Dion2 || h.algorithm == Algorithm::NorDion2)
       s += fmt::format("  fraction {:g} select {} ef {}", h.fraction, name_of(h.select), h.ef ? "on" : "off");
     if (h.algorithm == Algorithm::Dion) s += fmt::format("  rank_fraction {:g}", h.rank_fraction);

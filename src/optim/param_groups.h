@@ -44,7 +44,7 @@ class ParamGroups {
   std::map<std::string, double> stats() const;  // "<group>.<stat>"
   // Optimizer::synchronize_state of every group (a collective; before checkpoints).
   void synchronize_state();
-  std::string describe() const;                // one line per group, for the log
+  std::string describe() const;  // one line per group, for the log
   // The optimizer of each group, in group order (e.g. to put CUDA optimizers on a stream).
   std::vector<Optimizer*> optimizers();
 

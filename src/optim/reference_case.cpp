@@ -15,8 +15,7 @@ namespace {
 
 static_assert(std::endian::native == std::endian::little, "data.bin is little-endian float32");
 
-template <typename T>
-T scalar(const std::string& dir, const std::string& key, const YAML::Node& n) {
+template <typename T> T scalar(const std::string& dir, const std::string& key, const YAML::Node& n) {
   try {
     return n.as<T>();
   } catch (const YAML::Exception& e) {
@@ -83,14 +82,18 @@ ReferenceCase load_reference_case(const std::string& dir) {
   // Every key a manifest may hold, and what it sets.
   const std::map<std::string, std::function<void(const std::string&, const YAML::Node&)>> keys = {
       {"case", [&](auto& k, auto& n) { c.name = str(k, n); }},
-      {"algorithm", [&](auto& k, auto& n) { hp.algorithm = parse_algorithm(str(k, n)); have_algorithm = true; }},
+      {"algorithm",
+       [&](auto& k, auto& n) {
+         hp.algorithm = parse_algorithm(str(k, n));
+         have_algorithm = true;
+       }},
       {"shapes",
        [&](auto& k, auto& n) {
          OG_CHECK(n.IsSequence() && n.size() > 0, "reference case {}: key 'shapes' must be a non-empty list", dir);
          for (const YAML::Node& s : n) {
            const std::vector<int64_t> shape = shape_of(dir, k, s);
-           OG_CHECK(shape.size() == 1 || shape.size() == 2, "reference case {}: key 'shapes': {}-D shape (1-D or 2-D only)",
-                    dir, shape.size());
+           OG_CHECK(shape.size() == 1 || shape.size() == 2,
+                    "reference case {}: key 'shapes': {}-D shape (1-D or 2-D only)", dir, shape.size());
            ReferenceParam p;
            p.rows = shape.size() == 2 ? shape[0] : 1;
            p.cols = shape.back();
@@ -104,8 +107,16 @@ ReferenceCase load_reference_case(const std::string& dir) {
          OG_CHECK(n.IsSequence(), "reference case {}: key 'roles' must be a list", dir);
          for (const YAML::Node& r : n) roles.push_back(str(k, r));
        }},
-      {"steps", [&](auto& k, auto& n) { c.steps = scalar<int64_t>(dir, k, n); have_steps = true; }},
-      {"lr", [&](auto& k, auto& n) { c.lr = flt(k, n); have_lr = true; }},
+      {"steps",
+       [&](auto& k, auto& n) {
+         c.steps = scalar<int64_t>(dir, k, n);
+         have_steps = true;
+       }},
+      {"lr",
+       [&](auto& k, auto& n) {
+         c.lr = flt(k, n);
+         have_lr = true;
+       }},
       {"betas",
        [&](auto& k, auto& n) {
          OG_CHECK(n.IsSequence() && n.size() == 2, "reference case {}: key 'betas' must be a pair", dir);
@@ -127,7 +138,11 @@ ReferenceCase load_reference_case(const std::string& dir) {
       {"cqr_warmup_steps", [&](auto& k, auto& n) { hp.cqr_warmup_steps = scalar<int>(dir, k, n); }},
       {"state_dtype", [&](auto& k, auto& n) { hp.state_dtype = parse_state_dtype(str(k, n)); }},
       {"seed", [&](auto& k, auto& n) { hp.seed = scalar<uint64_t>(dir, k, n); }},
-      {"arrays", [&](auto& k, auto& n) { arrays_node = n; arrays = &arrays_node; }},
+      {"arrays",
+       [&](auto& k, auto& n) {
+         arrays_node = n;
+         arrays = &arrays_node;
+       }},
   };
   for (const auto& kv : root) {
     const std::string key = kv.first.as<std::string>();
@@ -184,8 +199,8 @@ ReferenceCase load_reference_case(const std::string& dir) {
         fail("reference case {}: unknown key 'arrays.{}' (known: name, shape, offset)", dir, k);
       }
     }
-    OG_CHECK(have_name && have_shape && have_offset,
-             "reference case {}: array '{}' needs name, shape and offset", dir, arr.name);
+    OG_CHECK(have_name && have_shape && have_offset, "reference case {}: array '{}' needs name, shape and offset", dir,
+             arr.name);
     arr.count = 1;
     for (int64_t d : arr.shape) arr.count *= (size_t)d;
     OG_CHECK(arr.offset + arr.count <= c.data.size(),

@@ -84,8 +84,8 @@ class ReplicatedMatrixCpu final : public Optimizer {
       NsJob job;
       float* out = mine + plan_.offset[p];
       if (selective_) {
-        job.src = NsSource{momentum_[p].data(), s.rows, s.cols, s.cols, index_[p].data(), (int64_t)index_[p].size(),
-                           axis_[p]};
+        job.src = NsSource{momentum_[p].data(),       s.rows,  s.cols, s.cols, index_[p].data(),
+                           (int64_t)index_[p].size(), axis_[p]};
       } else {
         job.src = NsSource{out, s.rows, s.cols, s.cols};  // U was written there in step 1
       }
@@ -110,8 +110,7 @@ class ReplicatedMatrixCpu final : public Optimizer {
       }
       float* m = momentum_[p].data();
       if (normalized_)
-        normuon_normalize(o, (int64_t)index_[p].size(), s.cols, variance_[p].data(), index_[p].data(), hp_.beta2,
-                          bf16);
+        normuon_normalize(o, (int64_t)index_[p].size(), s.cols, variance_[p].data(), index_[p].data(), hp_.beta2, bf16);
       if (hp_.ef) scale_slices(m, s.rows, s.cols, axis_[p], index_[p], decay_m(), bf16);
       decay_and_add_slices(s.w, s.rows, s.cols, axis_[p], index_[p], o, decay_w, lr_eff);
       if (!hp_.ef) {

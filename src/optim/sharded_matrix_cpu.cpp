@@ -45,8 +45,8 @@ class ShardedMatrixCpu final : public Optimizer {
     const Algorithm a = hp_.algorithm;
     selective_ = a == Algorithm::Dion2 || a == Algorithm::NorDion2;
     normalized_ = a == Algorithm::NorMuon || a == Algorithm::NorDion2;
-    OG_CHECK(a == Algorithm::Muon || a == Algorithm::NorMuon || selective_,
-             "internal: sharded matrix optimizer for {}", name_of(a));
+    OG_CHECK(a == Algorithm::Muon || a == Algorithm::NorMuon || selective_, "internal: sharded matrix optimizer for {}",
+             name_of(a));
     map_ = gather_shard_map(comm_, params_);
     const int W = comm_.size();
     std::vector<double> cost;
@@ -243,7 +243,8 @@ class ShardedMatrixCpu final : public Optimizer {
           top_k_indices(score_, k, sel_[p]);
         } else {  // the shard rows with the smallest keys of the global rows
           std::vector<uint64_t> key(n);
-          for (int64_t i = 0; i < n; ++i) key[i] = hash_u64(hp_.seed, (uint64_t)ctx.step, (uint64_t)p, (uint64_t)(s.row0 + i));
+          for (int64_t i = 0; i < n; ++i)
+            key[i] = hash_u64(hp_.seed, (uint64_t)ctx.step, (uint64_t)p, (uint64_t)(s.row0 + i));
           std::vector<int64_t> idx(n);
           for (int64_t i = 0; i < n; ++i) idx[i] = i;
           std::nth_element(idx.begin(), idx.begin() + (k - 1), idx.end(),
@@ -279,7 +280,8 @@ class ShardedMatrixCpu final : public Optimizer {
         const ParamSlot& s = params_[p];
         whole.assign(s.rows, 0.0);
         for (int r = 0; r < W; ++r)
-          for (int64_t i = 0; i < map_.nrows[p][r]; ++i) whole[map_.row0[p][r] + i] = all_scores[r * per_rank + off + i];
+          for (int64_t i = 0; i < map_.nrows[p][r]; ++i)
+            whole[map_.row0[p][r] + i] = all_scores[r * per_rank + off + i];
         off += (size_t)map_.max_rows[p];
         top_k_indices(whole, select_count(hp_.fraction, s.rows), global);
         split_global(p, global);

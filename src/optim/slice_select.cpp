@@ -57,8 +57,7 @@ void l1_slice_norms(const float* m, int64_t rows, int64_t cols, SliceAxis axis, 
 namespace {
 
 // Pick the k best of n by `before` (a strict total order), return them ascending.
-template <typename Before>
-void pick_k(int64_t n, int64_t k, Before before, std::vector<int64_t>& out) {
+template <typename Before> void pick_k(int64_t n, int64_t k, Before before, std::vector<int64_t>& out) {
   OG_CHECK(k >= 1 && k <= n, "selection: k = {} out of range [1, {}]", k, n);
   out.resize(n);
   std::iota(out.begin(), out.end(), int64_t{0});
@@ -72,15 +71,16 @@ void pick_k(int64_t n, int64_t k, Before before, std::vector<int64_t>& out) {
 void top_k_indices(const std::vector<double>& score, int64_t k, std::vector<int64_t>& out) {
   // A NaN score ranks first (it must not break the ordering, and a NaN momentum should show).
   auto key = [&](int64_t i) { return std::isnan(score[i]) ? INFINITY : score[i]; };
-  pick_k((int64_t)score.size(), k,
-         [&](int64_t a, int64_t b) { return key(a) > key(b) || (key(a) == key(b) && a < b); }, out);
+  pick_k((int64_t)score.size(), k, [&](int64_t a, int64_t b) { return key(a) > key(b) || (key(a) == key(b) && a < b); },
+         out);
 }
 
 void random_k_indices(uint64_t seed, int64_t step, int64_t param_index, int64_t n, int64_t k,
                       std::vector<int64_t>& out) {
   std::vector<uint64_t> key(n);
   for (int64_t i = 0; i < n; ++i) key[i] = hash_u64(seed, (uint64_t)step, (uint64_t)param_index, (uint64_t)i);
-  pick_k(n, k, [&](int64_t a, int64_t b) { return key[a] < key[b] || (key[a] == key[b] && a < b); }, out);
+  pick_k(
+      n, k, [&](int64_t a, int64_t b) { return key[a] < key[b] || (key[a] == key[b] && a < b); }, out);
 }
 
 }  // namespace og

@@ -128,8 +128,8 @@ BenchResult run_bench(const BenchOptions& o, std::FILE* out) {
   print(fmt::format("optimizer groups:\n{}", groups.describe()));
   print(fmt::format("{} warm-up + {} timed steps ({}); loss {:.4f} -> {:.4f}\n\n", o.warmup, o.steps,
                     gpu ? "CUDA events" : "host clock", r.first_loss, r.last_loss));
-  print(fmt::format("{:<18} {:>10} {:>10} {:>12} {:>10} {:>8}\n", "phase", "mean ms", "min ms", "tokens/s",
-                    "TFLOP/s", "MFU"));
+  print(fmt::format("{:<18} {:>10} {:>10} {:>12} {:>10} {:>8}\n", "phase", "mean ms", "min ms", "tokens/s", "TFLOP/s",
+                    "MFU"));
   auto row = [&](const char* name, const BenchPhase& p) {
     const bool has_tokens = p.tokens_per_s > 0;
     print(fmt::format("{:<18} {:>10.2f} {:>10.2f} {:>12} {:>10} {:>8}\n", name, p.mean_ms, p.min_ms,
@@ -141,10 +141,11 @@ BenchResult run_bench(const BenchOptions& o, std::FILE* out) {
   row("optimizer", r.optimizer);
   row("step", r.step);
   if (mem.gpu)
-    print(fmt::format("\nGPU memory: {:.2f} GiB in use of {:.1f} GiB; model weights+grads+bf16 copy {:.2f} GiB, "
-                      "activations {:.2f} GiB, workspaces {:.2f} GiB; optimizer state {:.2f} GiB\n",
-                      mem.in_use_gib, mem.total_gib, mem.model_weights_gib, mem.model_activations_gib,
-                      mem.model_other_gib, state_gib));
+    print(
+        fmt::format("\nGPU memory: {:.2f} GiB in use of {:.1f} GiB; model weights+grads+bf16 copy {:.2f} GiB, "
+                    "activations {:.2f} GiB, workspaces {:.2f} GiB; optimizer state {:.2f} GiB\n",
+                    mem.in_use_gib, mem.total_gib, mem.model_weights_gib, mem.model_activations_gib,
+                    mem.model_other_gib, state_gib));
   else
     print(fmt::format("\noptimizer state {:.2f} GiB (host)\n", state_gib));
   std::fflush(out);

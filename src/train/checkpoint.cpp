@@ -163,16 +163,17 @@ void clean_interrupted_writes(const fs::path& parent) {
   }
 }
 
-template <typename T>
-void put(std::string& s, T v) {
-  s.append(reinterpret_cast<const char*>(&v), sizeof v);
-}
+template <typename T> void put(std::string& s, T v) { s.append(reinterpret_cast<const char*>(&v), sizeof v); }
 
 nlohmann::json meta_to_json(const CheckpointMeta& m) {
   nlohmann::json loaders = nlohmann::json::array();
   for (const auto& l : m.loaders) loaders.push_back({{"shard", l.shard}, {"position", l.position}, {"epoch", l.epoch}});
-  nlohmann::json j = {{"format", "orthogpt-checkpoint"}, {"version", kVersion}, {"step", m.step}, {"world", m.world},
-                      {"loaders", loaders}, {"model_signature", m.model_signature},
+  nlohmann::json j = {{"format", "orthogpt-checkpoint"},
+                      {"version", kVersion},
+                      {"step", m.step},
+                      {"world", m.world},
+                      {"loaders", loaders},
+                      {"model_signature", m.model_signature},
                       {"optimizer_signature", m.optimizer_signature}};
   if (m.shards > 0) j["shards"] = m.shards;
   return j;
@@ -333,7 +334,9 @@ void CheckpointReader::read(const std::string& name, void* dst, size_t bytes) co
   state_->read(name, dst, bytes);
 }
 
-std::vector<std::string> CheckpointReader::names() const { return state_ ? state_->names() : std::vector<std::string>{}; }
+std::vector<std::string> CheckpointReader::names() const {
+  return state_ ? state_->names() : std::vector<std::string>{};
+}
 
 TensorFile::TensorFile(const std::string& state, const std::string& label) : label_(label) {
   // ---- read, verify checksum, parse table ----
@@ -447,25 +450,25 @@ void write_sharded_checkpoint(const std::string& dir, const CheckpointMeta& meta
   const fs::path tmp = parent / (final_dir.filename().string() + ".tmp-" + std::to_string(pid));
   std::error_code ec;
   bool ok = rank != 0 || attempt([&] {
-    fs::create_directories(parent, ec);
-    OG_CHECK(!ec, "checkpoint: cannot create {}: {}", parent.string(), ec.message());
-    clean_interrupted_writes(parent);
-    fs::remove_all(tmp, ec);
-    fs::create_directories(tmp, ec);
-    OG_CHECK(!ec, "checkpoint: cannot create {}: {}", tmp.string(), ec.message());
-  });
+              fs::create_directories(parent, ec);
+              OG_CHECK(!ec, "checkpoint: cannot create {}: {}", parent.string(), ec.message());
+              clean_interrupted_writes(parent);
+              fs::remove_all(tmp, ec);
+              fs::create_directories(tmp, ec);
+              OG_CHECK(!ec, "checkpoint: cannot create {}: {}", tmp.string(), ec.message());
+            });
   if (all_ok(ok)) {
     ok = attempt([&] { write_tensor_file((tmp / shard_file_name(rank, world)).string(), my_tensors); });
     if (all_ok(ok)) {
       ok = rank != 0 || attempt([&] {
-        CheckpointMeta meta = meta_in;
-        meta.shards = world;
-        meta.world = world;
-        write_text((tmp / "meta.json").string(), meta_to_json(meta).dump(2) + "\n");
-        write_text((tmp / "config.yaml").string(), meta.config_yaml);
-        fsync_dir(tmp.string());
-        publish(tmp, final_dir);
-      });
+             CheckpointMeta meta = meta_in;
+             meta.shards = world;
+             meta.world = world;
+             write_text((tmp / "meta.json").string(), meta_to_json(meta).dump(2) + "\n");
+             write_text((tmp / "config.yaml").string(), meta.config_yaml);
+             fsync_dir(tmp.string());
+             publish(tmp, final_dir);
+           });
       if (all_ok(ok)) return;
     }
   }

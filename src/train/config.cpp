@@ -21,7 +21,7 @@ struct Field {
   std::string key;   // "optim.matrix.fraction"
   std::string type;  // int | float | bool | string | float pair
   std::string help;
-  std::vector<std::string> choices;  // for strings with a fixed set of values
+  std::vector<std::string> choices;                      // for strings with a fixed set of values
   std::function<void(Config&, const std::string&)> set;  // throws a bare message on bad text
   std::function<std::string(const Config&)> get;
 };
@@ -39,8 +39,7 @@ int64_t parse_int(const std::string& text) {
   if (s.empty() || *end != '\0' || errno == ERANGE) {
     // accept integral floats written as 1e6 or 2048.0
     double d = std::strtod(s.c_str(), &end);
-    if (!s.empty() && *end == '\0' && std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9e18)
-      return (int64_t)d;
+    if (!s.empty() && *end == '\0' && std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9e18) return (int64_t)d;
     throw Error(fmt::format("expected an integer, got '{}'", text));
   }
   return v;
@@ -133,21 +132,28 @@ class Schema {
  private:
   std::vector<Field> fields_;
 
-  template <typename Acc>
-  void add_int(std::string key, Acc acc, std::string help) {
-    fields_.push_back({key, "int", help, {},
-                       [acc](Config& c, const std::string& t) { acc(c) = (std::decay_t<decltype(acc(c))>)parse_int(t); },
-                       [acc](const Config& c) { return std::to_string(acc(const_cast<Config&>(c))); }});
+  template <typename Acc> void add_int(std::string key, Acc acc, std::string help) {
+    fields_.push_back(
+        {key,
+         "int",
+         help,
+         {},
+         [acc](Config& c, const std::string& t) { acc(c) = (std::decay_t<decltype(acc(c))>)parse_int(t); },
+         [acc](const Config& c) { return std::to_string(acc(const_cast<Config&>(c))); }});
   }
-  template <typename Acc>
-  void add_float(std::string key, Acc acc, std::string help) {
-    fields_.push_back({key, "float", help, {},
+  template <typename Acc> void add_float(std::string key, Acc acc, std::string help) {
+    fields_.push_back({key,
+                       "float",
+                       help,
+                       {},
                        [acc](Config& c, const std::string& t) { acc(c) = parse_float(t); },
                        [acc](const Config& c) { return fmt_double(acc(const_cast<Config&>(c))); }});
   }
-  template <typename Acc>
-  void add_bool(std::string key, Acc acc, std::string help) {
-    fields_.push_back({key, "bool", help, {},
+  template <typename Acc> void add_bool(std::string key, Acc acc, std::string help) {
+    fields_.push_back({key,
+                       "bool",
+                       help,
+                       {},
                        [acc](Config& c, const std::string& t) { acc(c) = parse_bool(t); },
                        [acc](const Config& c) { return std::string(acc(const_cast<Config&>(c)) ? "on" : "off"); }});
   }
@@ -165,9 +171,11 @@ class Schema {
                        },
                        [acc](const Config& c) { return acc(const_cast<Config&>(c)); }});
   }
-  template <typename Acc>
-  void add_pair(std::string key, Acc acc, std::string help) {
-    fields_.push_back({key, "float pair", help, {},
+  template <typename Acc> void add_pair(std::string key, Acc acc, std::string help) {
+    fields_.push_back({key,
+                       "float pair",
+                       help,
+                       {},
                        [acc](Config& c, const std::string& t) { acc(c) = parse_pair(t); },
                        [acc](const Config& c) {
                          auto p = acc(const_cast<Config&>(c));
@@ -176,7 +184,8 @@ class Schema {
   }
 
 // `member` is a member path (train.steps): it cannot be parenthesized.
-#define OG_ACC(member) [](Config& c) -> auto& { return c.member; }  // NOLINT(bugprone-macro-parentheses)
+#define OG_ACC(member) \
+  [](Config & c) -> auto& { return c.member; }  // NOLINT(bugprone-macro-parentheses)
   void build() {
     add_int("model.vocab_size", OG_ACC(model.vocab_size), "vocabulary size (GPT-2 padded: 50304)");
     add_int("model.d_model", OG_ACC(model.d_model), "model width");
@@ -234,8 +243,7 @@ class Schema {
     add_float("optim.matrix.ef_decay", OG_ACC(optim.matrix.ef_decay), "Dion2 decay factor (< 0: mu)");
     add_float("optim.matrix.rank_fraction", OG_ACC(optim.matrix.rank_fraction), "Dion rank fraction (0, 1]");
     add_float("optim.matrix.beta2", OG_ACC(optim.matrix.beta2), "NorMuon/NorDion2 second-moment decay");
-    add_string("optim.matrix.state_dtype", OG_ACC(optim.matrix.state_dtype), "optimizer state dtype",
-               {"fp32", "bf16"});
+    add_string("optim.matrix.state_dtype", OG_ACC(optim.matrix.state_dtype), "optimizer state dtype", {"fp32", "bf16"});
     add_string("optim.scalar.algorithm", OG_ACC(optim.scalar.algorithm), "embedding/lm_head/vector optimizer",
                {"adamw", "lion"});
     add_pair("optim.scalar.betas", OG_ACC(optim.scalar.betas), "AdamW/Lion betas");
@@ -274,7 +282,9 @@ void load_yaml_node(Config& c, const YAML::Node& node, const std::string& prefix
     // a complex key (`? [a, b]` or `? {a: 1}`) is legal YAML but never a config key
     if (!kv.first.IsScalar())
       fail("{}: a key under '{}' is a {}, not a name", file, prefix.empty() ? "<top level>" : prefix,
-           kv.first.IsMap() ? "mapping" : kv.first.IsSequence() ? "list" : "null");
+           kv.first.IsMap()        ? "mapping"
+           : kv.first.IsSequence() ? "list"
+                                   : "null");
     const std::string k = kv.first.Scalar();
     const std::string key = prefix.empty() ? k : prefix + "." + k;
     const YAML::Node& v = kv.second;
@@ -390,7 +400,8 @@ Config load_config(const std::string& yaml_path, const std::vector<std::string>&
   }
   for (size_t i = 0; i < overrides.size(); ++i) {
     std::string arg = overrides[i];
-    OG_CHECK(arg.rfind("--", 0) == 0 && arg.size() > 2, "command line: unexpected argument '{}' (overrides look like --section.key value)", arg);
+    OG_CHECK(arg.rfind("--", 0) == 0 && arg.size() > 2,
+             "command line: unexpected argument '{}' (overrides look like --section.key value)", arg);
     arg = arg.substr(2);
     std::string key, value;
     const size_t eq = arg.find('=');

@@ -30,16 +30,16 @@ struct DataSection {
 
 struct TrainSection {
   int64_t steps = 3000;
-  int64_t batch_size = 1024;       // global batch, in sequences of seq_len tokens
-  int64_t micro_batch_size = 32;   // sequences per rank per forward/backward
-  double warmup_frac = 0.0;        // linear warmup over the first round(frac * steps) steps
-  double warmdown_frac = 0.2;      // linear decay over the last round(frac * steps) steps
-  int64_t val_every = 125;         // 0: only at the end
+  int64_t batch_size = 1024;      // global batch, in sequences of seq_len tokens
+  int64_t micro_batch_size = 32;  // sequences per rank per forward/backward
+  double warmup_frac = 0.0;       // linear warmup over the first round(frac * steps) steps
+  double warmdown_frac = 0.2;     // linear decay over the last round(frac * steps) steps
+  int64_t val_every = 125;        // 0: only at the end
   uint64_t seed = 42;
-  std::string device = "auto";     // auto | cpu | cuda
-  bool skip_nonfinite = false;     // on: skip a step whose loss/grad is NaN/Inf (counted); off: stop
-  int threads = 0;                 // CPU threads (0: all cores)
-  int64_t fault_nan_step = -1;     // testing: poison the gradient with NaN at this step (-1: never)
+  std::string device = "auto";  // auto | cpu | cuda
+  bool skip_nonfinite = false;  // on: skip a step whose loss/grad is NaN/Inf (counted); off: stop
+  int threads = 0;              // CPU threads (0: all cores)
+  int64_t fault_nan_step = -1;  // testing: poison the gradient with NaN at this step (-1: never)
   // testing (tests/mpi/rank_failure.sh): rank fault_kill_rank SIGKILLs itself at the start of step
   // fault_kill_step; rank fault_hang_rank sleeps forever before the gradient all-reduce of step
   // fault_hang_step (-1: never). The other ranks must end the job, never hang.
@@ -63,13 +63,13 @@ struct MatrixOptimSection {
   std::string adjust_lr = "spectral_norm";  // spectral_norm | rms_norm | none
   std::string ortho = "newton_schulz";      // newton_schulz | polar_express
   double fraction = 0.25;
-  std::string select = "l1";                // l1 | random
-  std::string select_dim = "shorter";       // shorter | rows | cols
+  std::string select = "l1";           // l1 | random
+  std::string select_dim = "shorter";  // shorter | rows | cols
   bool ef = true;
-  double ef_decay = -1.0;                   // < 0: same as mu
+  double ef_decay = -1.0;  // < 0: same as mu
   double rank_fraction = 0.25;
   double beta2 = 0.95;
-  std::string state_dtype = "fp32";         // fp32 | bf16
+  std::string state_dtype = "fp32";  // fp32 | bf16
 };
 
 struct ScalarOptimSection {
@@ -90,11 +90,11 @@ struct OptimSection {
 };
 
 struct DistSection {
-  std::string mode = "ddp";          // ddp | fsdp
-  bool compressed_sync = false;      // Dion2 + random selection: all-reduce only selected rows
+  std::string mode = "ddp";            // ddp | fsdp
+  bool compressed_sync = false;        // Dion2 + random selection: all-reduce only selected rows
   std::string select_scope = "local";  // local | global
-  double bucket_mb = 25.0;           // gradient all-reduce bucket size
-  double timeout_s = 600.0;          // abort a collective that takes longer than this
+  double bucket_mb = 25.0;             // gradient all-reduce bucket size
+  double timeout_s = 600.0;            // abort a collective that takes longer than this
 };
 
 struct LogSection {
@@ -104,7 +104,7 @@ struct LogSection {
 };
 
 struct CheckpointSection {
-  int64_t every = 0;       // 0: only at the end (if enabled)
+  int64_t every = 0;  // 0: only at the end (if enabled)
   bool enabled = false;
   std::string resume = "";  // checkpoint folder to resume from
   int keep = 2;
@@ -130,8 +130,7 @@ struct Config {
 // overrides (`--a.b value`, `--a.b=value`, or an alias). Throws og::Error naming the file/key.
 Config load_config(const std::string& yaml_path, const std::vector<std::string>& overrides = {});
 // Apply one key=value (full dotted key), as from the CLI.
-void set_config_value(Config& c, const std::string& key, const std::string& value,
-                      const std::string& origin);
+void set_config_value(Config& c, const std::string& key, const std::string& value, const std::string& origin);
 // Check values that are impossible on their own or together (world_size: data-parallel ranks).
 void validate_config(const Config& c, int world_size = 1);
 // The resolved config as YAML (every key, nested by section).

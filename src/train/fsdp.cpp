@@ -242,7 +242,8 @@ FsdpMemory Fsdp::memory(ParamGroups& groups) {
   for (const auto& t : groups.state()) m.state += state_bytes(t);
   m.replicated_master = plan_.layout().total() * sizeof(float);
   m.replicated_grads = m.replicated_master;
-  m.replicated_state = (size_t)(world_ == 1 ? (double)m.state : host_.all_reduce_scalar((double)m.state, ReduceOp::Sum));
+  m.replicated_state =
+      (size_t)(world_ == 1 ? (double)m.state : host_.all_reduce_scalar((double)m.state, ReduceOp::Sum));
   m.model_compute = 2 * m.replicated_master + (model_.device() == Device::CUDA ? m.replicated_master / 2 : 0);
   return m;
 }
@@ -367,7 +368,8 @@ void Fsdp::load_resharded(const CheckpointReader& ck, ParamGroups& groups) {
       tmp.resize((size_t)old.rows * cols * sizeof(float));
       file.read("params/" + params[p].name, tmp.data(), tmp.size());
       std::memcpy(master.data() + plan_.local_offset(p, rank_) + (size_t)(o.row0 - mine.row0) * cols,
-                  tmp.data() + (size_t)(o.row0 - old.row0) * cols * sizeof(float), (size_t)o.rows * cols * sizeof(float));
+                  tmp.data() + (size_t)(o.row0 - old.row0) * cols * sizeof(float),
+                  (size_t)o.rows * cols * sizeof(float));
     }
     for (size_t i = 0; i < state.size(); ++i) {
       Target& tg = targets[i];
@@ -397,8 +399,7 @@ void Fsdp::load_resharded(const CheckpointReader& ck, ParamGroups& groups) {
 
 std::string fsdp_optimizer_signature(const std::vector<GroupSpec>& specs) {
   std::string s = "fsdp;";
-  for (const auto& g : specs)
-    s += fmt::format("{}:{}:{};", g.name, name_of(g.hp.algorithm), name_of(g.hp.state_dtype));
+  for (const auto& g : specs) s += fmt::format("{}:{}:{};", g.name, name_of(g.hp.algorithm), name_of(g.hp.state_dtype));
   return s;
 }
 

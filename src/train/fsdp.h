@@ -29,7 +29,7 @@ namespace og {
 
 // Bytes per rank: what FSDP holds as shards, and what a replicated (DDP) rank holds instead.
 struct FsdpMemory {
-  size_t master = 0, grads = 0, state = 0;                      // this rank's shards (incl. alignment)
+  size_t master = 0, grads = 0, state = 0;                                   // this rank's shards (incl. alignment)
   size_t replicated_master = 0, replicated_grads = 0, replicated_state = 0;  // DDP, per rank
   size_t model_compute = 0;  // the model's full weights + gradients (not sharded yet; CUDA: + bf16 copy)
   std::string describe() const;

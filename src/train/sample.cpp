@@ -84,7 +84,8 @@ GenerateResult generate(Model& model, const std::vector<int>& prompt, const Gene
   const int T = model.config().seq_len;
   const int vocab = model.config().vocab_size;
   const int n = opt.vocab_limit > 0 ? std::min(opt.vocab_limit, vocab) : vocab;
-  for (int id : prompt) OG_CHECK(id >= 0 && id < vocab, "generate: prompt token {} is outside the vocabulary ({})", id, vocab);
+  for (int id : prompt)
+    OG_CHECK(id >= 0 && id < vocab, "generate: prompt token {} is outside the vocabulary ({})", id, vocab);
 
   GenerateResult res;
   res.prompt_truncated = (int)prompt.size() > T;
@@ -114,7 +115,8 @@ std::vector<std::string> run_sample(const SampleOptions& opt, std::FILE* out) {
   const SamplingParams sp{opt.temperature, opt.top_k};
   check_sampling_params(sp);
   const Device device = resolve_device(opt.device);
-  const GPT2Tokenizer tok = GPT2Tokenizer::load(opt.tokenizer_dir.empty() ? default_tokenizer_dir() : opt.tokenizer_dir);
+  const GPT2Tokenizer tok =
+      GPT2Tokenizer::load(opt.tokenizer_dir.empty() ? default_tokenizer_dir() : opt.tokenizer_dir);
 
   // The checkpoint holds the run's resolved config (model shape) and the parameters.
   const CheckpointReader ck(opt.checkpoint);
@@ -141,7 +143,8 @@ std::vector<std::string> run_sample(const SampleOptions& opt, std::FILE* out) {
 
   std::vector<std::string> texts;
   for (int s = 0; s < opt.num_samples; ++s) {
-    if (opt.num_samples > 1) std::fprintf(out, "%s---------- sample %d/%d ----------\n", s ? "\n" : "", s + 1, opt.num_samples);
+    if (opt.num_samples > 1)
+      std::fprintf(out, "%s---------- sample %d/%d ----------\n", s ? "\n" : "", s + 1, opt.num_samples);
     std::fputs(opt.prompt.c_str(), out);
     std::fflush(out);
     GenerateOptions g;
@@ -164,7 +167,8 @@ std::vector<std::string> run_sample(const SampleOptions& opt, std::FILE* out) {
 }
 
 TrainingSampler::TrainingSampler(const Config& cfg)
-    : tok_(GPT2Tokenizer::load(default_tokenizer_dir())), max_tokens_((int)cfg.train.sample_tokens),
+    : tok_(GPT2Tokenizer::load(default_tokenizer_dir())),
+      max_tokens_((int)cfg.train.sample_tokens),
       seed_(cfg.train.seed) {
   prompt_ = {GPT2Tokenizer::kEndOfText};
   const std::vector<int> ids = tok_.encode(cfg.train.sample_prompt);

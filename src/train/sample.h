@@ -34,17 +34,17 @@ std::vector<double> sampling_distribution(const float* logits, int n, const Samp
 int sample_token(const float* logits, int n, const SamplingParams& p, Rng& rng);
 
 struct GenerateOptions {
-  int max_tokens = 200;       // tokens to generate (fewer when <|endoftext|> comes first)
+  int max_tokens = 200;  // tokens to generate (fewer when <|endoftext|> comes first)
   SamplingParams sampling;
   uint64_t seed = 1;
-  int vocab_limit = 0;        // sample among ids [0, vocab_limit) only (the tokenizer's; 0: all logits)
+  int vocab_limit = 0;  // sample among ids [0, vocab_limit) only (the tokenizer's; 0: all logits)
   bool stop_at_end_of_text = true;
 };
 
 struct GenerateResult {
-  std::vector<int> tokens;          // generated ids, without the prompt and without a final <|endoftext|>
+  std::vector<int> tokens;  // generated ids, without the prompt and without a final <|endoftext|>
   bool stopped_at_end_of_text = false;
-  bool prompt_truncated = false;    // the prompt was longer than seq_len: only its last seq_len tokens were seen
+  bool prompt_truncated = false;  // the prompt was longer than seq_len: only its last seq_len tokens were seen
 };
 
 // Continue `prompt` (non-empty) on `model`: each step feeds the last min(len, seq_len) tokens to
@@ -53,14 +53,14 @@ GenerateResult generate(Model& model, const std::vector<int>& prompt, const Gene
                         const std::function<void(int)>& on_token = {});
 
 struct SampleOptions {
-  std::string checkpoint;      // checkpoint folder, or a run / checkpoints folder (its latest)
+  std::string checkpoint;  // checkpoint folder, or a run / checkpoints folder (its latest)
   std::string prompt;
   int max_tokens = 200;
   double temperature = 1.0;
   int top_k = 50;
-  uint64_t seed = 1;           // sample i of num_samples uses seed + i
+  uint64_t seed = 1;            // sample i of num_samples uses seed + i
   std::string device = "auto";  // auto | cpu | cuda
-  std::string tokenizer_dir;   // empty: default_tokenizer_dir()
+  std::string tokenizer_dir;    // empty: default_tokenizer_dir()
   int num_samples = 1;
 };
 

@@ -2,12 +2,12 @@
 
 #include <spdlog/spdlog.h>
 
+#include <omp.h>
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <limits>
-#include <omp.h>
 
 #include <cstring>
 
@@ -45,7 +45,8 @@ std::string fmt_rate(double tokens_per_s) {
   return fmt::format("{:.0f}", tokens_per_s);
 }
 
-double evaluate(Model& model, Communicator& comm, DataLoader& val, int64_t batches, std::vector<int32_t>& x, std::vector<int32_t>& y) {
+double evaluate(Model& model, Communicator& comm, DataLoader& val, int64_t batches, std::vector<int32_t>& x,
+                std::vector<int32_t>& y) {
   val.reset();
   double sum = 0;
   for (int64_t i = 0; i < batches; ++i) {
@@ -104,9 +105,13 @@ std::vector<GroupSpec> build_group_specs(const Config& cfg) {
     matrix.hp.algorithm = matrix_algo;
   }
   specs.push_back(matrix);
-  specs.push_back({"embedding", {ParamRole::Embedding}, cfg.scalar_hparams((float)cfg.optim.scalar.weight_decay),
+  specs.push_back({"embedding",
+                   {ParamRole::Embedding},
+                   cfg.scalar_hparams((float)cfg.optim.scalar.weight_decay),
                    cfg.optim.scalar.embedding_lr_scale});
-  specs.push_back({"lm_head", {ParamRole::LmHead}, cfg.scalar_hparams((float)cfg.optim.scalar.weight_decay),
+  specs.push_back({"lm_head",
+                   {ParamRole::LmHead},
+                   cfg.scalar_hparams((float)cfg.optim.scalar.weight_decay),
                    cfg.lm_head_lr_scale()});
   specs.push_back({"vector", {ParamRole::Vector}, cfg.scalar_hparams((float)cfg.optim.weight_decay), 1.0});
   return specs;
@@ -185,13 +190,15 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
   comm.set_timeout(cfg.dist.timeout_s);  // a dead or hanging peer aborts the job, never hangs it
 
   const double flops_tok = flops_per_token(gpt.n_layer, gpt.d_model, T, gpt.vocab_size);
-  spdlog::info("model: {} parameters ({} in matrices), d_model {}, {} layers, {} heads, seq {}, vocab {}",
-               model->layout().num_elements(), [&] {
-                 size_t n = 0;
-                 for (const auto& p : model->layout().params()) n += p.role == ParamRole::Matrix ? p.numel() : 0;
-                 return n;
-               }(),
-               gpt.d_model, gpt.n_layer, gpt.n_head, T, gpt.vocab_size);
+  spdlog::info(
+      "model: {} parameters ({} in matrices), d_model {}, {} layers, {} heads, seq {}, vocab {}",
+      model->layout().num_elements(),
+      [&] {
+        size_t n = 0;
+        for (const auto& p : model->layout().params()) n += p.role == ParamRole::Matrix ? p.numel() : 0;
+        return n;
+      }(),
+      gpt.d_model, gpt.n_layer, gpt.n_head, T, gpt.vocab_size);
   spdlog::info("train: {} steps x {} tokens ({} seqs = {} micro-batches of {} x {} ranks), device {}{}",
                cfg.train.steps, tokens_per_step, cfg.train.batch_size, grad_accum, B, world, describe_device(device),
                device == Device::CUDA ? fmt::format(", recompute {}", cfg.train.recompute) : std::string());
@@ -321,7 +328,10 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
     if (step == 0) res.first_val_loss = vl;
     res.final_val_loss = vl;
     spdlog::info("step {:>6}/{} | val loss {:.4f} | {:.1f}s", step, N, vl, t.seconds());
-    metrics.write({{"type", "val"}, {"step", step}, {"tokens", step * tokens_per_step}, {"val_loss", vl},
+    metrics.write({{"type", "val"},
+                   {"step", step},
+                   {"tokens", step * tokens_per_step},
+                   {"val_loss", vl},
                    {"elapsed_s", wall.seconds()}});
   };
   auto checkpoint_now = [&](int64_t steps_done) {
@@ -355,21 +365,21 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
     // ranks: the logged norm is the rms over ranks of the local norms, the same on every rank (so
     // all skip a step together).
     const double grad_norm =
-        std::sqrt(fsdp ? fsdp->grad_norm_sq()
-                       : cfg.dist.compressed_sync && world > 1
-                             ? comm.all_reduce_scalar(model->grad_norm_sq(), ReduceOp::Avg)
-                             : model->grad_norm_sq());
+        std::sqrt(fsdp                                    ? fsdp->grad_norm_sq()
+                  : cfg.dist.compressed_sync && world > 1 ? comm.all_reduce_scalar(model->grad_norm_sq(), ReduceOp::Avg)
+                                                          : model->grad_norm_sq());
     const double loss = comm.all_reduce_scalar(model->take_loss_sum() / (double)grad_accum, ReduceOp::Avg);
     // On a GPU the previous step's optimizer is done by now: read its time.
-    const double prev_gpu_optim_ms =
-        device == Device::CUDA && optim_timer.has_interval() ? optim_timer.elapsed_ms()
-                                                              : std::numeric_limits<double>::quiet_NaN();
+    const double prev_gpu_optim_ms = device == Device::CUDA && optim_timer.has_interval()
+                                         ? optim_timer.elapsed_ms()
+                                         : std::numeric_limits<double>::quiet_NaN();
     const double lr = cfg.optim.lr * lr_multiplier(step, N, cfg.train.warmup_frac, cfg.train.warmdown_frac);
 
     if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
       if (!cfg.train.skip_nonfinite)
-        fail("step {}: non-finite {} (loss {}, grad norm {}); stopping (set train.skip_nonfinite on to skip such steps)",
-             step, std::isfinite(loss) ? "gradient" : "loss", loss, grad_norm);
+        fail(
+            "step {}: non-finite {} (loss {}, grad norm {}); stopping (set train.skip_nonfinite on to skip such steps)",
+            step, std::isfinite(loss) ? "gradient" : "loss", loss, grad_norm);
       ++res.skipped_steps;
       spdlog::warn("step {}: non-finite loss {} / grad norm {}; step skipped ({} so far)", step, loss, grad_norm,
                    res.skipped_steps);
@@ -395,10 +405,16 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
     const double tok_s = (double)tokens_per_step / step_s;
     const double model_flops = flops_tok * tok_s;
     const double mfu = device == Device::CUDA ? model_flops / kPeakFlops : std::numeric_limits<double>::quiet_NaN();
-    nlohmann::json row = {{"type", "train"},     {"step", step + 1},      {"tokens", (step + 1) * tokens_per_step},
-                          {"loss", loss},        {"lr", lr},              {"grad_norm", grad_norm},
-                          {"tokens_per_s", tok_s}, {"step_ms", step_s * 1e3},
-                          {"tflops", model_flops / 1e12}, {"elapsed_s", wall.seconds()}};
+    nlohmann::json row = {{"type", "train"},
+                          {"step", step + 1},
+                          {"tokens", (step + 1) * tokens_per_step},
+                          {"loss", loss},
+                          {"lr", lr},
+                          {"grad_norm", grad_norm},
+                          {"tokens_per_s", tok_s},
+                          {"step_ms", step_s * 1e3},
+                          {"tflops", model_flops / 1e12},
+                          {"elapsed_s", wall.seconds()}};
     if (std::isfinite(optim_ms)) row["optim_ms"] = optim_ms;
     if (std::isfinite(mfu)) row["mfu"] = mfu;
     if (res.skipped_steps) row["skipped_steps"] = res.skipped_steps;
@@ -415,13 +431,13 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
     if ((step + 1) % cfg.log.every == 0 || step + 1 == N) {
       sample_gpu_memory();
       const double eta = train_seconds / (double)(step + 1 - start_step) * (double)(N - step - 1);
-      spdlog::info("step {:>6}/{} | loss {:.4f} | lr {:.3e} | gnorm {:.3f} | {} tok/s | {} | optim {} | "
-                   "elapsed {} | ETA {}",
-                   step + 1, N, loss, lr, grad_norm, fmt_rate(tok_s),
-                   std::isfinite(mfu) ? fmt::format("MFU {:.1f}%", 100 * mfu)
-                                      : fmt::format("{:.1f} GFLOP/s", model_flops / 1e9),
-                   std::isfinite(optim_ms) ? fmt::format("{:.1f} ms", optim_ms) : std::string("-"),
-                   fmt_duration(wall.seconds()), fmt_duration(eta));
+      spdlog::info(
+          "step {:>6}/{} | loss {:.4f} | lr {:.3e} | gnorm {:.3f} | {} tok/s | {} | optim {} | "
+          "elapsed {} | ETA {}",
+          step + 1, N, loss, lr, grad_norm, fmt_rate(tok_s),
+          std::isfinite(mfu) ? fmt::format("MFU {:.1f}%", 100 * mfu) : fmt::format("{:.1f} GFLOP/s", model_flops / 1e9),
+          std::isfinite(optim_ms) ? fmt::format("{:.1f} ms", optim_ms) : std::string("-"), fmt_duration(wall.seconds()),
+          fmt_duration(eta));
     }
     // ---- text samples (train.sample_every): rank 0 continues train.sample_prompt -------------
     if (sampler && (step + 1) % cfg.train.sample_every == 0) {
@@ -430,7 +446,8 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
       spdlog::info("step {:>6}/{} | sample: {}{}", step + 1, N, cfg.train.sample_prompt, text);
       metrics.write({{"type", "sample"}, {"step", step + 1}, {"prompt", cfg.train.sample_prompt}, {"text", text}});
     }
-    if (cfg.checkpoint.enabled && ((cfg.checkpoint.every > 0 && (step + 1) % cfg.checkpoint.every == 0) || step + 1 == N))
+    if (cfg.checkpoint.enabled &&
+        ((cfg.checkpoint.every > 0 && (step + 1) % cfg.checkpoint.every == 0) || step + 1 == N))
       checkpoint_now(step + 1);
   }
   drain();
@@ -447,14 +464,14 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
   const DeviceMemory mem = device_memory(*model);
   if (mem.gpu) {
     done["gpu_memory_peak_gib"] = peak_gpu_gib;
-    spdlog::info("GPU memory: peak {:.2f} GiB in use of {:.1f} GiB (model: weights+grads+bf16 copy {:.2f} GiB, "
-                 "activations {:.2f} GiB, workspaces {:.2f} GiB; optimizer state {:.2f} GiB)",
-                 peak_gpu_gib, mem.total_gib, mem.model_weights_gib, mem.model_activations_gib, mem.model_other_gib,
-                 [&] {
-                   double b = 0;
-                   for (const auto& t : groups.state()) b += (double)state_bytes(t);
-                   return b / (1024.0 * 1024.0 * 1024.0);
-                 }());
+    spdlog::info(
+        "GPU memory: peak {:.2f} GiB in use of {:.1f} GiB (model: weights+grads+bf16 copy {:.2f} GiB, "
+        "activations {:.2f} GiB, workspaces {:.2f} GiB; optimizer state {:.2f} GiB)",
+        peak_gpu_gib, mem.total_gib, mem.model_weights_gib, mem.model_activations_gib, mem.model_other_gib, [&] {
+          double b = 0;
+          for (const auto& t : groups.state()) b += (double)state_bytes(t);
+          return b / (1024.0 * 1024.0 * 1024.0);
+        }());
   }
   metrics.write(done);
   res.final_params.resize(model->layout().total());

@@ -14,8 +14,7 @@ struct TestGroup {
   std::vector<std::vector<float>> w, g;
   std::vector<ParamSlot> slots;
 
-  TestGroup(const std::vector<std::pair<int64_t, int64_t>>& shapes, uint64_t seed,
-            ParamRole role = ParamRole::Matrix) {
+  TestGroup(const std::vector<std::pair<int64_t, int64_t>>& shapes, uint64_t seed, ParamRole role = ParamRole::Matrix) {
     Rng rng(seed);
     for (size_t i = 0; i < shapes.size(); ++i) {
       const auto [r, c] = shapes[i];

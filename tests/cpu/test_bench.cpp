@@ -17,8 +17,8 @@ namespace {
 
 og::BenchOptions tiny_bench() {
   og::BenchOptions o;
-  o.overrides = {"--model.vocab_size", "256", "--model.d_model", "32",  "--model.n_layer", "2",
-                 "--model.n_head",     "2",   "--model.seq_len", "16",  "--train.micro_batch_size", "2",
+  o.overrides = {"--model.vocab_size", "256", "--model.d_model", "32",   "--model.n_layer",          "2",
+                 "--model.n_head",     "2",   "--model.seq_len", "16",   "--train.micro_batch_size", "2",
                  "--device",           "cpu", "--optimizer",     "dion2"};
   o.warmup = 1;
   o.steps = 2;

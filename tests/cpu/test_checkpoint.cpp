@@ -24,8 +24,7 @@ og::CheckpointMeta sample_meta() {
   return m;
 }
 
-template <typename F>
-std::string error_of(F&& f) {
+template <typename F> std::string error_of(F&& f) {
   try {
     f();
   } catch (const og::Error& e) {

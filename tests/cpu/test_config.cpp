@@ -19,8 +19,7 @@ std::string write_tmp(const std::string& name, const std::string& text) {
 }
 
 // Expect an og::Error whose message contains every needle.
-template <typename F>
-void expect_error(F&& f, std::initializer_list<std::string> needles) {
+template <typename F> void expect_error(F&& f, std::initializer_list<std::string> needles) {
   try {
     f();
     FAIL() << "expected an og::Error";

@@ -379,8 +379,17 @@ TEST_P(DionVsReference, MatchesDoublePrecisionImplementation) {
   vector<vector<double>> wref, w0;
   for (auto& p : ps) {
     const dion::DionShape sh = dion::dion_shape(p.m, p.n, c.rank_fraction);
-    RefDion ref{p.m, p.n, sh.rows_b, sh.cols_b, sh.r, p.m < p.n, hp.mu, hp.weight_decay,
-                std::sqrt((double)p.m / (double)p.n), vector<double>(p.w.size(), 0.0), {}};
+    RefDion ref{p.m,
+                p.n,
+                sh.rows_b,
+                sh.cols_b,
+                sh.r,
+                p.m < p.n,
+                hp.mu,
+                hp.weight_decay,
+                std::sqrt((double)p.m / (double)p.n),
+                vector<double>(p.w.size(), 0.0),
+                {}};
     vector<float> q0 = state_f32(*opt, p.name + "/Q");
     ASSERT_EQ((int64_t)q0.size(), sh.cols_b * sh.r);
     ref.Q.assign(q0.begin(), q0.end());
@@ -415,12 +424,12 @@ TEST_P(DionVsReference, MatchesDoublePrecisionImplementation) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, DionVsReference,
-                         testing::Values(RefCase{40, 40, 1.0f, 0},     // square, full rank: Householder QR
-                                         RefCase{40, 40, 0.25f, 0},    // square, low rank: RCQR
-                                         RefCase{48, 32, 0.5f, 0},     // tall / wide pair
-                                         RefCase{24, 56, 1.0f, 0},     // full rank of a non-square: RCQR
-                                         RefCase{64, 40, 0.25f, 2},    // Cholesky-QR after 2 steps
-                                         RefCase{17, 9, 0.3f, 0}),     // odd sizes, r = 3
+                         testing::Values(RefCase{40, 40, 1.0f, 0},   // square, full rank: Householder QR
+                                         RefCase{40, 40, 0.25f, 0},  // square, low rank: RCQR
+                                         RefCase{48, 32, 0.5f, 0},   // tall / wide pair
+                                         RefCase{24, 56, 1.0f, 0},   // full rank of a non-square: RCQR
+                                         RefCase{64, 40, 0.25f, 2},  // Cholesky-QR after 2 steps
+                                         RefCase{17, 9, 0.3f, 0}),   // odd sizes, r = 3
                          [](const testing::TestParamInfo<RefCase>& info) {
                            const RefCase& c = info.param;
                            return "m" + std::to_string(c.m) + "_n" + std::to_string(c.n) + "_rank" +

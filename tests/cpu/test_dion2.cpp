@@ -69,7 +69,7 @@ TEST(Dion2, SelectCount) {
   EXPECT_EQ(select_count(0.5f, 1), 1);
   EXPECT_EQ(select_count(0.01f, 10), 1);  // max(1, ...)
   EXPECT_EQ(select_count(1.0f, 7), 7);
-  EXPECT_EQ(select_count(0.1f, 10), 1);   // 0.1f is 0.100000001: still one slice
+  EXPECT_EQ(select_count(0.1f, 10), 1);  // 0.1f is 0.100000001: still one slice
   EXPECT_EQ(select_count(0.3f, 10), 3);
   EXPECT_EQ(select_count(0.7f, 100), 70);
   EXPECT_EQ(select_count(0.125f, 768), 96);

@@ -84,8 +84,7 @@ std::vector<std::string> listing(const std::string& dir) {
 
 // Runs fn in a forked child that exits with fn's return value (an escaped exception: 99); returns
 // the wait status. Output the child writes to `message_fd` comes back through a pipe.
-template <typename Fn>
-int in_child(Fn fn, std::string* message = nullptr) {
+template <typename Fn> int in_child(Fn fn, std::string* message = nullptr) {
   int pipefd[2];
   if (::pipe(pipefd) != 0) return -1;
   std::fflush(nullptr);
@@ -95,8 +94,7 @@ int in_child(Fn fn, std::string* message = nullptr) {
     int code = 99;
     try {
       code = fn(pipefd[1]);
-    } catch (...) {
-    }
+    } catch (...) {}
     ::close(pipefd[1]);
     ::_exit(code);
   }
@@ -128,7 +126,7 @@ void limit_file_size(rlim_t bytes) {
 }
 
 struct RunResult {
-  int status = -1;  // wait status
+  int status = -1;     // wait status
   std::string output;  // stdout + stderr
   int exit_code() const { return WIFEXITED(status) ? WEXITSTATUS(status) : -1; }
 };
@@ -210,7 +208,7 @@ TEST(Faults, CheckpointWriterKilledMidwayLeavesThePreviousOne) {
     const std::string tmp = dir2 + ".tmp-" + std::to_string(child);
     ASSERT_TRUE(fs::is_directory(tmp)) << "expected the killed writer's temp folder " << tmp;
     const uintmax_t full = fs::file_size(dir1 + "/state.bin");  // same tensor sizes
-    ASSERT_EQ(full, 129544u);  // the kill points above assume this layout
+    ASSERT_EQ(full, 129544u);                                   // the kill points above assume this layout
     EXPECT_EQ(fs::file_size(tmp + "/state.bin"), std::min<uintmax_t>(full, (uintmax_t)kill_after));
     EXPECT_FALSE(fs::exists(dir2)) << "a half-written checkpoint was published";
     // readers: `latest` still names step 1, and every way of opening the run finds it intact
@@ -221,8 +219,7 @@ TEST(Faults, CheckpointWriterKilledMidwayLeavesThePreviousOne) {
     try {  // the temp folder itself is not a valid checkpoint
       og::CheckpointReader r(tmp);
       ADD_FAILURE() << "a half-written checkpoint was accepted";
-    } catch (const og::Error&) {
-    }
+    } catch (const og::Error&) {}
     // pruning to one checkpoint keeps step 1 (the temp folder does not count as the newest)
     og::prune_checkpoints(run.str(), 1);
     EXPECT_TRUE(fs::exists(dir1));

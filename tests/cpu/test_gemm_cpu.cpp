@@ -77,7 +77,7 @@ std::vector<Case> cases() {
   std::vector<Case> out;
   // Sizes straddle the register tile (AVX-512: 12 x 32 floats / 12 x 16 doubles; else 6 x 2 vectors)
   // and the cache blocks (KC = 256 floats, MC = 16 tiles, NC = 3072).
-  const int64_t shapes[][3] = {{1, 1, 1},    {3, 5, 7},     {13, 33, 17}, {12, 32, 256}, {25, 47, 300},
+  const int64_t shapes[][3] = {{1, 1, 1},      {3, 5, 7},     {13, 33, 17},  {12, 32, 256}, {25, 47, 300},
                                {193, 65, 513}, {37, 3100, 9}, {200, 19, 31}, {7, 1, 1025}};
   int n = 0;
   for (auto& s : shapes)
@@ -139,12 +139,10 @@ TEST(GemmCpu, SpeedOfModelShapes) {
       og::cpu::gemm<float>(false, true, s.N, s.OC, s.C, 1.0f, inp.data(), s.C, w.data(), s.C, 0.0f, out.data(), s.OC);
     });
     const double t_dinp = time_it([&] {
-      og::cpu::gemm<float>(false, false, s.N, s.C, s.OC, 1.0f, out.data(), s.OC, w.data(), s.C, 0.0f, dinp.data(),
-                           s.C);
+      og::cpu::gemm<float>(false, false, s.N, s.C, s.OC, 1.0f, out.data(), s.OC, w.data(), s.C, 0.0f, dinp.data(), s.C);
     });
     const double t_dw = time_it([&] {
-      og::cpu::gemm<float>(true, false, s.OC, s.C, s.N, 1.0f, out.data(), s.OC, inp.data(), s.C, 0.0f, dw.data(),
-                           s.C);
+      og::cpu::gemm<float>(true, false, s.OC, s.C, s.N, 1.0f, out.data(), s.OC, inp.data(), s.C, 0.0f, dw.data(), s.C);
     });
     std::printf("gemm fp32 %-14s N=%-5lld C=%-4lld OC=%-6lld  forward %6.1f  dinp %6.1f  dw %6.1f GFLOP/s\n", s.name,
                 (long long)s.N, (long long)s.C, (long long)s.OC, flops / t_fwd * 1e-9, flops / t_dinp * 1e-9,

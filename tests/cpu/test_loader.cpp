@@ -111,8 +111,8 @@ TEST(DataLoader, WindowsMatchTheScheduleForEveryRankAndWorldSize) {
     std::vector<std::unique_ptr<og::DataLoader>> ranks;
     for (int r = 0; r < world; r++)
       ranks.push_back(std::make_unique<og::DataLoader>(c.glob(), "data.train", kB, kT, r, world, kVocab));
-    EXPECT_EQ(ranks[0]->files(), (std::vector<std::string>{c.tmp.file(c.names[0]), c.tmp.file(c.names[1]),
-                                                            c.tmp.file(c.names[2])}));
+    EXPECT_EQ(ranks[0]->files(),
+              (std::vector<std::string>{c.tmp.file(c.names[0]), c.tmp.file(c.names[1]), c.tmp.file(c.names[2])}));
     EXPECT_EQ(ranks[0]->total_tokens(), 200 + 97 + 161);
 
     const int total_steps = 2 * per_epoch + 3;  // two full wraps and a bit

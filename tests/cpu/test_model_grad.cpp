@@ -10,11 +10,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <complex>
 #include <cstdio>
 #include <ctime>
-#include <complex>
-#include <string>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "core/error.h"
@@ -59,7 +59,9 @@ std::vector<double> naive_gpt_losses(const GPTConfig& cfg, const ParamLayout& la
                                      int T) {
   const int d = cfg.d_model, H = cfg.n_head, hd = d / H, F = 4 * d, V = cfg.vocab_size;
   using Mat = std::vector<std::vector<double>>;  // [token][feature]
-  auto W = [&](const std::string& name, int r, int c) { return P[layout.find(name).offset + (size_t)r * layout.find(name).cols + c]; };
+  auto W = [&](const std::string& name, int r, int c) {
+    return P[layout.find(name).offset + (size_t)r * layout.find(name).cols + c];
+  };
   auto rms = [](const std::vector<double>& x) {
     double ms = 0;
     for (double v : x) ms += v * v / x.size();
@@ -169,7 +171,8 @@ TEST(ModelGrad, DoubleGradientMatchesFiniteDifferences) {
   for (const ParamInfo& p : gpt.layout().params()) {
     std::vector<size_t> idx;
     if (p.role == ParamRole::Embedding) {  // rows of tokens in the batch carry the gradient
-      for (int k = 0; k < 12; ++k) idx.push_back(p.offset + inputs[rng.below(inputs.size())] * p.cols + rng.below(p.cols));
+      for (int k = 0; k < 12; ++k)
+        idx.push_back(p.offset + inputs[rng.below(inputs.size())] * p.cols + rng.below(p.cols));
     } else {
       for (int k = 0; k < 12; ++k) idx.push_back(p.offset + rng.below(p.numel()));
     }

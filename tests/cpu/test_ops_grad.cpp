@@ -329,7 +329,7 @@ TEST(OpsGrad, CrossEntropy) {
   og::cpu::crossentropy_backward(dlogits.data(), logits.data(), targets.data(), dlosses.data(), N, V);
   EXPECT_LT(grad_rel_error(dlogits, numeric_grad(logits.data(), logits.size(), loss)), kGradTol);
   for (int64_t j = 0; j < V; ++j) EXPECT_EQ(dlogits[4 * V + j], 0.0);  // ignored row
-  auto inplace = logits;  // dlogits may alias logits
+  auto inplace = logits;                                               // dlogits may alias logits
   og::cpu::crossentropy_backward(inplace.data(), inplace.data(), targets.data(), dlosses.data(), N, V);
   EXPECT_EQ(inplace, dlogits);
 }

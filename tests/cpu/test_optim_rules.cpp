@@ -212,8 +212,8 @@ TEST(OptimRules, AdjustedLr) {
 
 TEST(OptimRules, Bf16Rounding) {
   EXPECT_EQ(round_bf16(1.0f), 1.0f);
-  EXPECT_EQ(round_bf16(1.0f + 0x1p-8f), 1.0f);                  // tie -> even (down)
-  EXPECT_EQ(round_bf16(1.0f + 3 * 0x1p-8f), 1.0f + 0x1p-6f);    // tie -> even (up)
+  EXPECT_EQ(round_bf16(1.0f + 0x1p-8f), 1.0f);                       // tie -> even (down)
+  EXPECT_EQ(round_bf16(1.0f + 3 * 0x1p-8f), 1.0f + 0x1p-6f);         // tie -> even (up)
   EXPECT_EQ(round_bf16(1.0f + 0x1p-8f + 0x1p-20f), 1.0f + 0x1p-7f);  // above the tie
   EXPECT_EQ(round_bf16(-3.0f - 0x1p-9f), -3.0f);
   EXPECT_EQ(round_bf16(std::numeric_limits<float>::infinity()), std::numeric_limits<float>::infinity());
@@ -296,24 +296,44 @@ TEST(OptimRules, InvalidHyperparametersAreErrors) {
     }
   };
   for (Algorithm a : {Algorithm::Dion2, Algorithm::NorDion2}) {
-    bad(a, [](OptimHParams& h) { h.fraction = 0.0f; }, "fraction");
-    bad(a, [](OptimHParams& h) { h.fraction = 1.5f; }, "fraction");
-    bad(a, [&](OptimHParams& h) { h.fraction = nan; }, "fraction");
-    bad(a, [](OptimHParams& h) { h.ef_decay = 1.5f; }, "ef_decay");
+    bad(
+        a, [](OptimHParams& h) { h.fraction = 0.0f; }, "fraction");
+    bad(
+        a, [](OptimHParams& h) { h.fraction = 1.5f; }, "fraction");
+    bad(
+        a, [&](OptimHParams& h) { h.fraction = nan; }, "fraction");
+    bad(
+        a, [](OptimHParams& h) { h.ef_decay = 1.5f; }, "ef_decay");
   }
   for (Algorithm a : {Algorithm::Muon, Algorithm::NorMuon, Algorithm::Dion2, Algorithm::NorDion2}) {
-    bad(a, [](OptimHParams& h) { h.mu = 1.0f; }, "mu");
-    bad(a, [](OptimHParams& h) { h.mu = -0.1f; }, "mu");
-    bad(a, [](OptimHParams& h) { h.beta2 = 1.0f; }, "beta2");
+    bad(
+        a, [](OptimHParams& h) { h.mu = 1.0f; }, "mu");
+    bad(
+        a, [](OptimHParams& h) { h.mu = -0.1f; }, "mu");
+    bad(
+        a, [](OptimHParams& h) { h.beta2 = 1.0f; }, "beta2");
   }
   for (Algorithm a : {Algorithm::AdamW, Algorithm::Lion}) {
-    bad(a, [](OptimHParams& h) { h.betas = {1.0f, 0.9f}; }, "betas");
-    bad(a, [](OptimHParams& h) { h.betas = {0.9f, -0.5f}; }, "betas");
+    bad(
+        a,
+        [](OptimHParams& h) {
+          h.betas = {1.0f, 0.9f};
+        },
+        "betas");
+    bad(
+        a,
+        [](OptimHParams& h) {
+          h.betas = {0.9f, -0.5f};
+        },
+        "betas");
   }
   for (Algorithm a : {Algorithm::AdamW, Algorithm::Muon}) {
-    bad(a, [](OptimHParams& h) { h.eps = 0.0f; }, "epsilon");
-    bad(a, [](OptimHParams& h) { h.weight_decay = -0.01f; }, "weight_decay");
-    bad(a, [&](OptimHParams& h) { h.weight_decay = nan; }, "weight_decay");
+    bad(
+        a, [](OptimHParams& h) { h.eps = 0.0f; }, "epsilon");
+    bad(
+        a, [](OptimHParams& h) { h.weight_decay = -0.01f; }, "weight_decay");
+    bad(
+        a, [&](OptimHParams& h) { h.weight_decay = nan; }, "weight_decay");
   }
   // Bad parameters.
   OptimHParams hp = hp_of(Algorithm::Muon);

@@ -141,7 +141,8 @@ TEST(SampleRule, EmpiricalDistributionMatchesTopKSoftmax) {
   const std::vector<double> wrong = reference_distribution(l, 1.6, k);
   double chi2_wrong = 0;
   for (size_t i = 0; i < l.size(); ++i)
-    if (wrong[i] > 0) chi2_wrong += (counts[i] - wrong[i] * draws) * (counts[i] - wrong[i] * draws) / (wrong[i] * draws);
+    if (wrong[i] > 0)
+      chi2_wrong += (counts[i] - wrong[i] * draws) * (counts[i] - wrong[i] * draws) / (wrong[i] * draws);
   EXPECT_GT(chi2_wrong, 27.88);
 }
 
@@ -157,13 +158,19 @@ TEST(SampleRule, SameSeedSameTokensAndBadParamsAreErrors) {
   EXPECT_EQ(sa, sb);
   EXPECT_NE(sa, sc);
   og::Rng r(1);
-  EXPECT_NE(expect_error([&] { og::sample_token(l.data(), (int)l.size(), {0.0, 5}, r); }).find("--top-k 1"),
+  EXPECT_NE(expect_error([&] {
+              og::sample_token(l.data(), (int)l.size(), {0.0, 5}, r);
+            }).find("--top-k 1"),
             std::string::npos);
-  EXPECT_NE(expect_error([&] { og::sample_token(l.data(), (int)l.size(), {1.0, 0}, r); }).find("top-k"),
+  EXPECT_NE(expect_error([&] {
+              og::sample_token(l.data(), (int)l.size(), {1.0, 0}, r);
+            }).find("top-k"),
             std::string::npos);
   std::vector<float> bad(l);
   bad[7] = std::nanf("");
-  EXPECT_NE(expect_error([&] { og::sample_token(bad.data(), (int)bad.size(), {1.0, 5}, r); }).find("not finite"),
+  EXPECT_NE(expect_error([&] {
+              og::sample_token(bad.data(), (int)bad.size(), {1.0, 5}, r);
+            }).find("not finite"),
             std::string::npos);
 }
 
@@ -230,7 +237,8 @@ TEST(SampleCommand, GeneratesFromACheckpointDeterministically) {
     g.vocab_limit = 50257;
     g.stop_at_end_of_text = false;
     std::vector<int> seen;
-    const og::GenerateResult r = og::generate(*m, {og::GPT2Tokenizer::kEndOfText, 400, 500}, g, [&](int id) { seen.push_back(id); });
+    const og::GenerateResult r =
+        og::generate(*m, {og::GPT2Tokenizer::kEndOfText, 400, 500}, g, [&](int id) { seen.push_back(id); });
     EXPECT_EQ(r.tokens.size(), 40u);
     EXPECT_EQ(seen, r.tokens);
     for (int id : r.tokens) EXPECT_LT(id, 50257);

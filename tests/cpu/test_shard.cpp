@@ -305,8 +305,8 @@ TEST(Shard, WriteThatRunsOutOfSpaceLeavesOldFileIntact) {
 TEST(Shard, GlobIsSortedAndFiltered) {
   TempDir tmp;
   auto tokens = random_tokens(10, kVocab, 12);
-  for (const char* name : {"x_train_000002.bin", "x_train_000000.bin", "x_val_000000.bin", "x_train_000001.bin",
-                           "x_train_notes.txt"})
+  for (const char* name :
+       {"x_train_000002.bin", "x_train_000000.bin", "x_val_000000.bin", "x_train_000001.bin", "x_train_notes.txt"})
     og::write_shard(tmp.file(name), tokens.data(), tokens.size());
   auto files = og::expand_glob(tmp.file("x_train_*.bin"), "data.train");
   ASSERT_EQ(files.size(), 3u);

@@ -18,8 +18,7 @@
 
 namespace {
 
-template <typename F>
-std::string error_of(F&& f) {
+template <typename F> std::string error_of(F&& f) {
   try {
     f();
   } catch (const og::Error& e) {
@@ -139,8 +138,12 @@ TEST(ShardPlan, ScalarOptimizersOnShardsEqualWhole) {
       std::vector<og::ParamSlot> slots;
       for (size_t i = 0; i < shapes.size(); ++i) {
         const og::RowRange rr = og::split_rows(shapes[i].rows, world, r);
-        og::ParamSlot s{"p" + std::to_string(i), og::ParamRole::Matrix, shapes[i].rows, shapes[i].cols,
-                        w_sharded[i].data() + rr.row0 * shapes[i].cols, g_whole[i].data() + rr.row0 * shapes[i].cols};
+        og::ParamSlot s{"p" + std::to_string(i),
+                        og::ParamRole::Matrix,
+                        shapes[i].rows,
+                        shapes[i].cols,
+                        w_sharded[i].data() + rr.row0 * shapes[i].cols,
+                        g_whole[i].data() + rr.row0 * shapes[i].cols};
         s.row0 = rr.row0;
         s.local_rows = rr.rows;
         slots.push_back(s);

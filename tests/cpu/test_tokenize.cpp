@@ -75,8 +75,8 @@ class Tokenize : public ::testing::Test {
   void SetUp() override {
     if (!fs::exists(tokenizer_dir() + "/encoder.json"))
       GTEST_FAIL() << "missing " << tokenizer_dir() << "/encoder.json: run scripts/get_tokenizer.sh";
-    dir_ = fs::temp_directory_path() /
-           fmt::format("og_tokenize_{}_{}", ::getpid(), ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    dir_ = fs::temp_directory_path() / fmt::format("og_tokenize_{}_{}", ::getpid(),
+                                                   ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(dir_);
     fs::create_directories(dir_ / "in");
   }
@@ -137,17 +137,17 @@ class Tokenize : public ::testing::Test {
 TEST_F(Tokenize, TextAndJsonlToShardsWithValSplit) {
   const std::string a = write("a.txt",
                               "First document, line one.\nLine two of it.\n\n\n"
-                              "Second document: don't stop.\n   \t\n"   // whitespace-only line separates
+                              "Second document: don't stop.\n   \t\n"  // whitespace-only line separates
                               "Third\r\nwith CRLF\r\n\r\n");
   const std::string b = write("b.jsonl",
                               "{\"text\": \"JSON document \\u4f60\\u597d \\ud83d\\ude00\", \"id\": 1}\n"
                               "\n"
-                              "{\"text\": \"\", \"id\": 2}\n"      // empty: skipped
+                              "{\"text\": \"\", \"id\": 2}\n"  // empty: skipped
                               "{\"text\": \"tabs\\there\\nand newlines\\n\\n\"}\n"
                               "{\"id\": 4, \"text\": \"last  one \"}");
-  std::vector<std::string> docs = {"First document, line one.\nLine two of it.", "Second document: don't stop.",
-                                   "Third\r\nwith CRLF\r", "JSON document \u4f60\u597d \U0001f600",
-                                   "tabs\there\nand newlines\n\n", "last  one "};
+  std::vector<std::string> docs = {
+      "First document, line one.\nLine two of it.", "Second document: don't stop.", "Third\r\nwith CRLF\r",
+      "JSON document \u4f60\u597d \U0001f600",      "tabs\there\nand newlines\n\n", "last  one "};
   auto o = options({a, b});
   o.val_fraction = 0.34;  // document i > 0 is val when ceil(0.34 i) > ceil(0.34 (i-1)): i = 1, 3
   o.shard_tokens = 7;
@@ -242,7 +242,8 @@ TEST_F(Tokenize, RemovesStaleShardsOfSamePrefixOnly) {
   auto o = options({write("a.txt", "alpha\n\nbeta\n\ngamma")});
   o.val_fraction = 0.0;
   og::run_tokenize(o);
-  EXPECT_EQ(out_files(), (std::vector<std::string>{"other_train_000000.bin", "test_notes.txt", "test_train_000000.bin"}));
+  EXPECT_EQ(out_files(),
+            (std::vector<std::string>{"other_train_000000.bin", "test_notes.txt", "test_train_000000.bin"}));
 }
 
 TEST_F(Tokenize, BadJsonlLineNamesFileAndLine) {

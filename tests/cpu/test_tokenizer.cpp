@@ -5,6 +5,7 @@
 // Needs assets/gpt2 (scripts/get_tokenizer.sh); fails with that hint when missing.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
@@ -13,7 +14,6 @@
 #include <sstream>
 #include <string>
 #include <thread>
-#include <unistd.h>
 #include <unordered_map>
 #include <vector>
 
@@ -47,12 +47,11 @@ const og::GPT2Tokenizer& tok() {
   return t;
 }
 
-#define REQUIRE_TOKENIZER()                                    \
-  do {                                                         \
-    if (!fs::exists(tokenizer_dir() + "/encoder.json")) {      \
-      FAIL() << "missing " << tokenizer_dir()                  \
-             << "/encoder.json: run scripts/get_tokenizer.sh"; \
-    }                                                          \
+#define REQUIRE_TOKENIZER()                                                                     \
+  do {                                                                                          \
+    if (!fs::exists(tokenizer_dir() + "/encoder.json")) {                                       \
+      FAIL() << "missing " << tokenizer_dir() << "/encoder.json: run scripts/get_tokenizer.sh"; \
+    }                                                                                           \
   } while (0)
 
 std::string printable(const std::string& s) {
@@ -93,9 +92,12 @@ std::string random_utf8(std::mt19937_64& rng, size_t n_chars) {
     char32_t cp;
     switch (kind(rng)) {
       case 0: cp = U" \t\n\r'0123456789"[rng() % 16]; break;
-      case 1: case 2: case 3: cp = char32_t(0x20 + rng() % 0x5F); break;
+      case 1:
+      case 2:
+      case 3: cp = char32_t(0x20 + rng() % 0x5F); break;
       case 4: cp = char32_t(0x80 + rng() % 0x780); break;
-      case 5: case 6: cp = char32_t(0x800 + rng() % (0xD800 - 0x800)); break;
+      case 5:
+      case 6: cp = char32_t(0x800 + rng() % (0xD800 - 0x800)); break;
       case 7: cp = char32_t(0xE000 + rng() % 0x2000); break;
       case 8: cp = char32_t(0x10000 + rng() % 0x100000); break;
       default: cp = char32_t(rng() % 0x80); break;
@@ -108,10 +110,20 @@ std::string random_utf8(std::mt19937_64& rng, size_t n_chars) {
 // Byte sequences that are not valid UTF-8.
 const std::vector<std::string>& invalid_utf8_pieces() {
   static const std::vector<std::string> pieces = {
-      "\x80", "\xbf", "\xff", "\xfe", "\xc0\xaf", "\xc1\xbf",  // stray continuation, never-valid, overlong
-      "\xe0\x80\xaf", "\xed\xa0\x80", "\xed\xbf\xbf",           // overlong, UTF-16 surrogates
-      "\xf4\x90\x80\x80", "\xf8\x88\x80\x80\x80",               // above U+10FFFF, 5-byte form
-      "\xc3", "\xe2\x82", "\xf0\x9f\x98",                       // truncated sequences
+      "\x80",
+      "\xbf",
+      "\xff",
+      "\xfe",
+      "\xc0\xaf",
+      "\xc1\xbf",  // stray continuation, never-valid, overlong
+      "\xe0\x80\xaf",
+      "\xed\xa0\x80",
+      "\xed\xbf\xbf",  // overlong, UTF-16 surrogates
+      "\xf4\x90\x80\x80",
+      "\xf8\x88\x80\x80\x80",  // above U+10FFFF, 5-byte form
+      "\xc3",
+      "\xe2\x82",
+      "\xf0\x9f\x98",  // truncated sequences
   };
   return pieces;
 }
@@ -185,8 +197,10 @@ TEST(Tokenizer, RoundTripsUtf8WithInvalidSequences) {
     std::string s;
     const int parts = 1 + int(rng() % 8);
     for (int p = 0; p < parts; ++p) {
-      if (rng() % 2) s += random_utf8(rng, rng() % 12);
-      else s += bad[rng() % bad.size()];
+      if (rng() % 2)
+        s += random_utf8(rng, rng() % 12);
+      else
+        s += bad[rng() % bad.size()];
     }
     expect_round_trip(s);
   }
@@ -209,7 +223,7 @@ TEST(Tokenizer, InvalidBytesAreSeparateWords) {
 TEST(Tokenizer, HandlesVeryLongRuns) {
   REQUIRE_TOKENIZER();
   for (const std::string& unit : {std::string(" "), std::string("ab"), std::string("!?"), std::string("7"),
-                                   std::string("\xe4\xb8\x80"), std::string("\xff")}) {
+                                  std::string("\xe4\xb8\x80"), std::string("\xff")}) {
     std::string s;
     while (s.size() < 400000) s += unit;
     s += "x";

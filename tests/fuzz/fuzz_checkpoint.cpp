@@ -22,10 +22,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       std::vector<char> buf(16);
       try {
         r.read(n, buf.data(), buf.size());
-      } catch (const og::Error&) {
-      }
+      } catch (const og::Error&) {}
     }
-  } catch (const og::Error&) {
-  }
+  } catch (const og::Error&) {}
   return 0;
 }

@@ -22,12 +22,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (sp > pos) overrides.push_back(cli.substr(pos, sp - pos));
     pos = sp + 1;
   }
-  const std::string path = og_fuzz::write_file("config.yaml", reinterpret_cast<const uint8_t*>(yaml.data()), yaml.size());
+  const std::string path =
+      og_fuzz::write_file("config.yaml", reinterpret_cast<const uint8_t*>(yaml.data()), yaml.size());
   try {
     og::Config c = og::load_config(path, overrides);
     og::validate_config(c, 1 + (int)(size % 4));
     (void)og::config_to_yaml(c);
-  } catch (const og::Error&) {
-  }
+  } catch (const og::Error&) {}
   return 0;
 }

@@ -13,7 +13,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::vector<int32_t> out(std::min<size_t>(s.num_tokens(), 4096));
     if (!out.empty()) s.read(0, out.size(), out.data(), 50304);
     if (s.num_tokens() > 1) s.read(s.num_tokens() - 1, 1, out.data(), 65536);
-  } catch (const og::Error&) {
-  }
+  } catch (const og::Error&) {}
   return 0;
 }

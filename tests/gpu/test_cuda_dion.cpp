@@ -55,8 +55,8 @@ constexpr double kF32DwTol = 1e-3, kF32MomentumTol = 1e-5, kF32QTol = 1e-3;
 constexpr double kBf16DwTol = 2e-2, kBf16MomentumTol = 2e-2, kBf16QTol = 4e-2;
 
 // Square, wide, tall, a same-shape pair (one batch), a transposed pair, odd sizes, rank 1.
-const Shapes kShapes = {{64, 64}, {64, 64}, {48, 80}, {96, 40}, {40, 96}, {33, 47},
-                        {47, 33}, {256, 512}, {512, 256}, {17, 9}, {1, 24}};
+const Shapes kShapes = {{64, 64}, {64, 64},   {48, 80},   {96, 40}, {40, 96}, {33, 47},
+                        {47, 33}, {256, 512}, {512, 256}, {17, 9},  {1, 24}};
 
 // The weights and gradients of a TestGroup, mirrored on the GPU.
 struct DeviceGroup {

@@ -36,7 +36,8 @@ std::vector<std::vector<float>> run_steps(const OptimHParams& hp, const TestGrou
   DistributedOptions o;
   o.comm = self.get();
   o.row_sharded = sharded;
-  auto opt = distributed ? make_distributed_optimizer(hp, slots, Device::CUDA, o) : make_optimizer(hp, slots, Device::CUDA);
+  auto opt =
+      distributed ? make_distributed_optimizer(hp, slots, Device::CUDA, o) : make_optimizer(hp, slots, Device::CUDA);
   for (int t = 1; t <= 3; ++t) opt->step({t, 0.02f});
   CUDA_CHECK(cudaDeviceSynchronize());
   std::vector<std::vector<float>> out;

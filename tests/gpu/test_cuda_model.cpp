@@ -188,7 +188,9 @@ TEST_P(CudaModelVsCpu, LastLogitsOfAShortSequence) {
 }
 
 INSTANTIATE_TEST_SUITE_P(HeadDims, CudaModelVsCpu, ::testing::Values(Shape{64, 2}, Shape{128, 2}, Shape{256, 2}),
-                         [](const auto& info) { return "hd" + std::to_string(info.param.d_model / info.param.n_head); });
+                         [](const auto& info) {
+                           return "hd" + std::to_string(info.param.d_model / info.param.n_head);
+                         });
 
 // ---- semantics ----------------------------------------------------------------------------------
 
@@ -275,8 +277,10 @@ TEST(CudaModel, Deterministic) {
     gpu->zero_grad();
     gpu->forward_backward(b.x.data(), b.y.data(), B, T, 1.0f);
     const std::vector<float> gr = download(gpu->grads(), gpu->layout().total());
-    if (rep == 0) first = gr;
-    else EXPECT_TRUE(gr == first) << "a repeated forward/backward gave different gradient bits";
+    if (rep == 0)
+      first = gr;
+    else
+      EXPECT_TRUE(gr == first) << "a repeated forward/backward gave different gradient bits";
   }
 }
 
@@ -509,17 +513,20 @@ TEST(CudaModel, Gpt160mForwardBackwardFits) {
     const float loss = gpu->forward_backward(b.x.data(), b.y.data(), B, T, 1.0f);
     const double gn = std::sqrt(gpu->grad_norm_sq());
     const og::CudaModelMemory mem = gpu->memory();
-    std::printf("  160M, B=%d, recompute %s: loss %.4f, grad norm %.4f; weights %.2f GiB, activations %.2f GiB, "
-                "other %.2f GiB; device in use %.2f GiB\n",
-                B, og::name_of(r), loss, gn, mem.weights / 1073741824.0, mem.activations / 1073741824.0,
-                mem.other / 1073741824.0, og::gpu_memory_in_use() / 1073741824.0);
+    std::printf(
+        "  160M, B=%d, recompute %s: loss %.4f, grad norm %.4f; weights %.2f GiB, activations %.2f GiB, "
+        "other %.2f GiB; device in use %.2f GiB\n",
+        B, og::name_of(r), loss, gn, mem.weights / 1073741824.0, mem.activations / 1073741824.0,
+        mem.other / 1073741824.0, og::gpu_memory_in_use() / 1073741824.0);
     EXPECT_TRUE(std::isfinite(loss));
     EXPECT_GT(loss, 9.0);
     EXPECT_LT(loss, 13.0);
     EXPECT_TRUE(std::isfinite(gn));
     EXPECT_GT(gn, 0.0);
-    if (r == og::Recompute::None) none_bytes = mem.activations;
-    else EXPECT_LT(mem.activations, none_bytes / 2) << "block recomputation should at least halve the activations";
+    if (r == og::Recompute::None)
+      none_bytes = mem.activations;
+    else
+      EXPECT_LT(mem.activations, none_bytes / 2) << "block recomputation should at least halve the activations";
   }
 }
 

@@ -27,8 +27,7 @@ constexpr double kF32Tol = 1e-5;
 
 // ---- embedding ----------------------------------------------------------------------------------
 
-template <typename Tout, typename Ttab>
-void check_embedding_forward(int64_t N, int64_t C, int64_t V) {
+template <typename Tout, typename Ttab> void check_embedding_forward(int64_t N, int64_t C, int64_t V) {
   SCOPED_TRACE(testing::Message() << "N=" << N << " C=" << C << " V=" << V);
   const auto wte = randn(V * C, 1);  // bf16-exact, so a bf16 table holds the same values
   const auto tokens = random_tokens(N, (int32_t)V, 2);
@@ -70,8 +69,7 @@ TEST(CudaEmbedding, ForwardOutOfRangeTokenGivesNaNRow) {
   }
 }
 
-template <typename Tgrad>
-void check_embedding_backward(int64_t N, int64_t C, int64_t V) {
+template <typename Tgrad> void check_embedding_backward(int64_t N, int64_t C, int64_t V) {
   SCOPED_TRACE(testing::Message() << "N=" << N << " C=" << C << " V=" << V);
   const auto dout = randn(N * C, 4);
   const auto tokens = random_tokens(N, (int32_t)V, 5);  // V small => many repeated tokens
@@ -113,15 +111,13 @@ TEST(CudaEmbedding, BackwardMatchesReferenceAndIsDeterministic) {
 
 // ---- RMSNorm -------------------------------------------------------------------------------------
 
-template <typename T>
-std::vector<T> as(const std::vector<float>& v) {
+template <typename T> std::vector<T> as(const std::vector<float>& v) {
   std::vector<T> out(v.size());
   for (size_t i = 0; i < v.size(); ++i) out[i] = T(v[i]);
   return out;
 }
 
-template <typename Tin>
-void check_rmsnorm_forward(int64_t N, int C) {
+template <typename Tin> void check_rmsnorm_forward(int64_t N, int C) {
   SCOPED_TRACE(testing::Message() << "N=" << N << " C=" << C);
   const auto x = randn(N * C, 7, 3.0f);
   std::vector<float> want(N * C), want_rstd(N);
@@ -144,8 +140,7 @@ TEST(CudaRmsNorm, ForwardMatchesReference) {
   }
 }
 
-template <typename Tres>
-void check_rmsnorm_residual(int64_t N, int C, bool in_place) {
+template <typename Tres> void check_rmsnorm_residual(int64_t N, int C, bool in_place) {
   SCOPED_TRACE(testing::Message() << "N=" << N << " C=" << C << " in_place=" << in_place);
   const auto res = randn(N * C, 8, 2.0f), y = randn(N * C, 9);
   // reference: the rounded sum, then the CPU norm of it
@@ -162,8 +157,8 @@ void check_rmsnorm_residual(int64_t N, int C, bool in_place) {
   og::DeviceBuffer<float> d_rstd(N);
   poison(d_out);
   poison(d_rstd);
-  gpu::rmsnorm_residual_forward(res_out, d_out.data(), d_rstd.data(), d_res.data(), d_y.data(), N, C,
-                                gpu::kRmsNormEps, 0);
+  gpu::rmsnorm_residual_forward(res_out, d_out.data(), d_rstd.data(), d_res.data(), d_y.data(), N, C, gpu::kRmsNormEps,
+                                0);
   const ErrorStats e = compare(download(res_out, N * C), sum);
   EXPECT_EQ(e.nonfinite, 0);
   EXPECT_EQ(e.max_abs, 0.0) << "the residual add rounds once, like the reference";
@@ -181,8 +176,7 @@ TEST(CudaRmsNorm, FusedResidualForwardMatchesReference) {
   }
 }
 
-template <typename Tin>
-void check_rmsnorm_backward(int64_t N, int C) {
+template <typename Tin> void check_rmsnorm_backward(int64_t N, int C) {
   SCOPED_TRACE(testing::Message() << "N=" << N << " C=" << C);
   const auto x = randn(N * C, 10, 2.0f), dout = randn(N * C, 11);
   std::vector<float> normed(N * C), rstd(N);
@@ -226,7 +220,8 @@ struct HeadShape {
 TEST(CudaRotaryQkNorm, ForwardAndBackwardMatchReference) {
   SKIP_WITHOUT_CUDA();
   const double base = 10000.0;
-  for (auto s : {HeadShape{2, 37, 3, 64}, HeadShape{1, 129, 2, 128}, HeadShape{2, 5, 1, 34}, HeadShape{1, 300, 1, 128}}) {
+  for (auto s :
+       {HeadShape{2, 37, 3, 64}, HeadShape{1, 129, 2, 128}, HeadShape{2, 5, 1, 34}, HeadShape{1, 300, 1, 128}}) {
     SCOPED_TRACE(testing::Message() << "B=" << s.B << " T=" << s.T << " H=" << s.H << " hd=" << s.hd);
     const int64_t rows = (int64_t)s.B * s.T * s.H, n = rows * s.hd;
     const auto x = randn(n, 13), dout = randn(n, 14);
@@ -381,9 +376,16 @@ TEST(CudaConvert, Fp32Bf16RoundTrip) {
   SKIP_WITHOUT_CUDA();
   auto x = randn(100003, 22, 10.0f, false);
   // edge cases: signed zeros, denormals, the largest finite values, infinities, halfway cases
-  const float specials[] = {0.0f, -0.0f, 1e-40f, -1e-40f, 3.3895313892515355e38f, -3.3e38f,
-                            std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
-                            1.00390625f /* 1 + 2^-8: tie, rounds to even (1) */, 1.01171875f /* tie, to 1.015625 */};
+  const float specials[] = {0.0f,
+                            -0.0f,
+                            1e-40f,
+                            -1e-40f,
+                            3.3895313892515355e38f,
+                            -3.3e38f,
+                            std::numeric_limits<float>::infinity(),
+                            -std::numeric_limits<float>::infinity(),
+                            1.00390625f /* 1 + 2^-8: tie, rounds to even (1) */,
+                            1.01171875f /* tie, to 1.015625 */};
   x.insert(x.end(), std::begin(specials), std::end(specials));
   const int64_t n = (int64_t)x.size();
   auto d_x = upload(x);

@@ -88,8 +88,8 @@ void check_attention(const AttnShape& s, Path path, uint64_t seed) {
     ASSERT_TRUE(gpu::attention_uses_tensor_cores(s.hd, d_q.data(), d_k.data(), d_v.data(), d_out.data()));
     gpu::attention_forward(d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H, s.hd, 0);
   } else {
-    gpu::attention_forward_simple(d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H,
-                                  s.hd, 0);
+    gpu::attention_forward_simple(d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H, s.hd,
+                                  0);
   }
   EXPECT_CLOSE(download(d_out), c.out, 1e-2);
   EXPECT_CLOSE(download(d_lse), c.lse, 1e-4);
@@ -99,9 +99,8 @@ void check_attention(const AttnShape& s, Path path, uint64_t seed) {
     gpu::attention_backward(d_dq.data(), d_dk.data(), d_dv.data(), d_delta.data(), d_dout.data(), d_out.data(),
                             d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H, s.hd, 0);
   else
-    gpu::attention_backward_simple(d_dq.data(), d_dk.data(), d_dv.data(), d_delta.data(), d_dout.data(),
-                                   d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H,
-                                   s.hd, 0);
+    gpu::attention_backward_simple(d_dq.data(), d_dk.data(), d_dv.data(), d_delta.data(), d_dout.data(), d_out.data(),
+                                   d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H, s.hd, 0);
   EXPECT_CLOSE(download(d_dq), c.dq, grad_tol);
   EXPECT_CLOSE(download(d_dk), c.dk, grad_tol);
   EXPECT_CLOSE(download(d_dv), c.dv, grad_tol);
@@ -111,9 +110,9 @@ TEST(CudaAttention, FlashMatchesReference) {
   SKIP_WITHOUT_CUDA();
   uint64_t seed = 100;
   for (int hd : {64, 128}) {
-    for (AttnShape s : {AttnShape{2, 64, 2, hd}, AttnShape{1, 200, 3, hd}, AttnShape{2, 130, 1, hd},
-                        AttnShape{1, 1, 2, hd}, AttnShape{1, 17, 1, hd}, AttnShape{1, 333, 2, hd},
-                        AttnShape{1, 96, 2, hd, 3.0f}}) {
+    for (AttnShape s :
+         {AttnShape{2, 64, 2, hd}, AttnShape{1, 200, 3, hd}, AttnShape{2, 130, 1, hd}, AttnShape{1, 1, 2, hd},
+          AttnShape{1, 17, 1, hd}, AttnShape{1, 333, 2, hd}, AttnShape{1, 96, 2, hd, 3.0f}}) {
       check_attention(s, Path::Flash, seed);
       seed += 10;
     }
@@ -123,9 +122,9 @@ TEST(CudaAttention, FlashMatchesReference) {
 TEST(CudaAttention, SimpleMatchesReference) {
   SKIP_WITHOUT_CUDA();
   uint64_t seed = 200;
-  for (AttnShape s : {AttnShape{2, 37, 2, 32}, AttnShape{1, 70, 3, 96}, AttnShape{2, 19, 1, 34},
-                      AttnShape{1, 65, 2, 64}, AttnShape{1, 40, 1, 128}, AttnShape{1, 1, 1, 2},
-                      AttnShape{1, 50, 1, 64, 3.0f}}) {
+  for (AttnShape s :
+       {AttnShape{2, 37, 2, 32}, AttnShape{1, 70, 3, 96}, AttnShape{2, 19, 1, 34}, AttnShape{1, 65, 2, 64},
+        AttnShape{1, 40, 1, 128}, AttnShape{1, 1, 1, 2}, AttnShape{1, 50, 1, 64, 3.0f}}) {
     check_attention(s, Path::Simple, seed);
     seed += 10;
   }
@@ -163,8 +162,7 @@ TEST(CudaAttention, DispatchFallsBackForOtherHeadDimsAndUnalignedPointers) {
     og::DeviceBuffer<float> d_lse(c.lse.size());
     poison(d_out);
     EXPECT_FALSE(gpu::attention_uses_tensor_cores(s.hd, d_qp.data() + 1, d_k.data(), d_v.data(), d_out.data()));
-    gpu::attention_forward(d_out.data(), d_lse.data(), d_qp.data() + 1, d_k.data(), d_v.data(), s.B, s.T, s.H, s.hd,
-                           0);
+    gpu::attention_forward(d_out.data(), d_lse.data(), d_qp.data() + 1, d_k.data(), d_v.data(), s.B, s.T, s.H, s.hd, 0);
     EXPECT_CLOSE(download(d_out), c.out, 1e-2);
   }
 }
@@ -189,8 +187,8 @@ TEST(CudaAttention, FlashMatchesSimpleAtT1024) {
     gpu::attention_forward_simple(out[1].data(), lse[1].data(), d_q.data(), d_k.data(), d_v.data(), B, T, H, hd, 0);
     gpu::attention_backward(dq[0].data(), dk[0].data(), dv[0].data(), delta.data(), d_dout.data(), out[0].data(),
                             lse[0].data(), d_q.data(), d_k.data(), d_v.data(), B, T, H, hd, 0);
-    gpu::attention_backward_simple(dq[1].data(), dk[1].data(), dv[1].data(), delta.data(), d_dout.data(),
-                                   out[1].data(), lse[1].data(), d_q.data(), d_k.data(), d_v.data(), B, T, H, hd, 0);
+    gpu::attention_backward_simple(dq[1].data(), dk[1].data(), dv[1].data(), delta.data(), d_dout.data(), out[1].data(),
+                                   lse[1].data(), d_q.data(), d_k.data(), d_v.data(), B, T, H, hd, 0);
     EXPECT_CLOSE(download(out[0]), download(out[1]), 1e-2);
     EXPECT_CLOSE(download(lse[0]), download(lse[1]), 1e-4);
     EXPECT_CLOSE(download(dq[0]), download(dq[1]), 1e-2);

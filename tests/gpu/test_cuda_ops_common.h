@@ -56,24 +56,21 @@ inline std::vector<float> to_f32(const std::vector<bf16>& v) {
 }
 inline std::vector<float> to_f32(const std::vector<float>& v) { return v; }
 
-template <typename T>
-og::DeviceBuffer<T> upload(const std::vector<T>& h) {
+template <typename T> og::DeviceBuffer<T> upload(const std::vector<T>& h) {
   og::DeviceBuffer<T> d(h.size());
   if (!h.empty()) CUDA_CHECK(cudaMemcpy(d.data(), h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
   return d;
 }
 
 // Waits for the device (surfacing asynchronous kernel errors) and copies back.
-template <typename T>
-std::vector<T> download(const og::DeviceBuffer<T>& d, size_t n = SIZE_MAX) {
+template <typename T> std::vector<T> download(const og::DeviceBuffer<T>& d, size_t n = SIZE_MAX) {
   if (n == SIZE_MAX) n = d.size();
   CUDA_CHECK(cudaDeviceSynchronize());
   std::vector<T> h(n);
   if (n) CUDA_CHECK(cudaMemcpy(h.data(), d.data(), n * sizeof(T), cudaMemcpyDeviceToHost));
   return h;
 }
-template <typename T>
-std::vector<T> download(const T* d, size_t n) {
+template <typename T> std::vector<T> download(const T* d, size_t n) {
   CUDA_CHECK(cudaDeviceSynchronize());
   std::vector<T> h(n);
   if (n) CUDA_CHECK(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
@@ -82,14 +79,13 @@ std::vector<T> download(const T* d, size_t n) {
 
 // Fill with all-ones bytes: a NaN for both fp32 and bf16, so any element a kernel fails to write
 // shows up as non-finite.
-template <typename T>
-void poison(og::DeviceBuffer<T>& d) {
+template <typename T> void poison(og::DeviceBuffer<T>& d) {
   if (d.size()) CUDA_CHECK(cudaMemset(d.data(), 0xFF, d.bytes()));
 }
 
 struct ErrorStats {
-  double rel_l2 = 0;     // ||got − want|| / ||want||
-  double max_abs = 0;    // max |got − want| over finite entries
+  double rel_l2 = 0;      // ||got − want|| / ||want||
+  double max_abs = 0;     // max |got − want| over finite entries
   int64_t nonfinite = 0;  // entries of got that are NaN/Inf (unwritten or blown up)
   std::string str() const {
     return "rel_l2=" + std::to_string(rel_l2) + " max_abs=" + std::to_string(max_abs) +
@@ -97,8 +93,7 @@ struct ErrorStats {
   }
 };
 
-template <typename A, typename B>
-ErrorStats compare(const std::vector<A>& got_in, const std::vector<B>& want_in) {
+template <typename A, typename B> ErrorStats compare(const std::vector<A>& got_in, const std::vector<B>& want_in) {
   const std::vector<float> got = to_f32(got_in), want = to_f32(want_in);
   EXPECT_EQ(got.size(), want.size());
   ErrorStats s;
@@ -124,17 +119,16 @@ inline bool verbose() {
 }
 
 // Every element written (finite) and relative L2 error within tol.
-#define EXPECT_CLOSE(got, want, tol)                                                               \
-  do {                                                                                             \
-    const ::og::test::ErrorStats es_ = ::og::test::compare(got, want);                             \
+#define EXPECT_CLOSE(got, want, tol)                                                                         \
+  do {                                                                                                       \
+    const ::og::test::ErrorStats es_ = ::og::test::compare(got, want);                                       \
     if (::og::test::verbose()) std::printf("  %-28s %s (tol %g)\n", #got, es_.str().c_str(), (double)(tol)); \
-    EXPECT_EQ(es_.nonfinite, 0) << #got << ": " << es_.str();                                      \
-    EXPECT_LE(es_.rel_l2, tol) << #got << ": " << es_.str();                                       \
+    EXPECT_EQ(es_.nonfinite, 0) << #got << ": " << es_.str();                                                \
+    EXPECT_LE(es_.rel_l2, tol) << #got << ": " << es_.str();                                                 \
   } while (0)
 
 // Elapsed milliseconds of `fn` on the default stream, averaged over `iters` runs after one warmup.
-template <typename F>
-double time_ms(F&& fn, int iters = 10) {
+template <typename F> double time_ms(F&& fn, int iters = 10) {
   fn();
   cudaEvent_t a, b;
   CUDA_CHECK(cudaEventCreate(&a));

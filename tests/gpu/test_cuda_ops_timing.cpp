@@ -42,8 +42,9 @@ TEST(CudaTiming, Matmuls160M) {
     const char* name;
     int64_t N, C, OC;
   };
-  for (const Case c : {Case{"attn q/k/v/o 768x768", kN, kD, kD}, Case{"mlp fc 3072x768", kN, kD, kFF},
-                       Case{"mlp proj 768x3072", kN, kFF, kD}, Case{"lm_head 50304x768 (8192-row chunk)", 8192, kD, kV}}) {
+  for (const Case c :
+       {Case{"attn q/k/v/o 768x768", kN, kD, kD}, Case{"mlp fc 3072x768", kN, kD, kFF},
+        Case{"mlp proj 768x3072", kN, kFF, kD}, Case{"lm_head 50304x768 (8192-row chunk)", 8192, kD, kV}}) {
     auto x = random_bf16(c.N * c.C, 1), w = random_bf16(c.OC * c.C, 2, 0.03f), dy = random_bf16(c.N * c.OC, 3);
     og::DeviceBuffer<bf16> y(c.N * c.OC), dx(c.N * c.C);
     og::DeviceBuffer<float> dw(c.OC * c.C);
@@ -69,17 +70,22 @@ TEST(CudaTiming, Attention160M) {
   og::DeviceBuffer<float> lse(rows), delta(rows);
   // causal: half of the 4·B·H·T²·hd multiply-adds of full attention; backward = 2.5x forward
   const double fwd_flops = 2.0 * kB * kH * (double)kT * kT * kHd;
-  report_tflops("attention fwd flash (B32 T1024 H6 hd128)",
-                time_ms([&] { gpu::attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), kB, kT, kH, kHd, 0); }),
+  report_tflops("attention fwd flash (B32 T1024 H6 hd128)", time_ms([&] {
+                  gpu::attention_forward(out.data(), lse.data(), q.data(), k.data(), v.data(), kB, kT, kH, kHd, 0);
+                }),
                 fwd_flops);
-  report_tflops("attention bwd flash (incl. delta)",
-                time_ms([&] {
+  report_tflops("attention bwd flash (incl. delta)", time_ms([&] {
                   gpu::attention_backward(dq.data(), dk.data(), dv.data(), delta.data(), dout.data(), out.data(),
                                           lse.data(), q.data(), k.data(), v.data(), kB, kT, kH, kHd, 0);
                 }),
                 2.5 * fwd_flops);
   report_tflops("attention fwd simple (fp32 fallback)",
-                time_ms([&] { gpu::attention_forward_simple(out.data(), lse.data(), q.data(), k.data(), v.data(), kB, kT, kH, kHd, 0); }, 2),
+                time_ms(
+                    [&] {
+                      gpu::attention_forward_simple(out.data(), lse.data(), q.data(), k.data(), v.data(), kB, kT, kH,
+                                                    kHd, 0);
+                    },
+                    2),
                 fwd_flops);
   const auto o = to_f32(download(out));
   for (size_t i = 0; i < o.size(); i += 4099) ASSERT_TRUE(std::isfinite(o[i]));
@@ -94,11 +100,11 @@ TEST(CudaTiming, Elementwise160M) {
   og::DeviceBuffer<bf16> normed(nd), qk(nd), dqk(nd), a(nff);
   gpu::convert_bf16_to_f32(res.data(), x.data(), nd, 0);
 
-  report_gbs("rmsnorm fwd fp32 residual (N=32768, C=768)",
-             time_ms([&] { gpu::rmsnorm_forward(normed.data(), rstd.data(), res.data(), kN, kD, gpu::kRmsNormEps, 0); }),
+  report_gbs("rmsnorm fwd fp32 residual (N=32768, C=768)", time_ms([&] {
+               gpu::rmsnorm_forward(normed.data(), rstd.data(), res.data(), kN, kD, gpu::kRmsNormEps, 0);
+             }),
              nd * (4.0 + 2.0));
-  report_gbs("rmsnorm + residual add fwd (fp32 residual)",
-             time_ms([&] {
+  report_gbs("rmsnorm + residual add fwd (fp32 residual)", time_ms([&] {
                gpu::rmsnorm_residual_forward(res.data(), normed.data(), rstd.data(), res.data(), y.data(), kN, kD,
                                              gpu::kRmsNormEps, 0);
              }),
@@ -106,11 +112,15 @@ TEST(CudaTiming, Elementwise160M) {
   report_gbs("rmsnorm bwd (fp32 residual grad +=)",
              time_ms([&] { gpu::rmsnorm_backward(dres.data(), normed.data(), res.data(), rstd.data(), kN, kD, 0); }),
              nd * (4.0 + 2.0 + 4.0 + 4.0));
-  report_gbs("rotary + qk-norm fwd (one of q/k)",
-             time_ms([&] { gpu::rotary_qknorm_forward(qk.data(), rstd_h.data(), x.data(), kB, kT, kH, kHd, 10000.0f, gpu::kRmsNormEps, 0); }),
+  report_gbs("rotary + qk-norm fwd (one of q/k)", time_ms([&] {
+               gpu::rotary_qknorm_forward(qk.data(), rstd_h.data(), x.data(), kB, kT, kH, kHd, 10000.0f,
+                                          gpu::kRmsNormEps, 0);
+             }),
              nd * 4.0);
-  report_gbs("rotary + qk-norm bwd (one of q/k)",
-             time_ms([&] { gpu::rotary_qknorm_backward(dqk.data(), y.data(), qk.data(), rstd_h.data(), kB, kT, kH, kHd, 10000.0f, 0); }),
+  report_gbs("rotary + qk-norm bwd (one of q/k)", time_ms([&] {
+               gpu::rotary_qknorm_backward(dqk.data(), y.data(), qk.data(), rstd_h.data(), kB, kT, kH, kHd, 10000.0f,
+                                           0);
+             }),
              nd * 6.0);
   report_gbs("relu2 fwd (N x 3072)", time_ms([&] { gpu::relu2_forward(a.data(), h.data(), nff, 0); }), nff * 4.0);
   report_gbs("relu2 bwd (N x 3072)", time_ms([&] { gpu::relu2_backward(a.data(), dh.data(), h.data(), nff, 0); }),
@@ -125,8 +135,9 @@ TEST(CudaTiming, Elementwise160M) {
              time_ms([&] { gpu::embedding_forward(res.data(), tokens.data(), wte.data(), kN, kD, kV, 0); }), nd * 8.0);
   const size_t ws = gpu::embedding_backward_workspace_bytes(kN, kV);
   og::DeviceBuffer<char> d_ws(ws);
-  report_gbs("embedding bwd (sorted, deterministic)",
-             time_ms([&] { gpu::embedding_backward(dwte.data(), x.data(), tokens.data(), kN, kD, kV, d_ws.data(), ws, 0); }),
+  report_gbs("embedding bwd (sorted, deterministic)", time_ms([&] {
+               gpu::embedding_backward(dwte.data(), x.data(), tokens.data(), kN, kD, kV, d_ws.data(), ws, 0);
+             }),
              nd * (2.0 + 8.0));
 
   // cross-entropy over one 8192-row chunk of logits (restored from a pristine copy each time
@@ -135,8 +146,10 @@ TEST(CudaTiming, Elementwise160M) {
   auto logits = random_bf16(rows * kV, 14, 2.0f);
   auto targets = upload(random_tokens(rows, kV, 15));
   og::DeviceBuffer<float> losses(rows);
-  report_gbs("cross-entropy fused fwd+bwd (8192 x 50304)",
-             time_ms([&] { gpu::crossentropy_forward_backward(losses.data(), logits.data(), targets.data(), rows, kV, 1.0f / rows, 0); }),
+  report_gbs("cross-entropy fused fwd+bwd (8192 x 50304)", time_ms([&] {
+               gpu::crossentropy_forward_backward(losses.data(), logits.data(), targets.data(), rows, kV, 1.0f / rows,
+                                                  0);
+             }),
              rows * (double)kV * 2.0 * 3.0);
 
   // whole-model-sized fp32 buffers
@@ -145,8 +158,8 @@ TEST(CudaTiming, Elementwise160M) {
   og::DeviceBuffer<bf16> gb(nparams);
   og::DeviceBuffer<double> partials(gpu::kSumSquaresPartials), result(1);
   CUDA_CHECK(cudaMemset(g.data(), 0, g.bytes()));
-  report_gbs("sum of squares (162M fp32)", time_ms([&] { gpu::sum_squares(result.data(), partials.data(), g.data(), nparams, 0); }),
-             nparams * 4.0);
+  report_gbs("sum of squares (162M fp32)",
+             time_ms([&] { gpu::sum_squares(result.data(), partials.data(), g.data(), nparams, 0); }), nparams * 4.0);
   report_gbs("convert fp32 -> bf16 (162M)", time_ms([&] { gpu::convert_f32_to_bf16(gb.data(), g.data(), nparams, 0); }),
              nparams * 6.0);
   CUDA_CHECK(cudaDeviceSynchronize());

@@ -213,9 +213,9 @@ TEST(CudaOptim, MuonMatchesCpu) {
     AdjustLr adjust;
     Ortho ortho;
   };
-  for (const Variant& v : {Variant{false, AdjustLr::SpectralNorm, Ortho::NewtonSchulz},
-                           Variant{true, AdjustLr::RmsNorm, Ortho::NewtonSchulz},
-                           Variant{false, AdjustLr::None, Ortho::PolarExpress}}) {
+  for (const Variant& v :
+       {Variant{false, AdjustLr::SpectralNorm, Ortho::NewtonSchulz},
+        Variant{true, AdjustLr::RmsNorm, Ortho::NewtonSchulz}, Variant{false, AdjustLr::None, Ortho::PolarExpress}}) {
     OptimHParams hp = make_hp(Algorithm::Muon);
     hp.nesterov = v.nesterov;
     hp.adjust_lr = v.adjust;
@@ -333,7 +333,7 @@ TEST(CudaOptim, StandardNewtonSchulzMatchesCpu) {
 // Run `hp` on two copies of the same inputs with options a and b for 3 steps with a different lr
 // every step (the graph must pick up the new scalars) and expect bit-identical weights and state.
 static void expect_bit_identical(const OptimHParams& hp, const CudaOptimOptions& oa_opt, const CudaOptimOptions& ob_opt,
-                          const char* what) {
+                                 const char* what) {
   TestGroup host(kMixedShapes, 17);
   DeviceGroup a(host), b(host);
   auto oa = make_cuda_optimizer(hp, a.slots, oa_opt);
@@ -352,7 +352,8 @@ static void expect_bit_identical(const OptimHParams& hp, const CudaOptimOptions&
         << what << " " << name_of(hp.algorithm) << " param " << p;
   const auto sa = oa->state(), sb = ob->state();
   ASSERT_EQ(sa.size(), sb.size());
-  for (size_t i = 0; i < sa.size(); ++i) EXPECT_EQ(state_values(sa[i]), state_values(sb[i])) << what << " " << sa[i].name;
+  for (size_t i = 0; i < sa.size(); ++i)
+    EXPECT_EQ(state_values(sa[i]), state_values(sb[i])) << what << " " << sa[i].name;
   if (hp.algorithm == Algorithm::Dion2 || hp.algorithm == Algorithm::NorDion2)
     EXPECT_EQ(oa->last_selection(), ob->last_selection()) << what;
 }
@@ -407,8 +408,8 @@ TEST(CudaOptim, ProfiledPhasesAreReported) {
     names.push_back(n);
     EXPECT_GE(ms, 0.0) << n;
   }
-  const std::vector<std::string> expect = {"pass1", "weight decay", "reduce partials", "select", "gather",
-                                           "newton-schulz", "scatter update"};
+  const std::vector<std::string> expect = {"pass1",  "weight decay",  "reduce partials", "select",
+                                           "gather", "newton-schulz", "scatter update"};
   EXPECT_EQ(names, expect);
   CudaOptimOptions plain;
   auto other = make_cuda_optimizer(make_hp(Algorithm::Dion2), dev.slots, plain);

@@ -27,8 +27,8 @@ class AbortJobOnFailure : public ::testing::EmptyTestEventListener {
   }
   void OnTestEnd(const ::testing::TestInfo& info) override {
     if (!info.result()->Failed()) return;
-    std::fprintf(stderr, "[rank %d] %s.%s FAILED: aborting the MPI job so that no rank waits in a collective\n",
-                 rank_, info.test_suite_name(), info.name());
+    std::fprintf(stderr, "[rank %d] %s.%s FAILED: aborting the MPI job so that no rank waits in a collective\n", rank_,
+                 info.test_suite_name(), info.name());
     std::fflush(stdout);
     std::fflush(stderr);
     MPI_Abort(MPI_COMM_WORLD, 1);

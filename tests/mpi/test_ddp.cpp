@@ -5,9 +5,9 @@
 #include <cmath>
 #include <fstream>
 
+#include "model/param_layout.h"
 #include "tests/common/tiny_run.h"
 #include "tests/mpi/mpi_env.h"
-#include "model/param_layout.h"
 #include "train/trainer.h"
 
 #include <nlohmann/json.hpp>
@@ -34,7 +34,8 @@ void check_ddp_matches_single(const std::string& algorithm, const std::string& s
   int64_t owner_pid = r == 0 ? (int64_t)::getpid() : 0;
   comm().broadcast(&owner_pid, 1, og::DType::I64, 0);
   std::string dir = (std::filesystem::temp_directory_path() /
-                     ("og_ddp_" + algorithm + select + (compressed ? "c" : "") + "_" + std::to_string(owner_pid))).string();
+                     ("og_ddp_" + algorithm + select + (compressed ? "c" : "") + "_" + std::to_string(owner_pid)))
+                        .string();
   if (r == 0) {
     std::filesystem::remove_all(dir);
     std::filesystem::create_directories(dir);

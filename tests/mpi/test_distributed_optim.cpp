@@ -74,8 +74,8 @@ struct Matrices {
   std::vector<og::ParamSlot> slots() {
     std::vector<og::ParamSlot> s;
     for (size_t p = 0; p < kShapes.size(); ++p)
-      s.push_back({"m" + std::to_string(p), og::ParamRole::Matrix, kShapes[p].rows, kShapes[p].cols, w[p].data(),
-                   g[p].data()});
+      s.push_back(
+          {"m" + std::to_string(p), og::ParamRole::Matrix, kShapes[p].rows, kShapes[p].cols, w[p].data(), g[p].data()});
     return s;
   }
 };
@@ -157,7 +157,9 @@ class LocalScopeReference {
         } else {  // smallest hash of the global row
           part.resize(n);
           for (int64_t i = 0; i < n; ++i) part[i] = i;
-          auto key = [&](int64_t i) { return og::hash_u64(hp_.seed, (uint64_t)ctx.step, (uint64_t)p, (uint64_t)(row0 + i)); };
+          auto key = [&](int64_t i) {
+            return og::hash_u64(hp_.seed, (uint64_t)ctx.step, (uint64_t)p, (uint64_t)(row0 + i));
+          };
           std::sort(part.begin(), part.end(), [&](int64_t a, int64_t b) { return key(a) < key(b); });
           part.resize(k);
           std::sort(part.begin(), part.end());
@@ -170,8 +172,7 @@ class LocalScopeReference {
       og::orthonormalize(hp_.ortho, src, O.data(), C, hp_.eps, ws);
       if (hp_.ef) og::scale_slices(M, R, C, og::SliceAxis::Rows, K, hp_.ef_decay, false);
       og::decay_and_add_slices(m_.w[p].data(), R, C, og::SliceAxis::Rows, K, O.data(),
-                               1.0 - (double)ctx.lr * hp_.weight_decay,
-                               og::adjusted_lr(ctx.lr, hp_.adjust_lr, R, C));
+                               1.0 - (double)ctx.lr * hp_.weight_decay, og::adjusted_lr(ctx.lr, hp_.adjust_lr, R, C));
       if (!hp_.ef)
         for (float& x : mom_[p]) x = (float)((double)x * hp_.ef_decay);
     }

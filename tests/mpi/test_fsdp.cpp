@@ -130,8 +130,7 @@ TEST(FSDP, ShardedCheckpointResumeAndReshard) {
     const og::TrainResult straight = og::run_train(c, *og_test::g_dist);
     const std::string ck2 = og::checkpoint_dir(c.log.dir, 2);
     if (r == 0) {
-      for (int q = 0; q < R; ++q)
-        EXPECT_TRUE(std::filesystem::exists(ck2 + "/" + og::shard_file_name(q, R))) << ck2;
+      for (int q = 0; q < R; ++q) EXPECT_TRUE(std::filesystem::exists(ck2 + "/" + og::shard_file_name(q, R))) << ck2;
       EXPECT_FALSE(std::filesystem::exists(ck2 + "/state.bin"));
     }
 
@@ -256,8 +255,8 @@ TEST(FSDP, MatrixOptimizersOnShardsMatchSingleProcess) {
     const og::TrainResult single = og::run_train(c, self);
     const double d = rel_diff(fsdp.final_params, single.final_params);
     if (comm().rank() == 0)
-      std::printf("FSDP %s (%s) on %d ranks: max rel diff %.3g vs one process\n", k.algorithm.c_str(),
-                  k.scope.c_str(), R, d);
+      std::printf("FSDP %s (%s) on %d ranks: max rel diff %.3g vs one process\n", k.algorithm.c_str(), k.scope.c_str(),
+                  R, d);
     // Newton-Schulz in fp32 on the same matrices, summed in another order: same bound as AdamW.
     EXPECT_LT(d, kTol) << k.algorithm << " on " << R << " FSDP ranks vs one process: max rel diff " << d;
   }

@@ -62,7 +62,7 @@ void attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* probs, cons
       for (int h = 0; h < H; ++h) {
         const int64_t head = (int64_t)b * T_ * C + (int64_t)h * hd;
         const T* P = probs + ((int64_t)b * H + h) * T_ * T_;
-        gemm<T>(true, false, T_, hd, T_, T(1), P, T_, dout + head, C, T(1), dv + head, C);  // dV += P^T dO
+        gemm<T>(true, false, T_, hd, T_, T(1), P, T_, dout + head, C, T(1), dv + head, C);         // dV += P^T dO
         gemm<T>(false, true, T_, T_, hd, T(1), dout + head, C, v + head, C, T(0), dS.data(), T_);  // dP = dO V^T
         for (int t = 0; t < T_; ++t) {  // softmax backward, scaled, on the causal part
           const T* pt = P + (int64_t)t * T_;

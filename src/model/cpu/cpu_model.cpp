@@ -57,12 +57,8 @@ class CpuModel final : public Model {
     return std::vector<float>(l, l + config().vocab_size);
   }
 
-  void upload_params(const float* host) override {
-    std::memcpy(params_.get(), host, layout().total() * sizeof(float));
-  }
-  void download_params(float* host) override {
-    std::memcpy(host, params_.get(), layout().total() * sizeof(float));
-  }
+  void upload_params(const float* host) override { std::memcpy(params_.get(), host, layout().total() * sizeof(float)); }
+  void download_params(float* host) override { std::memcpy(host, params_.get(), layout().total() * sizeof(float)); }
 
   double grad_norm_sq() override {
     const float* g = grads_.get();

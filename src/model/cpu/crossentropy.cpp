@@ -139,7 +139,8 @@ void check_targets(const int32_t* targets, int64_t N, int64_t V) {
 
 }  // namespace
 
-template <typename T> void crossentropy_forward(T* losses, const T* logits, const int32_t* targets, int64_t N, int64_t V) {
+template <typename T>
+void crossentropy_forward(T* losses, const T* logits, const int32_t* targets, int64_t N, int64_t V) {
   check_targets(targets, N, V);
 #pragma omp parallel for schedule(static) if (N * V > 65536)
   for (int64_t n = 0; n < N; ++n) {
@@ -154,7 +155,8 @@ template <typename T> void crossentropy_forward(T* losses, const T* logits, cons
 }
 
 template <typename T>
-void crossentropy_backward(T* dlogits, const T* logits, const int32_t* targets, const T* dlosses, int64_t N, int64_t V) {
+void crossentropy_backward(T* dlogits, const T* logits, const int32_t* targets, const T* dlosses, int64_t N,
+                           int64_t V) {
   check_targets(targets, N, V);
 #pragma omp parallel for schedule(static) if (N * V > 65536)
   for (int64_t n = 0; n < N; ++n) {

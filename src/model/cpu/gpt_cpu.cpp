@@ -104,15 +104,14 @@ template <typename T>
 T GptCpu<T>::forward(const T* params, const int32_t* inputs, const int32_t* targets, int B, int Tn) {
   OG_CHECK(B >= 1 && B <= max_batch_, "cpu model: batch {} outside [1, {}] (the max batch it was built for)", B,
            max_batch_);
-  OG_CHECK(Tn >= 1 && Tn <= cfg_.seq_len, "cpu model: sequence length {} outside [1, {}] (seq_len)", Tn,
-           cfg_.seq_len);
+  OG_CHECK(Tn >= 1 && Tn <= cfg_.seq_len, "cpu model: sequence length {} outside [1, {}] (seq_len)", Tn, cfg_.seq_len);
   const int64_t N = (int64_t)B * Tn, d = cfg_.d_model, F = cfg_.d_ff(), V = cfg_.vocab_size;
   const int H = cfg_.n_head, hd = cfg_.head_dim();
   const double base = cfg_.rope_base;
   saved_ = Saved::None;
   for (int64_t n = 0; n < N; ++n)
-    OG_CHECK(inputs[n] >= 0 && inputs[n] < V, "cpu model: input token {} at batch row {}, position {} is outside [0, {})",
-             inputs[n], n / Tn, n % Tn, V);
+    OG_CHECK(inputs[n] >= 0 && inputs[n] < V,
+             "cpu model: input token {} at batch row {}, position {} is outside [0, {})", inputs[n], n / Tn, n % Tn, V);
   std::copy(inputs, inputs + N, inputs_.begin());
   B_ = B;
   Tn_ = Tn;

@@ -45,13 +45,13 @@ template <typename T> class GptCpu {
   const T* losses() const { return losses_; }
 
  private:
-  struct LayerActs {  // what one block saves for its backward
-    T *res_in, *ln1, *rstd1;   // block input, its rmsnorm, rstd [N]
-    T *q, *k, *v;              // projections [N, d]; q and k after rotary
+  struct LayerActs {             // what one block saves for its backward
+    T *res_in, *ln1, *rstd1;     // block input, its rmsnorm, rstd [N]
+    T *q, *k, *v;                // projections [N, d]; q and k after rotary
     T *qn, *kn, *rstdq, *rstdk;  // QK-norm outputs and their rstd [N * H]
-    T *probs, *att;            // attention probabilities [B, H, Tn, Tn] and output [N, d]
-    T *res_mid, *ln2, *rstd2;  // residual after attention, its rmsnorm and rstd
-    T *fc, *act;               // mlp pre-activation and relu2 output [N, 4d]
+    T *probs, *att;              // attention probabilities [B, H, Tn, Tn] and output [N, d]
+    T *res_mid, *ln2, *rstd2;    // residual after attention, its rmsnorm and rstd
+    T *fc, *act;                 // mlp pre-activation and relu2 output [N, 4d]
   };
   struct LayerParams {  // element offsets of one block's weights in the parameter buffer
     size_t q, k, v, o, fc, proj;

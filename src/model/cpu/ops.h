@@ -19,7 +19,8 @@ template <typename T>
 void matmul_backward(T* dinp, T* dw, const T* dout, const T* inp, const T* w, int64_t N, int64_t C, int64_t OC);
 
 // RMSNorm without weight over rows of length C: rstd[n] = 1/sqrt(mean(x^2) + eps), out = x*rstd (writes)
-template <typename T> void rmsnorm_forward(T* out, T* rstd, const T* inp, int64_t N, int64_t C, double eps = kRmsNormEps);
+template <typename T>
+void rmsnorm_forward(T* out, T* rstd, const T* inp, int64_t N, int64_t C, double eps = kRmsNormEps);
 template <typename T> void rmsnorm_backward(T* dinp, const T* dout, const T* inp, const T* rstd, int64_t N, int64_t C);
 
 // Rotary embedding on x[B, T, H, hd], halves rotated: for i < hd/2, theta = t * base^(-2i/hd),
@@ -48,7 +49,8 @@ template <typename T> void embedding_backward(T* dwte, const T* dout, const int3
 // Backward writes dlogits[n, :] = dlosses[n] * (softmax(logits[n]) - onehot(target[n])); dlogits may
 // alias logits (the model converts its logits buffer in place). target -1 = ignored (loss 0,
 // gradient row 0); any other target outside [0, V) throws og::Error.
-template <typename T> void crossentropy_forward(T* losses, const T* logits, const int32_t* targets, int64_t N, int64_t V);
+template <typename T>
+void crossentropy_forward(T* losses, const T* logits, const int32_t* targets, int64_t N, int64_t V);
 template <typename T>
 void crossentropy_backward(T* dlogits, const T* logits, const int32_t* targets, const T* dlosses, int64_t N, int64_t V);
 

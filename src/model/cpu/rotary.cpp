@@ -14,8 +14,7 @@ namespace og::cpu {
 namespace {
 
 // sign = +1: forward rotation; sign = -1: its transpose (backward).
-template <typename T>
-void rotate(T* out, const T* inp, int B, int T_, int H, int hd, double base, double sign) {
+template <typename T> void rotate(T* out, const T* inp, int B, int T_, int H, int hd, double base, double sign) {
   OG_CHECK(hd % 2 == 0, "rotary: head_dim {} must be even", hd);
   const int half = hd / 2;
 #pragma omp parallel for schedule(static) if ((int64_t)B * T_ * H * hd > 32768)

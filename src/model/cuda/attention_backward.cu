@@ -31,13 +31,11 @@ constexpr int kStep = 32;          // rows of the streamed operand per step, bot
 
 // K, V (64 rows each), then two stages of (Q, dO) tiles (32 rows each), then two stages of
 // (lse, delta) rows.
-template <int HD>
-constexpr size_t dkdv_smem_bytes() {
+template <int HD> constexpr size_t dkdv_smem_bytes() {
   return (2 * kRowsPerBlock + 2 * 2 * kStep) * smem_ld<HD>() * sizeof(bf16) + 2 * 2 * kStep * sizeof(float);
 }
 // Two stages of (K, V) tiles of 32 rows.
-template <int HD>
-constexpr size_t dq_smem_bytes() { return 2 * 2 * kStep * smem_ld<HD>() * sizeof(bf16); }
+template <int HD> constexpr size_t dq_smem_bytes() { return 2 * 2 * kStep * smem_ld<HD>() * sizeof(bf16); }
 
 // acc[nt] (16 x kStep, C layout) += A(16 x HD rows of `a_smem`, A via ldmatrix) · Bᵀ where the
 // B operand is rows of `b_smem` (kStep rows x HD): i.e. acc = A_rows · B_rowsᵀ.
@@ -81,8 +79,7 @@ __device__ __forceinline__ void frags_times_rows_t(float acc[kStep / 8][4], cons
 // out[dt] (16 x HD) += P(16 x kStep, fp32 C-layout registers, rounded to bf16) · rows of `b_smem`
 // (kStep rows x HD, the k dimension of this product: ldmatrix .trans).
 template <int HD>
-__device__ __forceinline__ void regs_times_rows(float out[HD / 8][4], const float p[kStep / 8][4],
-                                                const bf16* b_smem) {
+__device__ __forceinline__ void regs_times_rows(float out[HD / 8][4], const float p[kStep / 8][4], const bf16* b_smem) {
   constexpr int LD = smem_ld<HD>();
   const int lane = threadIdx.x & 31;
 #pragma unroll
@@ -101,13 +98,11 @@ __device__ __forceinline__ void regs_times_rows(float out[HD / 8][4], const floa
 }
 
 template <int HD>
-__global__ void __launch_bounds__(kThreads) flash_dkdv_kernel(bf16* __restrict__ dk, bf16* __restrict__ dv,
-                                                              const bf16* __restrict__ dout,
-                                                              const float* __restrict__ lse,
-                                                              const float* __restrict__ delta,
-                                                              const bf16* __restrict__ q, const bf16* __restrict__ k,
-                                                              const bf16* __restrict__ v, int T, int H, float scale,
-                                                              float scale_log2) {
+__global__ void __launch_bounds__(kThreads)
+    flash_dkdv_kernel(bf16* __restrict__ dk, bf16* __restrict__ dv, const bf16* __restrict__ dout,
+                      const float* __restrict__ lse, const float* __restrict__ delta, const bf16* __restrict__ q,
+                      const bf16* __restrict__ k, const bf16* __restrict__ v, int T, int H, float scale,
+                      float scale_log2) {
   constexpr int LD = smem_ld<HD>(), NO = HD / 8, NS = kStep / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* const Ks = reinterpret_cast<bf16*>(smem_raw);
@@ -197,12 +192,10 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_kernel(bf16* __restrict__
 }
 
 template <int HD>
-__global__ void __launch_bounds__(kThreads) flash_dq_kernel(bf16* __restrict__ dq, const bf16* __restrict__ dout,
-                                                            const float* __restrict__ lse,
-                                                            const float* __restrict__ delta,
-                                                            const bf16* __restrict__ q, const bf16* __restrict__ k,
-                                                            const bf16* __restrict__ v, int T, int H, float scale,
-                                                            float scale_log2) {
+__global__ void __launch_bounds__(kThreads)
+    flash_dq_kernel(bf16* __restrict__ dq, const bf16* __restrict__ dout, const float* __restrict__ lse,
+                    const float* __restrict__ delta, const bf16* __restrict__ q, const bf16* __restrict__ k,
+                    const bf16* __restrict__ v, int T, int H, float scale, float scale_log2) {
   constexpr int LD = smem_ld<HD>(), KS = HD / 16, NO = HD / 8, NS = kStep / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* const stage0 = reinterpret_cast<bf16*>(smem_raw);  // stage s: K at 2s·kStep·LD, V after it
@@ -291,8 +284,8 @@ void launch_flash_backward(bf16* dq, bf16* dk, bf16* dv, const float* delta, con
   const size_t smem_dkdv = dkdv_smem_bytes<HD>(), smem_dq = dq_smem_bytes<HD>();
   allow_dynamic_smem(flash_dkdv_kernel<HD>, smem_dkdv);
   allow_dynamic_smem(flash_dq_kernel<HD>, smem_dq);
-  flash_dkdv_kernel<HD><<<grid, kThreads, smem_dkdv, stream>>>(dk, dv, dout, lse, delta, q, k, v, T, H, scale,
-                                                                scale_log2);
+  flash_dkdv_kernel<HD>
+      <<<grid, kThreads, smem_dkdv, stream>>>(dk, dv, dout, lse, delta, q, k, v, T, H, scale, scale_log2);
   CUDA_CHECK_LAUNCH();
   flash_dq_kernel<HD><<<grid, kThreads, smem_dq, stream>>>(dq, dout, lse, delta, q, k, v, T, H, scale, scale_log2);
   CUDA_CHECK_LAUNCH();
@@ -300,9 +293,8 @@ void launch_flash_backward(bf16* dq, bf16* dk, bf16* dv, const float* delta, con
 
 }  // namespace
 
-void attention_backward(bf16* dq, bf16* dk, bf16* dv, float* delta, const bf16* dout, const bf16* out,
-                        const float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T, int H, int hd,
-                        cudaStream_t stream) {
+void attention_backward(bf16* dq, bf16* dk, bf16* dv, float* delta, const bf16* dout, const bf16* out, const float* lse,
+                        const bf16* q, const bf16* k, const bf16* v, int B, int T, int H, int hd, cudaStream_t stream) {
   attn::check_attention_sizes("attention_backward", B, T, H, hd);
   if (!attn::tensor_core_eligible(hd, {dq, dk, dv, dout, out, q, k, v})) {
     attention_backward_simple(dq, dk, dv, delta, dout, out, lse, q, k, v, B, T, H, hd, stream);

@@ -29,15 +29,12 @@ constexpr int kBc = 64;  // key rows per step; kBr == kBc makes the diagonal blo
 constexpr int kThreads = 128;
 
 // Two stages of (K tile, V tile).
-template <int HD>
-constexpr size_t forward_smem_bytes() { return 2 * 2 * kBc * smem_ld<HD>() * sizeof(bf16); }
+template <int HD> constexpr size_t forward_smem_bytes() { return 2 * 2 * kBc * smem_ld<HD>() * sizeof(bf16); }
 
 template <int HD>
-__global__ void __launch_bounds__(kThreads) flash_forward_kernel(bf16* __restrict__ out, float* __restrict__ lse,
-                                                                 const bf16* __restrict__ q,
-                                                                 const bf16* __restrict__ k,
-                                                                 const bf16* __restrict__ v, int T, int H,
-                                                                 float scale_log2) {
+__global__ void __launch_bounds__(kThreads)
+    flash_forward_kernel(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ q,
+                         const bf16* __restrict__ k, const bf16* __restrict__ v, int T, int H, float scale_log2) {
   constexpr int LD = smem_ld<HD>(), KS = HD / 16, NO = HD / 8, NS = kBc / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* const smem = reinterpret_cast<bf16*>(smem_raw);  // stage s: K at (2s)·kBc·LD, V at (2s+1)·kBc·LD
@@ -48,7 +45,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(bf16* __restric
   const int qb = gridDim.y - 1 - blockIdx.y;  // heaviest query blocks first
   const int stride = H * HD;
   const int64_t bh = ((int64_t)b * T * H + h) * HD;  // element offset of (b, 0, h, 0)
-  const int r0 = qb * kBr + warp * 16;                // first query row of this warp
+  const int r0 = qb * kBr + warp * 16;               // first query row of this warp
 
   // start the copies of key block 0, then fetch Q while they fly
   load_tile_async<kBc, HD>(smem, k + bh, 0, T, stride);
@@ -189,8 +186,8 @@ bool tensor_core_eligible(int hd, std::initializer_list<const void*> ptrs) {
 void check_attention_sizes(const char* what, int B, int T, int H, int hd) {
   OG_CHECK(B > 0 && T > 0 && H > 0 && hd > 0 && hd % 2 == 0, "{}: bad sizes B={} T={} H={} hd={} (hd must be even)",
            what, B, T, H, hd);
-  OG_CHECK((int64_t)B * H < (int64_t(1) << 31) && T <= 65535 * 64, "{}: B·H={} or T={} too large", what,
-           (int64_t)B * H, T);
+  OG_CHECK((int64_t)B * H < (int64_t(1) << 31) && T <= 65535 * 64, "{}: B·H={} or T={} too large", what, (int64_t)B * H,
+           T);
 }
 
 }  // namespace attn

@@ -38,8 +38,7 @@ __device__ __forceinline__ void load_tile_async(bf16* smem, const bf16* bh, int 
 }
 
 // vec[r] = src[row0 + r] for r < ROWS (0 where row0 + r >= T); src is one [T] row of a [B, H, T] array.
-template <int ROWS>
-__device__ __forceinline__ void load_row_stats(float* smem, const float* src, int row0, int T) {
+template <int ROWS> __device__ __forceinline__ void load_row_stats(float* smem, const float* src, int row0, int T) {
   for (int r = threadIdx.x; r < ROWS; r += blockDim.x) smem[r] = row0 + r < T ? src[row0 + r] : 0.0f;
 }
 
@@ -65,8 +64,8 @@ __device__ __forceinline__ void load_a_fragments(uint32_t a[HD / 16][4], const b
 // r0..r0+15 of a [B, T, H, HD] tensor, rows r0+g scaled by scale_lo and r0+g+8 by scale_hi;
 // rows >= T are skipped.
 template <int HD>
-__device__ __forceinline__ void store_c_fragments(bf16* bh, const float acc[HD / 8][4], float scale_lo,
-                                                  float scale_hi, int r0, int T, int stride) {
+__device__ __forceinline__ void store_c_fragments(bf16* bh, const float acc[HD / 8][4], float scale_lo, float scale_hi,
+                                                  int r0, int T, int stride) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int row_lo = r0 + g, row_hi = r0 + g + 8;
 #pragma unroll
@@ -81,8 +80,7 @@ __device__ __forceinline__ void store_c_fragments(bf16* bh, const float acc[HD /
 }
 
 // Opt a kernel into more than the default 48 KiB of dynamic shared memory when it needs it.
-template <typename Kernel>
-inline void allow_dynamic_smem(Kernel kernel, size_t bytes) {
+template <typename Kernel> inline void allow_dynamic_smem(Kernel kernel, size_t bytes) {
   if (bytes > 48 * 1024)
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
 }

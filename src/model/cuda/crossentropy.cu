@@ -27,9 +27,9 @@ __device__ __forceinline__ void online_add(float& m, float& s, float v) {
 }
 
 template <bool kVec, bool kBackward>
-__global__ void __launch_bounds__(kThreads) crossentropy_kernel(float* __restrict__ losses, bf16* logits,
-                                                                const int32_t* __restrict__ targets, int64_t V,
-                                                                float dloss) {
+__global__ void __launch_bounds__(kThreads)
+    crossentropy_kernel(float* __restrict__ losses, bf16* logits, const int32_t* __restrict__ targets, int64_t V,
+                        float dloss) {
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
   bf16* x = logits + row * V;
@@ -57,8 +57,7 @@ __global__ void __launch_bounds__(kThreads) crossentropy_kernel(float* __restric
   const float scaled = s == 0.0f ? 0.0f : s * __expf(m - row_max);
   const float row_sum = block_sum(scaled, scratch);
   const float lse = row_max + logf(row_sum);
-  if (threadIdx.x == 0)
-    losses[row] = ignore ? 0.0f : bad ? __int_as_float(0x7fc00000) : lse - target_logit;
+  if (threadIdx.x == 0) losses[row] = ignore ? 0.0f : bad ? __int_as_float(0x7fc00000) : lse - target_logit;
   if (!kBackward) return;
 
   const float d = ignore ? 0.0f : bad ? __int_as_float(0x7fc00000) : dloss;
@@ -84,8 +83,8 @@ __global__ void __launch_bounds__(kThreads) crossentropy_kernel(float* __restric
 template <bool kBackward>
 void launch(float* losses, bf16* logits, const int32_t* targets, int64_t N, int64_t V, float dloss,
             cudaStream_t stream) {
-  OG_CHECK(N >= 0 && N < (int64_t(1) << 31) && V > 0 && V < (int64_t(1) << 31),
-           "crossentropy: bad sizes N={} V={}", N, V);
+  OG_CHECK(N >= 0 && N < (int64_t(1) << 31) && V > 0 && V < (int64_t(1) << 31), "crossentropy: bad sizes N={} V={}", N,
+           V);
   if (N == 0) return;
   const bool vec = V % 8 == 0 && (reinterpret_cast<uintptr_t>(logits) & 15) == 0;
   if (vec)

@@ -133,10 +133,14 @@ void embedding_backward(float* dwte, const Tgrad* dout, const int32_t* tokens, i
   CUDA_CHECK_LAUNCH();
 }
 
-template void embedding_forward<float, float>(float*, const int32_t*, const float*, int64_t, int64_t, int64_t, cudaStream_t);
-template void embedding_forward<bf16, float>(bf16*, const int32_t*, const float*, int64_t, int64_t, int64_t, cudaStream_t);
-template void embedding_forward<float, bf16>(float*, const int32_t*, const bf16*, int64_t, int64_t, int64_t, cudaStream_t);
-template void embedding_forward<bf16, bf16>(bf16*, const int32_t*, const bf16*, int64_t, int64_t, int64_t, cudaStream_t);
+template void embedding_forward<float, float>(float*, const int32_t*, const float*, int64_t, int64_t, int64_t,
+                                              cudaStream_t);
+template void embedding_forward<bf16, float>(bf16*, const int32_t*, const float*, int64_t, int64_t, int64_t,
+                                             cudaStream_t);
+template void embedding_forward<float, bf16>(float*, const int32_t*, const bf16*, int64_t, int64_t, int64_t,
+                                             cudaStream_t);
+template void embedding_forward<bf16, bf16>(bf16*, const int32_t*, const bf16*, int64_t, int64_t, int64_t,
+                                            cudaStream_t);
 template void embedding_backward<float>(float*, const float*, const int32_t*, int64_t, int64_t, int64_t, void*, size_t,
                                         cudaStream_t);
 template void embedding_backward<bf16>(float*, const bf16*, const int32_t*, int64_t, int64_t, int64_t, void*, size_t,

@@ -254,8 +254,7 @@ void GptCuda::stage_tokens(const int32_t* inputs, const int32_t* targets, int64_
   CUDA_CHECK(cudaMemcpyAsync(inputs_d(), slot, (size_t)N * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
   if (targets) {
     std::memcpy(slot + cap, targets, (size_t)N * sizeof(int32_t));
-    CUDA_CHECK(
-        cudaMemcpyAsync(targets_d(), slot + cap, (size_t)N * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    CUDA_CHECK(cudaMemcpyAsync(targets_d(), slot + cap, (size_t)N * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
   }
   CUDA_CHECK(cudaEventRecord(staged_[slot_].get(), stream_));
   slot_ ^= 1;

@@ -106,17 +106,17 @@ class GptCuda final : public Model {
   // What one block keeps for its backward. Depending on the recompute mode, some of these
   // point at buffers shared by all blocks (rewritten before each block's backward).
   struct LayerActs {
-    float* res_in = nullptr;             // block input (fp32 residual) [N, d]
-    gpu::bf16* ln1 = nullptr;            // rmsnorm(res_in) [N, d]
-    float* rstd1 = nullptr;              // [N]
+    float* res_in = nullptr;                             // block input (fp32 residual) [N, d]
+    gpu::bf16* ln1 = nullptr;                            // rmsnorm(res_in) [N, d]
+    float* rstd1 = nullptr;                              // [N]
     gpu::bf16 *q = nullptr, *k = nullptr, *v = nullptr;  // q, k after rotary + QK-norm [N, d]
     float *rstdq = nullptr, *rstdk = nullptr;            // QK-norm rstd [N, H]
-    gpu::bf16* att = nullptr;            // attention output [N, d]
-    float* lse = nullptr;                // attention logsumexp [B, H, T]
-    float* res_mid = nullptr;            // residual after attention (fp32) [N, d]
-    gpu::bf16* ln2 = nullptr;            // rmsnorm(res_mid) [N, d]
-    float* rstd2 = nullptr;              // [N]
-    gpu::bf16 *fc = nullptr, *act = nullptr;  // MLP pre-activation and ReLU² output [N, 4d]
+    gpu::bf16* att = nullptr;                            // attention output [N, d]
+    float* lse = nullptr;                                // attention logsumexp [B, H, T]
+    float* res_mid = nullptr;                            // residual after attention (fp32) [N, d]
+    gpu::bf16* ln2 = nullptr;                            // rmsnorm(res_mid) [N, d]
+    float* rstd2 = nullptr;                              // [N]
+    gpu::bf16 *fc = nullptr, *act = nullptr;             // MLP pre-activation and ReLU² output [N, 4d]
   };
   struct LayerWeights {  // offsets (elements) of one block's weights in the parameter buffers
     size_t q, k, v, o, fc, proj;
@@ -128,14 +128,13 @@ class GptCuda final : public Model {
   void stage_tokens(const int32_t* inputs, const int32_t* targets, int64_t N);  // host -> device (async)
 
   // gpt_cuda_passes.cu: the passes (all queued on stream_)
-  void forward_blocks(int B, int T);                  // embedding .. final rmsnorm (lnf_)
+  void forward_blocks(int B, int T);                   // embedding .. final rmsnorm (lnf_)
   void block_forward(int l, int B, int T, bool last);  // one block; `last`: stop after the ReLU² (recompute)
-  void restore_layer(int l, int B, int T);            // recompute what the mode dropped
+  void restore_layer(int l, int B, int T);             // recompute what the mode dropped
   void head_forward_backward(int64_t N, float dloss);  // chunked lm_head + CE: losses_, dln_ (dlnf), dW_lm
-  void head_loss(int64_t N);                          // chunked lm_head + CE, loss only
-  void backward_blocks(int B, int T);                 // dlnf .. embedding gradient
-  void enqueue_train(const int32_t* inputs, const int32_t* targets, int B, int T, float grad_scale,
-                     double* loss_acc);
+  void head_loss(int64_t N);                           // chunked lm_head + CE, loss only
+  void backward_blocks(int B, int T);                  // dlnf .. embedding gradient
+  void enqueue_train(const int32_t* inputs, const int32_t* targets, int B, int T, float grad_scale, double* loss_acc);
   double read_scalar(const double* device_value);  // waits for the stream
 
   const gpu::bf16* wbf(size_t offset) const { return wbf_.data() + offset; }
@@ -172,24 +171,24 @@ class GptCuda final : public Model {
   size_t arena_bytes_ = 0;
   int64_t chunk_rows_ = 0;
   std::vector<LayerActs> layers_;
-  float* res_final_ = nullptr;     // output of the last block [N, d]
-  gpu::bf16* lnf_ = nullptr;       // final rmsnorm [N, d]
-  float* rstdf_ = nullptr;         // [N]
-  gpu::bf16* logits_ = nullptr;    // one chunk of logits / dlogits [chunk_rows_, V]
-  float* logits_f32_ = nullptr;    // last_logits result [V]
-  float* losses_ = nullptr;        // per-token losses [N]
-  float* dres_ = nullptr;          // gradient of the residual stream (fp32) [N, d]
-  gpu::bf16* dres_bf_ = nullptr;   // its bf16 copy, the dout of the o / proj matmuls [N, d]
-  gpu::bf16* dln_ = nullptr;       // gradient of an rmsnorm output [N, d]; forward scratch for branch outputs
-  gpu::bf16* dact_ = nullptr;      // MLP gradient [N, 4d]; in the attention backward it holds datt, dq, dk, dv
-  float* delta_ = nullptr;         // attention backward scratch [B, H, T]
+  float* res_final_ = nullptr;    // output of the last block [N, d]
+  gpu::bf16* lnf_ = nullptr;      // final rmsnorm [N, d]
+  float* rstdf_ = nullptr;        // [N]
+  gpu::bf16* logits_ = nullptr;   // one chunk of logits / dlogits [chunk_rows_, V]
+  float* logits_f32_ = nullptr;   // last_logits result [V]
+  float* losses_ = nullptr;       // per-token losses [N]
+  float* dres_ = nullptr;         // gradient of the residual stream (fp32) [N, d]
+  gpu::bf16* dres_bf_ = nullptr;  // its bf16 copy, the dout of the o / proj matmuls [N, d]
+  gpu::bf16* dln_ = nullptr;      // gradient of an rmsnorm output [N, d]; forward scratch for branch outputs
+  gpu::bf16* dact_ = nullptr;     // MLP gradient [N, 4d]; in the attention backward it holds datt, dq, dk, dv
+  float* delta_ = nullptr;        // attention backward scratch [B, H, T]
 
   DeviceBuffer<char> emb_workspace_;
   DeviceBuffer<int32_t> tokens_d_;  // inputs [N] then targets [N]
 
   // pinned staging for tokens: two slots so the host can fill one while the other is in flight
   std::unique_ptr<void, PinnedDeleter> staging_owner_;
-  int32_t* staging_ = nullptr;  // 2 slots x (inputs N, targets N) int32
+  int32_t* staging_ = nullptr;                           // 2 slots x (inputs N, targets N) int32
   std::unique_ptr<CUevent_st, EventDeleter> staged_[2];  // recorded after each slot's copy
   int slot_ = 0;
 

@@ -63,8 +63,7 @@ void GptCuda::restore_layer(int l, int B, int T) {
   const int64_t N = (int64_t)B * T, d = cfg_.d_model, F = cfg_.d_ff();
   const LayerActs& L = layers_[l];
   switch (options_.recompute) {
-    case Recompute::None:
-      return;
+    case Recompute::None: return;
     case Recompute::Elementwise:
       gpu::rmsnorm_forward<float>(L.ln1, L.rstd1, L.res_in, N, (int)d, kRmsNormEps, stream_);
       gpu::rmsnorm_forward<float>(L.ln2, L.rstd2, L.res_mid, N, (int)d, kRmsNormEps, stream_);

@@ -55,8 +55,8 @@ void rmsnorm_backward(Tin* dinp, const bf16* dout, const Tin* inp, const float* 
 // Rotary embedding (halves rotated, theta = t·base^(−2i/hd), t = position in the sequence) then
 // per-head RMSNorm over hd, on x[B, T, H, hd] (q or k): out = rmsnorm(rotary(inp)), rstd[B, T, H].
 // out may alias inp. hd must be even.
-void rotary_qknorm_forward(bf16* out, float* rstd, const bf16* inp, int B, int T, int H, int hd, float base,
-                           float eps, cudaStream_t stream);
+void rotary_qknorm_forward(bf16* out, float* rstd, const bf16* inp, int B, int T, int H, int hd, float base, float eps,
+                           cudaStream_t stream);
 // Gradient through both, from the forward's OUTPUT (out, rstd): dinp = Rᵀ·rstd·(dout − out·mean(dout·out)).
 // dinp may alias dout.
 void rotary_qknorm_backward(bf16* dinp, const bf16* dout, const bf16* out, const float* rstd, int B, int T, int H,
@@ -70,9 +70,8 @@ void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, cons
                        cudaStream_t stream);
 // Writes dq, dk, dv [B, T, H, hd]. delta[B, H, T] fp32 is scratch (rowsum(dout∘out)).
 // Deterministic (no atomics): one kernel for dK/dV over key blocks, one for dQ over query blocks.
-void attention_backward(bf16* dq, bf16* dk, bf16* dv, float* delta, const bf16* dout, const bf16* out,
-                        const float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T, int H, int hd,
-                        cudaStream_t stream);
+void attention_backward(bf16* dq, bf16* dk, bf16* dv, float* delta, const bf16* dout, const bf16* out, const float* lse,
+                        const bf16* q, const bf16* k, const bf16* v, int B, int T, int H, int hd, cudaStream_t stream);
 // True when attention_forward takes the tensor-core path for these arguments (attention_backward
 // does when, in addition, dq, dk, dv and dout are 16-byte aligned).
 bool attention_uses_tensor_cores(int hd, const void* q, const void* k, const void* v, const void* out);

@@ -8,8 +8,8 @@ namespace {
 
 constexpr int kThreads = 1024;
 
-__global__ void __launch_bounds__(kThreads) accumulate_loss_sum_kernel(double* acc, const float* losses, int64_t n,
-                                                                       double scale) {
+__global__ void __launch_bounds__(kThreads)
+    accumulate_loss_sum_kernel(double* acc, const float* losses, int64_t n, double scale) {
   __shared__ double partial[kThreads];
   double s = 0.0;
   for (int64_t i = threadIdx.x; i < n; i += kThreads) s += (double)losses[i];

@@ -46,10 +46,14 @@ const Matmul::Plan& Matmul::plan_for(const Problem& p) {
   const uint64_t ws = workspace_.bytes();
   const uint32_t al_a = p.align_a, al_b = p.align_b, al_d = p.align_d;
   CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a)));
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b)));
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof(al_d)));
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof(al_d)));
+  CUBLAS_CHECK(
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a)));
+  CUBLAS_CHECK(
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b)));
+  CUBLAS_CHECK(
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof(al_d)));
+  CUBLAS_CHECK(
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof(al_d)));
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
   const cublasStatus_t st =
@@ -71,14 +75,24 @@ void Matmul::run(const Problem& p, const void* A, const void* B, void* D, bool a
   OG_CHECK(p.m > 0 && p.n > 0 && p.k > 0, "matmul: empty problem m={} n={} k={}", p.m, p.n, p.k);
   const Plan& plan = plan_for(p);
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-  CUBLAS_CHECK(cublasLtMatmul(handle_, plan.desc, &alpha, A, plan.a, B, plan.b, &beta, D, plan.d, D, plan.d,
-                              &plan.algo, workspace_.data(), workspace_.bytes(), stream));
+  CUBLAS_CHECK(cublasLtMatmul(handle_, plan.desc, &alpha, A, plan.a, B, plan.b, &beta, D, plan.d, D, plan.d, &plan.algo,
+                              workspace_.data(), workspace_.bytes(), stream));
 }
 
 // out[N, OC] = inp[N, C]·wᵀ. Column-major: out is (OC × N, ld OC) = wᵀ-op(A) · inp-as-(C × N).
 void Matmul::forward(__nv_bfloat16* out, const __nv_bfloat16* inp, const __nv_bfloat16* w, int64_t N, int64_t C,
                      int64_t OC, cudaStream_t stream) {
-  const Problem p{true, false, OC, N, C, C, C, OC, CUDA_R_16BF, pointer_alignment(w), pointer_alignment(inp),
+  const Problem p{true,
+                  false,
+                  OC,
+                  N,
+                  C,
+                  C,
+                  C,
+                  OC,
+                  CUDA_R_16BF,
+                  pointer_alignment(w),
+                  pointer_alignment(inp),
                   pointer_alignment(out)};
   run(p, w, inp, out, false, stream);
 }
@@ -86,7 +100,17 @@ void Matmul::forward(__nv_bfloat16* out, const __nv_bfloat16* inp, const __nv_bf
 // dinp[N, C] = dout[N, OC]·w. Column-major: dinp is (C × N) = w-as-(C × OC) · dout-as-(OC × N).
 void Matmul::backward_input(__nv_bfloat16* dinp, const __nv_bfloat16* dout, const __nv_bfloat16* w, int64_t N,
                             int64_t C, int64_t OC, bool accumulate, cudaStream_t stream) {
-  const Problem p{false, false, C, N, OC, C, OC, C, CUDA_R_16BF, pointer_alignment(w), pointer_alignment(dout),
+  const Problem p{false,
+                  false,
+                  C,
+                  N,
+                  OC,
+                  C,
+                  OC,
+                  C,
+                  CUDA_R_16BF,
+                  pointer_alignment(w),
+                  pointer_alignment(dout),
                   pointer_alignment(dinp)};
   run(p, w, dout, dinp, accumulate, stream);
 }
@@ -94,7 +118,17 @@ void Matmul::backward_input(__nv_bfloat16* dinp, const __nv_bfloat16* dout, cons
 // dw[OC, C] = dout[N, OC]ᵀ·inp. Column-major: dw is (C × OC) = inp-as-(C × N) · op_T(dout-as-(OC × N)).
 void Matmul::backward_weight(float* dw, const __nv_bfloat16* dout, const __nv_bfloat16* inp, int64_t N, int64_t C,
                              int64_t OC, bool accumulate, cudaStream_t stream) {
-  const Problem p{false, true, C, OC, N, C, OC, C, CUDA_R_32F, pointer_alignment(inp), pointer_alignment(dout),
+  const Problem p{false,
+                  true,
+                  C,
+                  OC,
+                  N,
+                  C,
+                  OC,
+                  C,
+                  CUDA_R_32F,
+                  pointer_alignment(inp),
+                  pointer_alignment(dout),
                   pointer_alignment(dw)};
   run(p, inp, dout, dw, accumulate, stream);
 }

@@ -31,12 +31,12 @@ class Matmul {
   Matmul(const Matmul&) = delete;
   Matmul& operator=(const Matmul&) = delete;
 
-  void forward(__nv_bfloat16* out, const __nv_bfloat16* inp, const __nv_bfloat16* w, int64_t N, int64_t C,
-               int64_t OC, cudaStream_t stream);
+  void forward(__nv_bfloat16* out, const __nv_bfloat16* inp, const __nv_bfloat16* w, int64_t N, int64_t C, int64_t OC,
+               cudaStream_t stream);
   void backward_input(__nv_bfloat16* dinp, const __nv_bfloat16* dout, const __nv_bfloat16* w, int64_t N, int64_t C,
                       int64_t OC, bool accumulate, cudaStream_t stream);
-  void backward_weight(float* dw, const __nv_bfloat16* dout, const __nv_bfloat16* inp, int64_t N, int64_t C,
-                       int64_t OC, bool accumulate, cudaStream_t stream);
+  void backward_weight(float* dw, const __nv_bfloat16* dout, const __nv_bfloat16* inp, int64_t N, int64_t C, int64_t OC,
+                       bool accumulate, cudaStream_t stream);
 
   size_t num_plans() const { return plans_.size(); }
 

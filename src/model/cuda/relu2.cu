@@ -18,8 +18,7 @@ __device__ __forceinline__ float relu2(float x) {
 }
 __device__ __forceinline__ float relu2_grad(float dy, float x) { return dy * 2.0f * fmaxf(x, 0.0f); }
 
-template <bool kVec>
-__global__ void relu2_forward_kernel(bf16* out, const bf16* inp, int64_t n) {
+template <bool kVec> __global__ void relu2_forward_kernel(bf16* out, const bf16* inp, int64_t n) {
   const int64_t groups = (n + 7) / 8;
   for (int64_t g = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; g < groups; g += (int64_t)gridDim.x * blockDim.x) {
     const int64_t i0 = g * 8;
@@ -34,8 +33,7 @@ __global__ void relu2_forward_kernel(bf16* out, const bf16* inp, int64_t n) {
   }
 }
 
-template <bool kVec>
-__global__ void relu2_backward_kernel(bf16* dinp, const bf16* dout, const bf16* inp, int64_t n) {
+template <bool kVec> __global__ void relu2_backward_kernel(bf16* dinp, const bf16* dout, const bf16* inp, int64_t n) {
   const int64_t groups = (n + 7) / 8;
   for (int64_t g = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; g < groups; g += (int64_t)gridDim.x * blockDim.x) {
     const int64_t i0 = g * 8;
@@ -43,7 +41,8 @@ __global__ void relu2_backward_kernel(bf16* dinp, const bf16* dout, const bf16* 
       Bf16x8 d = *reinterpret_cast<const Bf16x8*>(dout + i0);
       const Bf16x8 x = *reinterpret_cast<const Bf16x8*>(inp + i0);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) d.v[j] = __float2bfloat16_rn(relu2_grad(__bfloat162float(d.v[j]), __bfloat162float(x.v[j])));
+      for (int j = 0; j < 8; ++j)
+        d.v[j] = __float2bfloat16_rn(relu2_grad(__bfloat162float(d.v[j]), __bfloat162float(x.v[j])));
       *reinterpret_cast<Bf16x8*>(dinp + i0) = d;
     } else {
       for (int64_t i = i0; i < n && i < i0 + 8; ++i)

@@ -80,8 +80,8 @@ __global__ void rmsnorm_backward_kernel(Tin* __restrict__ dinp, const bf16* __re
 unsigned row_blocks(int64_t N) { return (unsigned)((N + kRowsPerBlock - 1) / kRowsPerBlock); }
 
 void check_sizes(const char* what, int64_t N, int C) {
-  OG_CHECK(N >= 0 && C > 0 && (N + kRowsPerBlock - 1) / kRowsPerBlock < (int64_t(1) << 31),
-           "{}: bad sizes N={} C={}", what, N, C);
+  OG_CHECK(N >= 0 && C > 0 && (N + kRowsPerBlock - 1) / kRowsPerBlock < (int64_t(1) << 31), "{}: bad sizes N={} C={}",
+           what, N, C);
 }
 
 }  // namespace
@@ -99,8 +99,8 @@ void rmsnorm_residual_forward(Tres* res_out, bf16* out, float* rstd, const Tres*
                               int C, float eps, cudaStream_t stream) {
   check_sizes("rmsnorm_residual_forward", N, C);
   if (N == 0) return;
-  rmsnorm_residual_forward_kernel<<<row_blocks(N), 32 * kRowsPerBlock, 0, stream>>>(res_out, out, rstd, res_in, y, N,
-                                                                                     C, eps);
+  rmsnorm_residual_forward_kernel<<<row_blocks(N), 32 * kRowsPerBlock, 0, stream>>>(res_out, out, rstd, res_in, y, N, C,
+                                                                                    eps);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -88,7 +88,8 @@ void LtGemm::plan(BlasContext& ctx, const GemmDims& d, bool autotune, const bf16
   const uint64_t ws = ctx.lt_workspace_bytes();
   const uint32_t al_a = batch_alignment(d.stride_a, d.batch), al_b = batch_alignment(d.stride_b, d.batch),
                  al_c = batch_alignment(d.stride_c, d.batch);
-  cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+  cublasStatus_t st =
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
   if (st == CUBLAS_STATUS_SUCCESS)
     st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a));
   if (st == CUBLAS_STATUS_SUCCESS)
@@ -182,11 +183,10 @@ void PtrArrayGemm::plan(const GemmDims& d, const std::vector<const bf16*>& a, co
 }
 
 void PtrArrayGemm::run(BlasContext& ctx, float alpha, float beta) const {
-  CUBLAS_CHECK(cublasGemmBatchedEx(ctx.blas(), d_.ta, d_.tb, (int)d_.m, (int)d_.n, (int)d_.k, &alpha,
-                                   (const void* const*)a_.data(), CUDA_R_16BF, (int)d_.lda,
-                                   (const void* const*)b_.data(), CUDA_R_16BF, (int)d_.ldb, &beta,
-                                   (void* const*)c_.data(), CUDA_R_16BF, (int)d_.ldc, d_.batch, CUBLAS_COMPUTE_32F,
-                                   CUBLAS_GEMM_DEFAULT));
+  CUBLAS_CHECK(cublasGemmBatchedEx(
+      ctx.blas(), d_.ta, d_.tb, (int)d_.m, (int)d_.n, (int)d_.k, &alpha, (const void* const*)a_.data(), CUDA_R_16BF,
+      (int)d_.lda, (const void* const*)b_.data(), CUDA_R_16BF, (int)d_.ldb, &beta, (void* const*)c_.data(), CUDA_R_16BF,
+      (int)d_.ldc, d_.batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 }  // namespace og::cuda

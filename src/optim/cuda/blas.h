@@ -38,9 +38,9 @@ class BlasContext {
 
 struct GemmDims {
   cublasOperation_t ta = CUBLAS_OP_N, tb = CUBLAS_OP_N;
-  int64_t m = 0, n = 0, k = 0;                        // op(A) is m×k, op(B) k×n, C and D m×n
-  int64_t lda = 0, ldb = 0, ldc = 0;                  // ldc is also D's
-  int64_t stride_a = 0, stride_b = 0, stride_c = 0;   // batch strides in elements (C and D share)
+  int64_t m = 0, n = 0, k = 0;                       // op(A) is m×k, op(B) k×n, C and D m×n
+  int64_t lda = 0, ldb = 0, ldc = 0;                 // ldc is also D's
+  int64_t stride_a = 0, stride_b = 0, stride_c = 0;  // batch strides in elements (C and D share)
   int batch = 1;
 };
 

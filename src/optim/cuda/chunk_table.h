@@ -11,13 +11,13 @@
 
 namespace og::cuda {
 
-constexpr int kChunkThreads = 256;       // threads per block of a multi-tensor kernel
-constexpr int64_t kChunkElems = 16384;   // elements per chunk (16 float4 per thread)
+constexpr int kChunkThreads = 256;      // threads per block of a multi-tensor kernel
+constexpr int64_t kChunkElems = 16384;  // elements per chunk (16 float4 per thread)
 
 struct ChunkRef {
   int32_t tensor;  // index into the launch's descriptor array
   int32_t pad;
-  int64_t start;   // first element of the chunk inside the tensor
+  int64_t start;  // first element of the chunk inside the tensor
 };
 
 // The chunks of `numel[t]` elements for every tensor t, in tensor order; first_chunk[t] is the
@@ -42,8 +42,7 @@ struct ChunkTable {
 };
 
 // Upload a host vector into a device buffer (construction time only; synchronous).
-template <typename T>
-void upload(DeviceBuffer<T>& dst, const std::vector<T>& src) {
+template <typename T> void upload(DeviceBuffer<T>& dst, const std::vector<T>& src) {
   dst.resize(src.size());
   if (!src.empty()) CUDA_CHECK(cudaMemcpy(dst.data(), src.data(), src.size() * sizeof(T), cudaMemcpyHostToDevice));
 }

@@ -15,8 +15,8 @@ std::unique_ptr<CudaOptimizer> make_cuda_optimizer(const OptimHParams& hp, std::
                                                    const CudaOptimOptions& options) {
   OG_CHECK(cuda_available(), "{}: no CUDA device available", name_of(hp.algorithm));
   for (const ParamSlot& p : params)
-    OG_CHECK(p.rows >= 1 && p.cols >= 1 && p.w && p.g, "{}: parameter '{}' ({}x{}) has no data",
-             name_of(hp.algorithm), p.name, p.rows, p.cols);
+    OG_CHECK(p.rows >= 1 && p.cols >= 1 && p.w && p.g, "{}: parameter '{}' ({}x{}) has no data", name_of(hp.algorithm),
+             p.name, p.rows, p.cols);
   switch (hp.algorithm) {
     case Algorithm::AdamW:
     case Algorithm::Lion: return cuda::make_cuda_scalar_optimizer(hp, std::move(params), options);

@@ -16,20 +16,12 @@ using bf16 = __nv_bfloat16;
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(bf16 x) { return __bfloat162float(x); }
 
-template <typename T>
-__device__ __forceinline__ T from_f32(float x);
-template <>
-__device__ __forceinline__ float from_f32<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ bf16 from_f32<bf16>(float x) {
-  return __float2bfloat16_rn(x);
-}
+template <typename T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <> __device__ __forceinline__ bf16 from_f32<bf16>(float x) { return __float2bfloat16_rn(x); }
 
 // Load VEC consecutive elements at p into fp32. With VEC == 4, p must be aligned to 4 elements.
-template <int VEC, typename T>
-__device__ __forceinline__ void load_vec(const T* p, float (&out)[VEC]) {
+template <int VEC, typename T> __device__ __forceinline__ void load_vec(const T* p, float (&out)[VEC]) {
   if constexpr (VEC == 4 && sizeof(T) == 4) {
     const float4 v = *reinterpret_cast<const float4*>(p);
     out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
@@ -46,8 +38,7 @@ __device__ __forceinline__ void load_vec(const T* p, float (&out)[VEC]) {
 }
 
 // Store VEC fp32 values at p as T (round to nearest for bf16). Same alignment rule as load_vec.
-template <int VEC, typename T>
-__device__ __forceinline__ void store_vec(T* p, const float (&in)[VEC]) {
+template <int VEC, typename T> __device__ __forceinline__ void store_vec(T* p, const float (&in)[VEC]) {
   if constexpr (VEC == 4 && sizeof(T) == 4) {
     *reinterpret_cast<float4*>(p) = make_float4(in[0], in[1], in[2], in[3]);
   } else if constexpr (VEC == 4 && sizeof(T) == 2) {

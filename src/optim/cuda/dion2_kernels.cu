@@ -152,8 +152,9 @@ __device__ void bitonic_sort(uint64_t* keys, uint32_t* vals, int N) {
 // Keys: ℓ1 → (~orderable(norm) << 32 | i), i.e. norm descending then index ascending;
 // random → hash_u64(seed, step, p, i) with the index as tie-break. Sort, keep the first k, sort
 // those by index, write them, the scale of the selected submatrix and the ℓ1 mass share.
-__global__ void __launch_bounds__(kSelectThreads) select_kernel(const Dion2Mat* __restrict__ mats, bool random, uint64_t seed,
-                              const Dion2Scalars* __restrict__ sc, float mult, float eps) {
+__global__ void __launch_bounds__(kSelectThreads)
+    select_kernel(const Dion2Mat* __restrict__ mats, bool random, uint64_t seed, const Dion2Scalars* __restrict__ sc,
+                  float mult, float eps) {
   const int64_t step = sc->step;
   extern __shared__ uint64_t smem_keys[];
   __shared__ float scratch[32];
@@ -279,8 +280,7 @@ __global__ void update_kernel(const Dion2Mat* __restrict__ mats, const int32_t* 
 }
 
 // Grid-stride x ← f·x.
-template <typename S>
-__global__ void scale_kernel(S* __restrict__ x, int64_t total, float f) {
+template <typename S> __global__ void scale_kernel(S* __restrict__ x, int64_t total, float f) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
     x[i] = from_f32<S>(to_f32(x[i]) * f);
 }

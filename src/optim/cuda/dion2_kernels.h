@@ -23,7 +23,7 @@ namespace og::cuda {
 struct Dion2Mat {
   float* w;
   const float* g;
-  void* m;                  // momentum, fp32 or bf16
+  void* m;  // momentum, fp32 or bf16
   int64_t rows, cols;
   int32_t by_cols;          // slices are columns (length rows) rather than rows (length cols)
   int32_t n, k;             // slices available, slices selected
@@ -43,9 +43,9 @@ struct Dion2Mat {
 // The scalars that change from step to step, read by the kernels from device memory (so that a
 // captured CUDA graph of the step stays valid); written by dion2_set_scalars before each step.
 struct Dion2Scalars {
-  float lr;     // learning rate of this step
-  float decay;  // 1 − lr·wd
-  int64_t step; // random selection key
+  float lr;      // learning rate of this step
+  float decay;   // 1 − lr·wd
+  int64_t step;  // random selection key
 };
 
 // One weight matrix of the separate weight-decay pass.

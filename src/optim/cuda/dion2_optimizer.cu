@@ -85,8 +85,10 @@ class CudaDion2 final : public CudaOptimizer {
       g.sel_off = sel_total;
       part_total += g.nparts * g.n;
       sel_total += g.k;
-      OG_CHECK(g.n <= kMaxSelectSlices, "{}: parameter '{}' has {} slices to select from; the CUDA selection "
-               "supports at most {}", name_of(hp_.algorithm), p.name, g.n, kMaxSelectSlices);
+      OG_CHECK(g.n <= kMaxSelectSlices,
+               "{}: parameter '{}' has {} slices to select from; the CUDA selection "
+               "supports at most {}",
+               name_of(hp_.algorithm), p.name, g.n, kMaxSelectSlices);
       while (npow2_ < g.n) npow2_ <<= 1;
     }
     part_l1_.resize((size_t)std::max<int64_t>(part_total, 1));
@@ -244,7 +246,8 @@ class CudaDion2 final : public CudaOptimizer {
   void step(const StepContext& ctx) override {
     check_step_context(ctx, hp_.algorithm);
     if (params_.empty()) return;
-    dion2_set_scalars(main_, scalars_.data(), Dion2Scalars{ctx.lr, 1.0f - ctx.lr * hp_.weight_decay, (int64_t)ctx.step});
+    dion2_set_scalars(main_, scalars_.data(),
+                      Dion2Scalars{ctx.lr, 1.0f - ctx.lr * hp_.weight_decay, (int64_t)ctx.step});
     if (profile_) {
       enqueue_step(main_, &timer_);
       return;
@@ -253,7 +256,8 @@ class CudaDion2 final : public CudaOptimizer {
       enqueue_step(main_, nullptr);
       return;
     }
-    graph_.run(main_, [&](cudaStream_t s) { set_stream(s); }, [&](cudaStream_t s) { enqueue_step(s, nullptr); });
+    graph_.run(
+        main_, [&](cudaStream_t s) { set_stream(s); }, [&](cudaStream_t s) { enqueue_step(s, nullptr); });
   }
 
   std::vector<std::pair<std::string, double>> last_phase_ms() override {
@@ -274,8 +278,7 @@ class CudaDion2 final : public CudaOptimizer {
   std::map<std::string, double> stats() const override {
     if (!hp_.diagnostics || params_.empty()) return {};
     std::vector<float> mass(params_.size());
-    CUDA_CHECK(cudaMemcpyAsync(mass.data(), mass_.data(), mass.size() * sizeof(float), cudaMemcpyDeviceToHost,
-                               main_));
+    CUDA_CHECK(cudaMemcpyAsync(mass.data(), mass_.data(), mass.size() * sizeof(float), cudaMemcpyDeviceToHost, main_));
     CUDA_CHECK(cudaStreamSynchronize(main_));
     const double np = (double)params_.size();
     return {{"select_mass", std::accumulate(mass.begin(), mass.end(), 0.0) / np},
@@ -326,8 +329,7 @@ class CudaDion2 final : public CudaOptimizer {
       if (own) CUDA_CHECK(cudaStreamWaitEvent(gs, fork_.e, 0));
       if (g->own_stream.s && timer) g->blas->set_stream(s);
       const int64_t k = g->shape.rows, L = g->shape.cols;
-      dion2_gather(gs, mats_.data(), g->members_dev.data(), g->shape.count, k, L, hp_.state_dtype, hp_.ef,
-                   ef_decay_);
+      dion2_gather(gs, mats_.data(), g->members_dev.data(), g->shape.count, k, L, hp_.state_dtype, hp_.ef, ef_decay_);
       if (timer) timer->mark(s, "gather");
       bf16* out = g->ns.run(*g->blas);
       OG_CHECK(out == g->ns.result(), "internal: NS result not where planned");
@@ -371,7 +373,7 @@ class CudaDion2 final : public CudaOptimizer {
     std::vector<int32_t> members;
     DeviceBuffer<int32_t> members_dev;
     DeviceBuffer<NeuronNormDesc> ndescs;
-    DeviceBuffer<bf16> x[2], a, b;  // NS input (gathered submatrices) / output, Gram products
+    DeviceBuffer<bf16> x[2], a, b;       // NS input (gathered submatrices) / output, Gram products
     DeviceBuffer<float> rowsq, factors;  // NorDion2
     std::unique_ptr<BlasContext> blas;
     NsBatch ns;

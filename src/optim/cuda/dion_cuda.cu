@@ -41,9 +41,8 @@ using dion::DionShape;
 
 // Row-major C (m x n) = alpha op(A) op(B) + beta C for a batch of pointer triples (og::cpu::gemm's
 // argument order), computed as the column-major C^T = op(B)^T op(A)^T.
-void gemm_rm_batched(BlasContext& ctx, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
-                     float* const* a, int64_t lda, float* const* b, int64_t ldb, float beta, float* const* c,
-                     int64_t ldc, int count) {
+void gemm_rm_batched(BlasContext& ctx, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, float* const* a,
+                     int64_t lda, float* const* b, int64_t ldb, float beta, float* const* c, int64_t ldc, int count) {
   CUBLAS_CHECK(cublasSgemmBatched(ctx.blas(), tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, (int)n,
                                   (int)m, (int)k, &alpha, (const float* const*)b, (int)ldb, (const float* const*)a,
                                   (int)lda, &beta, c, (int)ldc, count));

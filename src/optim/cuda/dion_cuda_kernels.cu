@@ -4,10 +4,10 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/block_reduce.cuh"
 #include "core/cuda_utils.h"
 #include "optim/cuda/device_math.cuh"
 #include "optim/cuda/dion_cuda_kernels.h"
-#include "core/block_reduce.cuh"
 
 namespace og::cuda {
 namespace {
@@ -108,8 +108,8 @@ __global__ void store_bf16_kernel(const DionMatrixDesc* __restrict__ descs, int6
 }
 
 // One block (1024 threads) per matrix.
-__global__ void __launch_bounds__(1024) sumsq_kernel(const DionMatrixDesc* __restrict__ descs, int64_t numel,
-                                                     double* __restrict__ out) {
+__global__ void __launch_bounds__(1024)
+    sumsq_kernel(const DionMatrixDesc* __restrict__ descs, int64_t numel, double* __restrict__ out) {
   __shared__ double scratch[32];
   const float* m = descs[blockIdx.x].m;
   double s = 0.0;

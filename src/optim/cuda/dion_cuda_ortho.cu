@@ -11,22 +11,24 @@
 #include <cfloat>
 #include <cmath>
 
+#include "core/block_reduce.cuh"
 #include "core/rng.h"
 #include "optim/cuda/dion_cuda_ortho.h"
-#include "core/block_reduce.cuh"
 #include "optim/dion_shape.h"
 
 namespace og::cuda {
 namespace {
 
-constexpr int kThreads = 256;          // elementwise kernels
-constexpr int kQrThreads = 1024;       // the fallback QR kernel: one block per matrix
+constexpr int kThreads = 256;     // elementwise kernels
+constexpr int kQrThreads = 1024;  // the fallback QR kernel: one block per matrix
 // Up to this r, the batched cuBLAS / cuSOLVER calls (trsmBatched, potrfBatched: meant for small
 // matrices, where launch overhead dominates); above it, one call per matrix (the blocked algorithms).
 constexpr int64_t kBatchedMaxR = 32;
 
 // Blocks for a grid-stride loop over n elements (x dimension; y indexes the matrix).
-unsigned blocks_for(int64_t n) { return (unsigned)std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 2048)); }
+unsigned blocks_for(int64_t n) {
+  return (unsigned)std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, 2048));
+}
 
 // One thread per matrix: done_i = !active_i (inactive matrices are left alone); no method yet.
 __global__ void init_done_kernel(const int32_t* __restrict__ active, int32_t* __restrict__ done,
@@ -182,7 +184,7 @@ __global__ void __launch_bounds__(kQrThreads)
     double part = 0.0;
     for (int64_t i = j + 1 + tid; i < rows; i += nt) part += aj[i] * aj[i];
     const double below = block_sum(part, scratch);  // also orders every read of alpha before the writes below
-    if (below == 0.0) {                                // the same value in every thread
+    if (below == 0.0) {                             // the same value in every thread
       if (tid == 0) tau[j] = 0.0;
       continue;
     }
@@ -331,8 +333,8 @@ void DionOrtho::solve_upper_transposed(Batch& b, BlasContext& blas, const double
     return;
   }
   for (int i = 0; i < b.count; ++i)
-    CUBLAS_CHECK(cublasDtrsm(blas.blas(), CUBLAS_SIDE_LEFT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_T, CUBLAS_DIAG_NON_UNIT, r,
-                             rows, &one, u_base + i * stride, (int)ld, x_.data() + i * b.rows * b.r, r));
+    CUBLAS_CHECK(cublasDtrsm(blas.blas(), CUBLAS_SIDE_LEFT, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_T, CUBLAS_DIAG_NON_UNIT,
+                             r, rows, &one, u_base + i * stride, (int)ld, x_.data() + i * b.rows * b.r, r));
 }
 
 // Gram, Cholesky, check, X <- U^{-T} X, commit. X (x_) holds P^T (CQR) or P1^T (RCQR).
@@ -351,8 +353,8 @@ void DionOrtho::cholesky_stage(Batch& b, BlasContext& blas, SolverContext& solve
         cusolverDnDpotrfBatched(solver.get(), CUBLAS_FILL_MODE_UPPER, r, b.gram_ptrs.data(), r, info_.data(), b.count));
   } else {
     for (int i = 0; i < b.count; ++i)
-      CUSOLVER_CHECK(cusolverDnDpotrf(solver.get(), CUBLAS_FILL_MODE_UPPER, r, gram_.data() + (int64_t)i * b.r * b.r,
-                                      r, solver_work_.data(), (int)solver_lwork_, info_.data() + i));
+      CUSOLVER_CHECK(cusolverDnDpotrf(solver.get(), CUBLAS_FILL_MODE_UPPER, r, gram_.data() + (int64_t)i * b.r * b.r, r,
+                                      solver_work_.data(), (int)solver_lwork_, info_.data() + i));
   }
   cholesky_check_kernel<<<b.count, kThreads, 0, s>>>(gram_.data(), aux_.data(), info_.data(), b.r, aux_stride,
                                                      done_.data(), take_.data(), fallbacks, method, tag);
@@ -363,8 +365,8 @@ void DionOrtho::cholesky_stage(Batch& b, BlasContext& blas, SolverContext& solve
 }
 
 // RCQR: S P (fp32), R1 = QR_R(S P) (fp64, diag >= 0), X = (P R1^{-1})^T, then the Cholesky stage.
-void DionOrtho::rcqr_stage(Batch& b, BlasContext& blas, SolverContext& solver, uint64_t sketch_seed,
-                           int32_t* fallbacks, int32_t* method) {
+void DionOrtho::rcqr_stage(Batch& b, BlasContext& blas, SolverContext& solver, uint64_t sketch_seed, int32_t* fallbacks,
+                           int32_t* method) {
   cudaStream_t s = blas.stream();
   const int r = (int)b.r, rows = (int)b.rows, k = (int)b.k;
   const int64_t per = b.rows * b.r, sp_per = b.k * b.r, aux_stride = 2 * b.r;
@@ -374,8 +376,8 @@ void DionOrtho::rcqr_stage(Batch& b, BlasContext& blas, SolverContext& solver, u
   // SP_i (k x r, column-major) = S (k x rows, column-major) * P_i, P_i read as the transpose of
   // its column-major view. One sketch for the batch: stride 0.
   const float onef = 1.0f, zerof = 0.0f;
-  CUBLAS_CHECK(cublasSgemmStridedBatched(blas.blas(), CUBLAS_OP_N, CUBLAS_OP_T, k, r, rows, &onef, sketch_.data(), k,
-                                         0, b.p, r, per, &zerof, sp_f_.data(), k, sp_per, b.count));
+  CUBLAS_CHECK(cublasSgemmStridedBatched(blas.blas(), CUBLAS_OP_N, CUBLAS_OP_T, k, r, rows, &onef, sketch_.data(), k, 0,
+                                         b.p, r, per, &zerof, sp_f_.data(), k, sp_per, b.count));
   to_double_kernel<<<blocks_for(b.count * sp_per), kThreads, 0, s>>>(sp_f_.data(), sp_d_.data(), b.count * sp_per);
   CUDA_CHECK_LAUNCH();
   for (int i = 0; i < b.count; ++i)
@@ -404,9 +406,8 @@ void DionOrtho::qr_primary(Batch& b, SolverContext& solver, cudaStream_t s, int3
   for (int i = 0; i < b.count; ++i)
     CUSOLVER_CHECK(cusolverDnDorgqr(solver.get(), rows, r, r, x_.data() + i * per, rows, aux_.data() + i * aux_stride,
                                     solver_work_.data(), (int)solver_lwork_, info_.data() + i));
-  commit_colmajor_kernel<<<dim3(blocks_for(per), b.count), kThreads, 0, s>>>(x_.data(), aux_.data(), b.p,
-                                                                             done_.data(), method, b.rows, b.r,
-                                                                             aux_stride);
+  commit_colmajor_kernel<<<dim3(blocks_for(per), b.count), kThreads, 0, s>>>(x_.data(), aux_.data(), b.p, done_.data(),
+                                                                             method, b.rows, b.r, aux_stride);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -40,11 +40,11 @@
 #include "core/error.h"
 #include "optim/cuda/blas.h"
 
-#define CUSOLVER_CHECK(call)                                                                             \
-  do {                                                                                                   \
-    cusolverStatus_t st_ = (call);                                                                       \
-    if (st_ != CUSOLVER_STATUS_SUCCESS)                                                                  \
-      ::og::fail("cuSOLVER error {} at {}:{}: {}", (int)st_, __FILE__, __LINE__, #call);               \
+#define CUSOLVER_CHECK(call)                                                             \
+  do {                                                                                   \
+    cusolverStatus_t st_ = (call);                                                       \
+    if (st_ != CUSOLVER_STATUS_SUCCESS)                                                  \
+      ::og::fail("cuSOLVER error {} at {}:{}: {}", (int)st_, __FILE__, __LINE__, #call); \
   } while (0)
 
 namespace og::cuda {
@@ -82,8 +82,8 @@ class DionOrtho {
   // incremented once per failed attempt (0, or 1 when the fallback QR ran). method[i] gets the
   // DionOrthoMethod that produced P_i (kOrthoNone for inactive matrices). All three arrays are
   // device arrays of `count` ints.
-  void run(int id, BlasContext& blas, SolverContext& solver, bool try_cqr, uint64_t sketch_seed,
-           const int32_t* active, int32_t* fallbacks, int32_t* method);
+  void run(int id, BlasContext& blas, SolverContext& solver, bool try_cqr, uint64_t sketch_seed, const int32_t* active,
+           int32_t* fallbacks, int32_t* method);
 
  private:
   struct Batch {

@@ -45,8 +45,8 @@ struct MuonDesc {
 // One block per chunk (kChunkThreads threads).  M ← mu·M + G;  X₀ ← bf16(nesterov ? mu·M + G : M);
 // partial[chunk] = Σ X₀² over the chunk.
 template <int VEC, typename S>
-__global__ void muon_momentum_kernel(const ChunkRef* __restrict__ chunks, const MuonDesc* __restrict__ descs,
-                                     float mu, bool nesterov, float* __restrict__ partial) {
+__global__ void muon_momentum_kernel(const ChunkRef* __restrict__ chunks, const MuonDesc* __restrict__ descs, float mu,
+                                     bool nesterov, float* __restrict__ partial) {
   __shared__ float scratch[32];
   const ChunkRef c = chunks[blockIdx.x];
   const MuonDesc d = descs[c.tensor];
@@ -283,7 +283,8 @@ class CudaMuon final : public CudaOptimizer {
       enqueue_step(main_, profile_ ? &timer_ : nullptr);
       return;
     }
-    graph_.run(main_, [&](cudaStream_t s) { set_stream(s); }, [&](cudaStream_t s) { enqueue_step(s, nullptr); });
+    graph_.run(
+        main_, [&](cudaStream_t s) { set_stream(s); }, [&](cudaStream_t s) { enqueue_step(s, nullptr); });
   }
 
   std::vector<std::pair<std::string, double>> last_phase_ms() override {
@@ -404,7 +405,7 @@ class CudaMuon final : public CudaOptimizer {
   OwnedEvent fork_;
   bool profile_ = false, use_graph_ = false;
   PhaseTimer timer_;
-  StepGraph graph_;  // the captured step (cuda_graph); holds no reference to the streams or events
+  StepGraph graph_;              // the captured step (cuda_graph); holds no reference to the streams or events
   DeviceBuffer<float> scalars_;  // decay, then lr_eff per group
   StateArena momentum_, variance_;
   Workspace shared_ws_;

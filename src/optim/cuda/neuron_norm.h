@@ -12,8 +12,8 @@
 namespace og::cuda {
 
 struct NeuronNormDesc {
-  void* v;              // this parameter's V (one value per parameter row), fp32 or bf16
-  const int32_t* sel;   // selected rows (k of them), or nullptr: row j is parameter row j
+  void* v;             // this parameter's V (one value per parameter row), fp32 or bf16
+  const int32_t* sel;  // selected rows (k of them), or nullptr: row j is parameter row j
 };
 
 // o: count·k·L contiguous; descs: device array of count; rowsq: scratch of count·k floats;

@@ -9,8 +9,8 @@
 // with I ≤ J only: X·Xᵀ as one pointer-array GEMM over count·T blocks (T = nb(nb+1)/2), then a
 // mirror kernel; A·A likewise, on B pre-filled with A's upper blocks (β = b in place).
 #include <algorithm>
-#include <vector>
 #include <utility>
+#include <vector>
 
 #include "optim/cuda/newton_schulz.h"
 
@@ -22,12 +22,11 @@ constexpr float kNsCoeffs[5][3] = {{4.0848f, -6.8946f, 2.9270f},
                                    {3.7418f, -5.5913f, 2.3037f},
                                    {2.8769f, -3.1427f, 1.2046f},
                                    {2.8366f, -3.0525f, 1.2012f}};
-constexpr double kPolarExpressCoeffs[5][3] = {
-    {8.156554524902461, -22.48329292557795, 15.878769915207462},
-    {4.042929935166739, -2.808917465908714, 0.5000178451051316},
-    {3.8916678022926607, -2.772484153217685, 0.5060648178503393},
-    {3.285753657755655, -2.3681294933425376, 0.46449024233003106},
-    {2.3465413258596377, -1.7097828382687081, 0.42323551169305323}};
+constexpr double kPolarExpressCoeffs[5][3] = {{8.156554524902461, -22.48329292557795, 15.878769915207462},
+                                              {4.042929935166739, -2.808917465908714, 0.5000178451051316},
+                                              {3.8916678022926607, -2.772484153217685, 0.5060648178503393},
+                                              {3.285753657755655, -2.3681294933425376, 0.46449024233003106},
+                                              {2.3465413258596377, -1.7097828382687081, 0.42323551169305323}};
 
 // Mirror the upper block triangle (b×b blocks) of each column-major m×m matrix at `a` into its
 // strictly lower blocks; with copy_to, also copy the upper block triangle (diagonal blocks

@@ -15,17 +15,17 @@ namespace {
 struct ScalarDesc {
   float* w;
   const float* g;
-  void* m;  // momentum (fp32 or bf16)
-  void* v;  // AdamW second moment (fp32 or bf16); unused by Lion
+  void* m;      // momentum (fp32 or bf16)
+  void* v;      // AdamW second moment (fp32 or bf16); unused by Lion
   float* step;  // AdamW: the step the state was last updated at (one fp32); unused by Lion
   int64_t numel;
 };
 
 struct AdamWArgs {
   float lr, wd, beta1, beta2, eps;
-  float step_size;      // lr / (1 - beta1^t)
-  float inv_sqrt_bc2;   // 1 / sqrt(1 - beta2^t)
-  float t;              // the step, recorded in the state
+  float step_size;     // lr / (1 - beta1^t)
+  float inv_sqrt_bc2;  // 1 / sqrt(1 - beta2^t)
+  float t;             // the step, recorded in the state
 };
 struct LionArgs {
   float lr, wd, beta1, beta2;
@@ -156,8 +156,8 @@ class CudaScalarOptimizer final : public CudaOptimizer {
       a.step_size = (float)(ctx.lr / bc1);
       a.inv_sqrt_bc2 = (float)(1.0 / std::sqrt(bc2));
       a.t = (float)ctx.step;
-      launch(adamw_kernel<4, float>, adamw_kernel<1, float>, adamw_kernel<4, bf16>, adamw_kernel<1, bf16>,
-             bf16_state, nblocks, a);
+      launch(adamw_kernel<4, float>, adamw_kernel<1, float>, adamw_kernel<4, bf16>, adamw_kernel<1, bf16>, bf16_state,
+             nblocks, a);
     } else {
       LionArgs a{ctx.lr, hp_.weight_decay, hp_.betas[0], hp_.betas[1]};
       launch(lion_kernel<4, float>, lion_kernel<1, float>, lion_kernel<4, bf16>, lion_kernel<1, bf16>, bf16_state,

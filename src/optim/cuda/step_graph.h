@@ -18,7 +18,10 @@ namespace og::cuda {
 class StepGraph {
  public:
   StepGraph() = default;
-  ~StepGraph() { reset(); if (cap_) cudaStreamDestroy(cap_); }
+  ~StepGraph() {
+    reset();
+    if (cap_) cudaStreamDestroy(cap_);
+  }
   StepGraph(const StepGraph&) = delete;
   StepGraph& operator=(const StepGraph&) = delete;
 
@@ -28,8 +31,7 @@ class StepGraph {
     return cap_;
   }
   // Capture what `enqueue(capture_stream())` puts on the stream (and the streams it forks).
-  template <typename F>
-  void capture(F&& enqueue) {
+  template <typename F> void capture(F&& enqueue) {
     reset();
     cudaStream_t s = capture_stream();
     CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
