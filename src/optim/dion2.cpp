@@ -31,11 +31,7 @@ void Dion2Cpu::step(const StepContext& ctx) {
       const ParamSlot& s = params_[p];
       float* m = momentum_[p].data();
       const size_t numel = s.numel();
-#pragma omp parallel for schedule(static) if (numel > (1u << 16))
-      for (size_t i = 0; i < numel; ++i) {
-        const float v = m[i] + s.g[i];
-        m[i] = bf16 ? round_bf16(v) : v;
-      }
+      accumulate_momentum(m, s.g, numel, bf16);
       const SliceAxis axis = axis_of(s);
       const int64_t n = axis == SliceAxis::Rows ? s.rows : s.cols;
       const int64_t k = select_count(hp_.fraction, n);

@@ -14,6 +14,24 @@ void round_bf16_inplace(float* x, size_t n) {
   for (size_t i = 0; i < n; ++i) x[i] = round_bf16(x[i]);
 }
 
+void muon_momentum_update(float* m, float* u, const float* g, size_t n, double mu, bool nesterov, bool bf16) {
+#pragma omp parallel for schedule(static) if (n > (1u << 16))
+  for (size_t i = 0; i < n; ++i) {
+    float mi = (float)(mu * m[i] + (double)g[i]);
+    if (bf16) mi = round_bf16(mi);
+    m[i] = mi;
+    if (u) u[i] = nesterov ? (float)(mu * mi + (double)g[i]) : mi;
+  }
+}
+
+void accumulate_momentum(float* m, const float* g, size_t n, bool bf16) {
+#pragma omp parallel for schedule(static) if (n > (1u << 16))
+  for (size_t i = 0; i < n; ++i) {
+    const float v = m[i] + g[i];
+    m[i] = bf16 ? round_bf16(v) : v;
+  }
+}
+
 double frobenius_norm(const float* x, size_t n) {
   double s = 0.0;
 #pragma omp parallel for reduction(+ : s) schedule(static) if (n > (1u << 16))

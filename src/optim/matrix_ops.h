@@ -16,6 +16,13 @@ enum class SliceAxis { Rows, Cols };
 float round_bf16(float x);
 void round_bf16_inplace(float* x, size_t n);
 
+// Muon's momentum step over n entries: M <- mu*M + G (rounded to bf16 if asked); when u is not
+// null, U <- mu*M + G (nesterov) or U <- M, the matrix that is orthonormalized.
+void muon_momentum_update(float* m, float* u, const float* g, size_t n, double mu, bool nesterov, bool bf16);
+
+// Dion2's accumulation over n entries: M <- M + G (rounded to bf16 if asked).
+void accumulate_momentum(float* m, const float* g, size_t n, bool bf16);
+
 // Frobenius norm of a dense block (accumulated in double).
 double frobenius_norm(const float* x, size_t n);
 

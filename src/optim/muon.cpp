@@ -31,13 +31,7 @@ void MuonCpu::step(const StepContext& ctx) {
       const size_t n = s.numel();
       float* m = momentum_[p].data();
       float* u = work_.data() + off;
-#pragma omp parallel for schedule(static) if (n > (1u << 16))
-      for (size_t i = 0; i < n; ++i) {
-        float mi = (float)(mu * m[i] + (double)s.g[i]);
-        if (bf16) mi = round_bf16(mi);
-        m[i] = mi;
-        u[i] = hp_.nesterov ? (float)(mu * mi + (double)s.g[i]) : mi;
-      }
+      muon_momentum_update(m, u, s.g, n, mu, hp_.nesterov, bf16);
       NsJob job;
       job.src = NsSource{u, s.rows, s.cols, s.cols};
       job.out = u;  // in place

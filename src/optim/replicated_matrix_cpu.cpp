@@ -162,13 +162,7 @@ class ReplicatedMatrixCpu final : public Optimizer {
       const size_t n = s.numel();
       float* m = momentum_[p].data();
       float* u = plan_.owner[p] == me ? mine + plan_.offset[p] : nullptr;
-#pragma omp parallel for schedule(static) if (n > (1u << 16))
-      for (size_t i = 0; i < n; ++i) {
-        float mi = (float)(mu * m[i] + (double)s.g[i]);
-        if (bf16) mi = round_bf16(mi);
-        m[i] = mi;
-        if (u) u[i] = hp_.nesterov ? (float)(mu * mi + (double)s.g[i]) : mi;
-      }
+      muon_momentum_update(m, u, s.g, n, mu, hp_.nesterov, bf16);
     }
   }
 
@@ -179,11 +173,7 @@ class ReplicatedMatrixCpu final : public Optimizer {
       const ParamSlot& s = params_[p];
       float* m = momentum_[p].data();
       const size_t numel = s.numel();
-#pragma omp parallel for schedule(static) if (numel > (1u << 16))
-      for (size_t i = 0; i < numel; ++i) {
-        const float v = m[i] + s.g[i];
-        m[i] = bf16 ? round_bf16(v) : v;
-      }
+      accumulate_momentum(m, s.g, numel, bf16);
       const int64_t n = axis_[p] == SliceAxis::Rows ? s.rows : s.cols;
       const int64_t k = select_count(hp_.fraction, n);
       if (hp_.select == Select::L1 || hp_.diagnostics) l1_slice_norms(m, s.rows, s.cols, axis_[p], score_);

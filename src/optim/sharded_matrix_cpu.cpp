@@ -204,13 +204,7 @@ class ShardedMatrixCpu final : public Optimizer {
     const double mu = hp_.mu;
     float* m = momentum_[p].data();
     const size_t n = momentum_[p].size();
-#pragma omp parallel for schedule(static) if (n > (1u << 16))
-    for (size_t i = 0; i < n; ++i) {
-      float mi = (float)(mu * m[i] + (double)s.g[i]);
-      if (bf16) mi = round_bf16(mi);
-      m[i] = mi;
-      u[i] = hp_.nesterov ? (float)(mu * mi + (double)s.g[i]) : mi;
-    }
+    muon_momentum_update(m, u, s.g, n, mu, hp_.nesterov, bf16);
   }
 
   void accumulate(bool bf16) {
@@ -218,11 +212,7 @@ class ShardedMatrixCpu final : public Optimizer {
       const ParamSlot& s = params_[p];
       float* m = momentum_[p].data();
       const size_t n = momentum_[p].size();
-#pragma omp parallel for schedule(static) if (n > (1u << 16))
-      for (size_t i = 0; i < n; ++i) {
-        const float v = m[i] + s.g[i];
-        m[i] = bf16 ? round_bf16(v) : v;
-      }
+      accumulate_momentum(m, s.g, n, bf16);
     }
   }
 
