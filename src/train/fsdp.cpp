@@ -309,15 +309,18 @@ void Fsdp::load_same_world(const CheckpointReader& ck, ParamGroups& groups) {
 }
 
 // Rows [row0, end) of this rank's shards come from the old ranks whose shards overlap them; old
-// rank files are opened one at a time. Elementwise state (every adamw / lion state tensor but the
-// per-parameter step counter) is sliced by rows like the parameter; the step counter is copied.
+// rank files are opened one at a time. Row-sharded state (every state tensor but the
+// per-parameter step counter: AdamW/Lion moments, Muon/Dion2 momentum — row x cols — and
+// NorMuon/NorDion2's per-row variance) is sliced by rows like the parameter; the step counter is
+// copied. A world of one runs the ordinary optimizers, whose state has the same names and layout.
 void Fsdp::load_resharded(const CheckpointReader& ck, ParamGroups& groups) {
   const int old_world = ck.meta().shards;
   for (Optimizer* opt : groups.optimizers()) {
     const Algorithm a = opt->algorithm();
-    OG_CHECK(a == Algorithm::AdamW || a == Algorithm::Lion,
+    OG_CHECK(a != Algorithm::Dion,
              "--resume {}: the checkpoint was written by {} FSDP ranks and this run has {}; re-sharding covers the "
-             "parameters and the elementwise state of adamw / lion, not the {} state: resume on {} ranks",
+             "parameters and row-sharded optimizer state (adamw, lion, muon, normuon, dion2, nordion2), not {}'s: "
+             "resume on {} ranks",
              ck.dir(), old_world, world_, name_of(a), old_world);
   }
   const ShardPlan old_plan(plan_.layout(), old_world);
@@ -331,7 +334,7 @@ void Fsdp::load_resharded(const CheckpointReader& ck, ParamGroups& groups) {
   struct Target {
     size_t param;
     bool elementwise;
-    size_t elem_bytes;
+    size_t row_bytes = 0;  // bytes of one parameter row's state (cols for momentum, 1 for NorMuon's V)
     std::vector<char> host;
     bool filled = false;
   };
@@ -339,11 +342,16 @@ void Fsdp::load_resharded(const CheckpointReader& ck, ParamGroups& groups) {
   for (const StateTensor& t : state) {
     const auto [pname, what] = split_state_name(t.name);
     const size_t p = index.at(pname);
-    const size_t my_elems = (size_t)plan_.rows(p, rank_).rows * params[p].cols;
+    const size_t my_rows = (size_t)plan_.rows(p, rank_).rows;
     Target tg{p, what != "step", 0, std::vector<char>(state_bytes(t)), false};
     if (tg.elementwise) {
-      OG_CHECK(t.count == my_elems, "internal: state {} has {} elements for a shard of {}", t.name, t.count, my_elems);
-      tg.elem_bytes = state_bytes(t) / t.count;
+      if (t.count == 0) {  // this rank holds no row of p: nothing to fill
+        tg.filled = true;
+      } else {
+        OG_CHECK(my_rows > 0 && t.count % my_rows == 0, "internal: state {} has {} elements for a shard of {} rows",
+                 t.name, t.count, my_rows);
+        tg.row_bytes = state_bytes(t) / my_rows;
+      }
     }
     targets.push_back(std::move(tg));
   }
@@ -381,7 +389,8 @@ void Fsdp::load_resharded(const CheckpointReader& ck, ParamGroups& groups) {
         tg.filled = true;
         continue;
       }
-      const size_t row_bytes = params[tg.param].cols * tg.elem_bytes;
+      if (tg.host.empty()) continue;
+      const size_t row_bytes = tg.row_bytes;
       const RowRange old = old_plan.rows(tg.param, q), mine = plan_.rows(tg.param, rank_);
       tmp.resize((size_t)old.rows * row_bytes);
       file.read(name, tmp.data(), tmp.size());

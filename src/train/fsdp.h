@@ -67,8 +67,9 @@ class Fsdp {
   // and of its optimizer state ("optim/<state name>") into its rank file.
   void save_checkpoint(const std::string& dir, const CheckpointMeta& meta, ParamGroups& groups);
   // This rank's shards from a sharded checkpoint. Written at another world size: the parameters
-  // and the elementwise state of adamw / lion groups are re-sharded (the row split is
-  // deterministic); other algorithms are refused naming both world sizes. Then gather_params().
+  // and the row-sharded optimizer state (adamw, lion, muon, normuon, dion2, nordion2) are
+  // re-sharded (the row split is deterministic); dion is refused naming both world sizes. Then
+  // gather_params().
   void load_checkpoint(const CheckpointReader& ck, ParamGroups& groups);
 
  private:

@@ -272,3 +272,54 @@ TEST(FSDP, MatrixOptimizersOnShardsMatchSingleProcess) {
   const og::TrainResult resumed = og::run_train(c, *og_test::g_dist);
   EXPECT_EQ(resumed.final_params, straight.final_params) << "dion2 under FSDP: resume on " << R << " ranks";
 }
+
+// Re-sharding the matrix optimizers' state: Muon's and Dion2's momentum and NorMuon's per-row
+// variance are row shards like the parameters, so a checkpoint of R ranks resumes on one
+// process (and one of one process on R ranks) and ends where the straight R-rank run ends.
+// Dion2 runs with select_scope global (the one-process selection) so the two sides agree.
+TEST(FSDP, ReshardsMatrixOptimizerState) {
+  const int R = comm().size(), r = comm().rank();
+  SharedDir data("og_fsdp_rsm");
+  for (const std::string alg : {"muon", "normuon", "dion2"}) {
+    og::Config c = fsdp_config(data.str(), data / ("straight_" + alg), "adamw");
+    c.optim.matrix.algorithm = alg;
+    c.optim.matrix.fraction = 0.5;
+    c.optim.matrix.select_dim = "rows";
+    c.dist.select_scope = "global";
+    c.checkpoint.enabled = true;
+    c.checkpoint.every = 2;
+    const og::TrainResult straight = og::run_train(c, *og_test::g_dist);
+    {  // R -> 1
+      og_test::TempDir out("og_fsdp_rsm1");
+      og::Config c1 = c;
+      c1.checkpoint.resume = og::checkpoint_dir(c.log.dir, 2);
+      c1.log.dir = out.str();
+      og::DistContext self = self_context();
+      const og::TrainResult one = og::run_train(c1, self);
+      const double d = rel_diff(one.final_params, straight.final_params);
+      if (r == 0) std::printf("%s: resumed %d -> 1 ranks: max rel diff %.3g\n", alg.c_str(), R, d);
+      EXPECT_LT(d, kTol) << alg << ": " << R << " -> 1 ranks, max rel diff " << d;
+    }
+    comm().barrier();
+    // 1 -> R: rank 0 writes a one-process checkpoint, all ranks resume it
+    og::Config c1 = c;
+    c1.log.dir = data / ("one_" + alg);
+    og::TrainResult one_straight;
+    if (r == 0) {
+      og::DistContext self = self_context();
+      one_straight = og::run_train(c1, self);
+    }
+    comm().barrier();
+    std::vector<float> reference = one_straight.final_params;
+    int64_t n = (int64_t)reference.size();
+    comm().broadcast(&n, 1, og::DType::I64, 0);
+    reference.resize((size_t)n);
+    comm().broadcast(reference.data(), reference.size(), og::DType::F32, 0);
+    c1.checkpoint.resume = og::checkpoint_dir(c1.log.dir, 2);
+    c1.log.dir = data / ("one_resumed_" + alg);
+    const og::TrainResult many = og::run_train(c1, *og_test::g_dist);
+    const double d = rel_diff(many.final_params, reference);
+    if (r == 0) std::printf("%s: resumed 1 -> %d ranks: max rel diff %.3g\n", alg.c_str(), R, d);
+    EXPECT_LT(d, kTol) << alg << ": 1 -> " << R << " ranks, max rel diff " << d;
+  }
+}
