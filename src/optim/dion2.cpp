@@ -22,7 +22,7 @@ void Dion2Cpu::step(const StepContext& ctx) {
   const double decay_w = 1.0 - (double)ctx.lr * (double)hp_.weight_decay;
   const double decay_m = decay_factor();
   const bool bf16 = hp_.state_dtype == StateDtype::BF16;
-  double mass_sum = 0.0, k_sum = 0.0, frac_sum = 0.0;
+  SelectionStats select_stats;
 
   for (auto [begin, end] : param_chunks(params_, kChunkFloats)) {
     // Accumulate and select.
@@ -35,19 +35,8 @@ void Dion2Cpu::step(const StepContext& ctx) {
       const SliceAxis axis = axis_of(s);
       const int64_t n = axis == SliceAxis::Rows ? s.rows : s.cols;
       const int64_t k = select_count(hp_.fraction, n);
-      if (hp_.select == Select::L1 || hp_.diagnostics) l1_slice_norms(m, s.rows, s.cols, axis, score_);
-      if (hp_.select == Select::L1)
-        top_k_indices(score_, k, index_[p]);
-      else
-        random_k_indices(hp_.seed, ctx.step, (int64_t)p, n, k, index_[p]);
-      if (hp_.diagnostics) {
-        double sel = 0.0, all = 0.0;
-        for (double x : score_) all += x;
-        for (int64_t i : index_[p]) sel += score_[i];
-        mass_sum += all > 0.0 ? sel / all : 0.0;
-        k_sum += (double)k;
-        frac_sum += (double)k / (double)n;
-      }
+      select_slices(hp_, ctx.step, (int64_t)p, m, s.rows, s.cols, axis, k, score_, index_[p],
+                    hp_.diagnostics ? &select_stats : nullptr);
       total += (size_t)k * (size_t)(axis == SliceAxis::Rows ? s.cols : s.rows);
     }
     // Orthonormalize every selected submatrix of the chunk (before the momentum decay).
@@ -87,12 +76,7 @@ void Dion2Cpu::step(const StepContext& ctx) {
   }
 
   stats_.clear();
-  if (hp_.diagnostics && !params_.empty()) {
-    const double np = (double)params_.size();
-    stats_["select_mass"] = mass_sum / np;
-    stats_["select_k"] = k_sum / np;
-    stats_["select_fraction"] = frac_sum / np;
-  }
+  select_stats.write(stats_);
 }
 
 std::vector<StateTensor> Dion2Cpu::state() {

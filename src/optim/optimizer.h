@@ -44,6 +44,7 @@ struct StateTensor {
   size_t count = 0;
   StateDtype dtype = StateDtype::F32;
   Device device = Device::CPU;
+  size_t bytes() const { return count * (dtype == StateDtype::F32 ? 4 : 2); }
 };
 
 class Optimizer {

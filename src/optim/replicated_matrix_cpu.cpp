@@ -168,7 +168,8 @@ class ReplicatedMatrixCpu final : public Optimizer {
 
   // Dion2: M ← M + G, then the k slices of every matrix; compressed sync averages M[K] here.
   void accumulate_and_select(const StepContext& ctx, bool bf16) {
-    double mass_sum = 0.0, k_sum = 0.0, frac_sum = 0.0;
+    // diagnostics of this rank's momentum (under compressed sync: before the average)
+    SelectionStats select_stats;
     for (size_t p = 0; p < params_.size(); ++p) {
       const ParamSlot& s = params_[p];
       float* m = momentum_[p].data();
@@ -176,26 +177,10 @@ class ReplicatedMatrixCpu final : public Optimizer {
       accumulate_momentum(m, s.g, numel, bf16);
       const int64_t n = axis_[p] == SliceAxis::Rows ? s.rows : s.cols;
       const int64_t k = select_count(hp_.fraction, n);
-      if (hp_.select == Select::L1 || hp_.diagnostics) l1_slice_norms(m, s.rows, s.cols, axis_[p], score_);
-      if (hp_.select == Select::L1)
-        top_k_indices(score_, k, index_[p]);
-      else
-        random_k_indices(hp_.seed, ctx.step, (int64_t)p, n, k, index_[p]);
-      if (hp_.diagnostics) {  // of this rank's momentum (under compressed sync: before the average)
-        double sel = 0.0, all = 0.0;
-        for (double x : score_) all += x;
-        for (int64_t i : index_[p]) sel += score_[i];
-        mass_sum += all > 0.0 ? sel / all : 0.0;
-        k_sum += (double)k;
-        frac_sum += (double)k / (double)n;
-      }
+      select_slices(hp_, ctx.step, (int64_t)p, m, s.rows, s.cols, axis_[p], k, score_, index_[p],
+                    hp_.diagnostics ? &select_stats : nullptr);
     }
-    if (hp_.diagnostics && !params_.empty()) {
-      const double np = (double)params_.size();
-      stats_["select_mass"] = mass_sum / np;
-      stats_["select_k"] = k_sum / np;
-      stats_["select_fraction"] = frac_sum / np;
-    }
+    select_stats.write(stats_);
     if (compressed_ && comm_.size() > 1) average_selected(bf16);
   }
 

@@ -83,4 +83,34 @@ void random_k_indices(uint64_t seed, int64_t step, int64_t param_index, int64_t 
       n, k, [&](int64_t a, int64_t b) { return key[a] < key[b] || (key[a] == key[b] && a < b); }, out);
 }
 
+void select_slices(const OptimHParams& hp, int64_t step, int64_t p, const float* m, int64_t rows, int64_t cols,
+                   SliceAxis axis, int64_t k, std::vector<double>& score, std::vector<int64_t>& index,
+                   SelectionStats* stats) {
+  const int64_t n = axis == SliceAxis::Rows ? rows : cols;
+  if (hp.select == Select::L1 || stats) l1_slice_norms(m, rows, cols, axis, score);
+  if (hp.select == Select::L1)
+    top_k_indices(score, k, index);
+  else
+    random_k_indices(hp.seed, step, p, n, k, index);
+  if (stats) stats->add(score, index, k, n);
+}
+
+void SelectionStats::add(const std::vector<double>& score, const std::vector<int64_t>& index, int64_t k, int64_t n) {
+  double sel = 0.0, all = 0.0;
+  for (double x : score) all += x;
+  for (int64_t i : index) sel += score[i];
+  mass_sum += all > 0.0 ? sel / all : 0.0;
+  k_sum += (double)k;
+  frac_sum += (double)k / (double)n;
+  ++matrices;
+}
+
+void SelectionStats::write(std::map<std::string, double>& stats) const {
+  if (matrices == 0) return;
+  const double np = (double)matrices;
+  stats["select_mass"] = mass_sum / np;
+  stats["select_k"] = k_sum / np;
+  stats["select_fraction"] = frac_sum / np;
+}
+
 }  // namespace og

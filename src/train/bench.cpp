@@ -114,8 +114,7 @@ BenchResult run_bench(const BenchOptions& o, std::FILE* out) {
   const DeviceMemory mem = device_memory(*model);
   r.gpu_memory_gib = mem.in_use_gib;
   double state_gib = 0;
-  for (const auto& t : groups.state())
-    state_gib += (double)t.count * (t.dtype == StateDtype::F32 ? 4 : 2) / (1024.0 * 1024.0 * 1024.0);
+  for (const auto& t : groups.state()) state_gib += (double)t.bytes() / (1024.0 * 1024.0 * 1024.0);
 
   if (!out) return r;
   auto print = [&](const std::string& s) { std::fputs(s.c_str(), out); };

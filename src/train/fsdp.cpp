@@ -2,13 +2,11 @@
 #include "train/fsdp.h"
 
 #include <algorithm>
-
-#include "dist/counting_communicator.h"
-
 #include <cstring>
 #include <map>
 
 #include "core/error.h"
+#include "dist/counting_communicator.h"
 #include "train/fsdp_optimizers.h"
 
 #ifdef ORTHOGPT_CUDA
@@ -24,8 +22,6 @@ namespace og {
 namespace {
 
 constexpr double kMiB = 1024.0 * 1024.0;
-
-size_t state_bytes(const StateTensor& t) { return t.count * (t.dtype == StateDtype::F32 ? 4 : 2); }
 
 #ifdef ORTHOGPT_CUDA
 cudaStream_t stream_of(Model& model) {
@@ -239,7 +235,7 @@ FsdpMemory Fsdp::memory(ParamGroups& groups) {
   FsdpMemory m;
   m.master = plan_.local_total(rank_) * sizeof(float);
   m.grads = m.master;
-  for (const auto& t : groups.state()) m.state += state_bytes(t);
+  for (const auto& t : groups.state()) m.state += t.bytes();
   m.replicated_master = plan_.layout().total() * sizeof(float);
   m.replicated_grads = m.replicated_master;
   m.replicated_state =
@@ -272,7 +268,7 @@ void Fsdp::save_checkpoint(const std::string& dir, const CheckpointMeta& meta, P
     tensors.push_back({"params/" + params[p].name, nullptr, bytes});
   }
   for (const StateTensor& t : groups.state()) {
-    bufs.emplace_back(state_bytes(t));
+    bufs.emplace_back(t.bytes());
     copy_to_host(model_, t.device, bufs.back().data(), t.data, bufs.back().size());
     tensors.push_back({"optim/" + t.name, nullptr, bufs.back().size()});
   }
@@ -302,7 +298,7 @@ void Fsdp::load_same_world(const CheckpointReader& ck, ParamGroups& groups) {
     copy_from_host(model_, model_.device(), buf_->master + plan_.local_offset(p, rank_), host.data(), bytes);
   }
   for (const StateTensor& t : groups.state()) {
-    host.resize(state_bytes(t));
+    host.resize(t.bytes());
     file.read("optim/" + t.name, host.data(), host.size());
     copy_from_host(model_, t.device, t.data, host.data(), host.size());
   }
@@ -343,14 +339,14 @@ void Fsdp::load_resharded(const CheckpointReader& ck, ParamGroups& groups) {
     const auto [pname, what] = split_state_name(t.name);
     const size_t p = index.at(pname);
     const size_t my_rows = (size_t)plan_.rows(p, rank_).rows;
-    Target tg{p, what != "step", 0, std::vector<char>(state_bytes(t)), false};
+    Target tg{p, what != "step", 0, std::vector<char>(t.bytes()), false};
     if (tg.elementwise) {
       if (t.count == 0) {  // this rank holds no row of p: nothing to fill
         tg.filled = true;
       } else {
         OG_CHECK(my_rows > 0 && t.count % my_rows == 0, "internal: state {} has {} elements for a shard of {} rows",
                  t.name, t.count, my_rows);
-        tg.row_bytes = state_bytes(t) / my_rows;
+        tg.row_bytes = t.bytes() / my_rows;
       }
     }
     targets.push_back(std::move(tg));

@@ -69,11 +69,9 @@ std::string optimizer_signature(const std::vector<StateTensor>& state) {
   return s;
 }
 
-size_t state_bytes(const StateTensor& t) { return t.count * (t.dtype == StateDtype::F32 ? 4 : 2); }
-
 // Host copy of a state tensor (device state is copied through a staging buffer).
 void state_to_host(const StateTensor& t, std::vector<char>& host) {
-  host.resize(state_bytes(t));
+  host.resize(t.bytes());
 #ifdef ORTHOGPT_CUDA
   if (t.device == Device::CUDA) {
     CUDA_CHECK(cudaMemcpy(host.data(), t.data, host.size(), cudaMemcpyDeviceToHost));
@@ -244,7 +242,7 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
       model->upload_params(host.data());
       std::vector<char> buf;
       for (const auto& t : st) {
-        buf.resize(state_bytes(t));
+        buf.resize(t.bytes());
         ck.read("optim/" + t.name, buf.data(), buf.size());
         state_from_host(t, buf);
       }
@@ -469,7 +467,7 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
         "activations {:.2f} GiB, workspaces {:.2f} GiB; optimizer state {:.2f} GiB)",
         peak_gpu_gib, mem.total_gib, mem.model_weights_gib, mem.model_activations_gib, mem.model_other_gib, [&] {
           double b = 0;
-          for (const auto& t : groups.state()) b += (double)state_bytes(t);
+          for (const auto& t : groups.state()) b += (double)t.bytes();
           return b / (1024.0 * 1024.0 * 1024.0);
         }());
   }

@@ -86,6 +86,21 @@ og::DistContext self_context() {
   return self;
 }
 
+// Rank 0 trains `c` as a world of one (writing its checkpoints); every rank gets its final weights.
+std::vector<float> train_on_rank0_alone(const og::Config& c) {
+  std::vector<float> params;
+  if (comm().rank() == 0) {
+    og::DistContext self = self_context();
+    params = og::run_train(c, self).final_params;
+  }
+  comm().barrier();
+  int64_t n = (int64_t)params.size();
+  comm().broadcast(&n, 1, og::DType::I64, 0);
+  params.resize((size_t)n);
+  comm().broadcast(params.data(), params.size(), og::DType::F32, 0);
+  return params;
+}
+
 }  // namespace
 
 TEST(FSDP, AdamWMatchesSingleProcessAndDDP) {
@@ -161,17 +176,7 @@ TEST(FSDP, ShardedCheckpointResumeAndReshard) {
   og::Config c = fsdp_config(data.str(), data / "one", "adamw");
   c.checkpoint.enabled = true;
   c.checkpoint.every = 2;
-  og::TrainResult one_straight;
-  if (r == 0) {
-    og::DistContext self = self_context();
-    one_straight = og::run_train(c, self);
-  }
-  comm().barrier();
-  std::vector<float> reference = one_straight.final_params;
-  int64_t n = (int64_t)reference.size();
-  comm().broadcast(&n, 1, og::DType::I64, 0);
-  reference.resize((size_t)n);
-  comm().broadcast(reference.data(), reference.size(), og::DType::F32, 0);
+  const std::vector<float> reference = train_on_rank0_alone(c);
   c.checkpoint.resume = og::checkpoint_dir(c.log.dir, 2);
   c.log.dir = data / "one_resumed";
   const og::TrainResult many = og::run_train(c, *og_test::g_dist);
@@ -304,17 +309,7 @@ TEST(FSDP, ReshardsMatrixOptimizerState) {
     // 1 -> R: rank 0 writes a one-process checkpoint, all ranks resume it
     og::Config c1 = c;
     c1.log.dir = data / ("one_" + alg);
-    og::TrainResult one_straight;
-    if (r == 0) {
-      og::DistContext self = self_context();
-      one_straight = og::run_train(c1, self);
-    }
-    comm().barrier();
-    std::vector<float> reference = one_straight.final_params;
-    int64_t n = (int64_t)reference.size();
-    comm().broadcast(&n, 1, og::DType::I64, 0);
-    reference.resize((size_t)n);
-    comm().broadcast(reference.data(), reference.size(), og::DType::F32, 0);
+    const std::vector<float> reference = train_on_rank0_alone(c1);
     c1.checkpoint.resume = og::checkpoint_dir(c1.log.dir, 2);
     c1.log.dir = data / ("one_resumed_" + alg);
     const og::TrainResult many = og::run_train(c1, *og_test::g_dist);
