@@ -1,13 +1,11 @@
 // Whole-buffer reductions and precision conversions:
 //  - sum_squares: squared L2 norm of an fp32 buffer (gradient norm), fp64 accumulation,
 //    deterministic two-pass (fixed grid of kSumSquaresPartials blocks x 256 threads, each block
-//    writes one partial; then one block of kSumSquaresPartials threads adds the partials; both
-//    with the fixed-order block_sum of core/block_reduce.cuh).
+//    writes one partial; then one 1024-thread block adds the partials in a fixed tree order).
 //  - fp32 <-> bf16 conversion (round to nearest even), grid-stride, 256 threads, coalesced
 //    scalar accesses (one element per thread per step).
 #include <algorithm>
 
-#include "core/block_reduce.cuh"
 #include "core/cuda_utils.h"
 #include "model/cuda/dtype.cuh"
 #include "model/cuda/kernels.h"
@@ -15,23 +13,34 @@
 namespace og::gpu {
 namespace {
 
+// Sum over the block in fp64 (blockDim.x a power of two <= 1024); result valid in thread 0.
+__device__ double block_sum_f64(double v, double* smem) {
+  smem[threadIdx.x] = v;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) smem[threadIdx.x] += smem[threadIdx.x + s];
+    __syncthreads();
+  }
+  return smem[0];
+}
+
 // Pass 1: block b sums x[i]² for i = b·256 + tid + k·(grid·256): a fixed assignment of elements
 // to threads for a given n, so the result does not depend on scheduling.
 __global__ void sum_squares_partial_kernel(double* partials, const float* x, int64_t n) {
-  __shared__ double smem[32];
+  __shared__ double smem[256];
   double acc = 0.0;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
     const double v = x[i];
     acc += v * v;
   }
-  const double s = og::block_sum(acc, smem);
+  const double s = block_sum_f64(acc, smem);
   if (threadIdx.x == 0) partials[blockIdx.x] = s;
 }
 
 // Pass 2: one block of kSumSquaresPartials threads.
 __global__ void sum_squares_final_kernel(double* result, const double* partials) {
-  __shared__ double smem[32];
-  const double s = og::block_sum(partials[threadIdx.x], smem);
+  __shared__ double smem[kSumSquaresPartials];
+  const double s = block_sum_f64(partials[threadIdx.x], smem);
   if (threadIdx.x == 0) result[0] = s;
 }
 
