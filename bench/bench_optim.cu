@@ -12,7 +12,10 @@
 //                (W, M read+write, G read)
 //   gap = median / (FLOP floor + byte floor): the NS and the elementwise passes are sequential.
 // "NS GF" is the NS work as this configuration computes it (Gram variant: fewer FLOPs; the
-// block-triangle products are counted as full), in GFLOP.
+// block-triangle products are counted as full), in GFLOP. For Dion (no NS) the FLOP floor and the
+// column count its four m×n×r products (P = M·Q, R = Mᵀ·P, the error feedback P·Rᵀ and the update
+// P·Qᵀ: 8·m·n·r at the bf16 peak, a floor the fp32/fp64 path cannot reach); the QR of the m×r P
+// (randomized Cholesky-QR, fp64) is left out of the floor.
 // "host ms" is the median CPU time of the step() call itself (enqueueing its launches): when it is
 // close to the median, the step is bound by launch overhead, not by the GPU.
 // Variants: "[r0]" is the first H100 run's code path (Muon groups in sequence with one shared
@@ -35,6 +38,7 @@
 #include "core/rng.h"
 #include "optim/cuda/cuda_optimizer.h"
 #include "optim/cuda/newton_schulz.h"
+#include "optim/dion_shape.h"
 #include "optim/optimizer.h"
 #include "optim/slice_select.h"
 
@@ -124,6 +128,11 @@ double ns_flops_of(const Case& c, bool as_run = false) {
             c.hp.algorithm == Algorithm::NorDion2 || selection_axis(c.hp.select_dim, s.rows, s.cols) == SliceAxis::Rows;
         const int64_t n = rows ? s.rows : s.cols, L = rows ? s.cols : s.rows;
         f += ns_one(select_count(c.hp.fraction, n), L, c.opt, as_run);
+        break;
+      }
+      case Algorithm::Dion: {
+        const int64_t r = dion::dion_rank(c.hp.rank_fraction, s.rows, s.cols);
+        f += 8.0 * (double)s.rows * (double)s.cols * (double)r;
         break;
       }
       default: break;
@@ -220,6 +229,7 @@ void run_case(const Case& c, int steps) {
 
 OptimHParams hp_of(Algorithm a, float fraction = 0.25f, Select sel = Select::L1) {
   OptimHParams hp;
+  hp.rank_fraction = fraction;  // Dion
   hp.algorithm = a;
   hp.weight_decay = 0.01f;
   hp.nesterov = (a == Algorithm::Muon || a == Algorithm::NorMuon);  // the paper's runs
@@ -283,10 +293,14 @@ int main(int argc, char** argv) {
             base);
       }
     add("160M nordion2 a=0.25 l1", &m160, hp_of(Algorithm::NorDion2), 0, 0, base);
+    // Dion at the paper's rank fraction 0.25 and the reference 160M config's 0.5
+    for (float rf : {0.25f, 0.5f})
+      add(fmt::format("160M dion r={}", rf), &m160, hp_of(Algorithm::Dion, rf), 0, 0, base);
     if (m1b) {
       add("1B adamw", m1b.get(), hp_of(Algorithm::AdamW), 0, 0, base);
       add("1B muon", m1b.get(), hp_of(Algorithm::Muon), 40.0, 69.3, base);
       add("1B dion2 a=0.25 l1", m1b.get(), hp_of(Algorithm::Dion2), 8.0, 0, base);
+      add("1B dion r=0.25", m1b.get(), hp_of(Algorithm::Dion, 0.25f), 0, 0, base);
     }
     std::vector<Case> phase_cases;  // per-phase breakdowns, printed after the summary
     if (variants) {

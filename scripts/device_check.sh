@@ -39,27 +39,53 @@ if [ "$bench_only" = 0 ]; then
     # measure speed / capacity, and under memcheck only take time); racecheck over the binaries
     # whose kernels share memory between threads (attention tiles, block reductions, the fused
     # cross-entropy, the optimizers' reductions). All run at once (the GPU has room; the
-    # instrumentation is CPU-bound), each bounded by san_timeout seconds.
+    # instrumentation is CPU-bound), each bounded by san_timeout seconds. Run it alone: racecheck
+    # slows by 5-10x when the GPU is shared with another job (2026-11-23: training alongside).
     san_timeout="${SAN_TIMEOUT:-240}"
     skip='-CudaTiming.*:CudaModel.Gpt160mForwardBackwardFits'
-    san() {  # san TOOL BINARY [gtest filter]: one summary line into $out/san_rows/TOOL_BINARY
-      local tool=$1 t=$2 filt="${3:-$skip}" log="$out/$1_$(basename "$2").log" t0=$(date +%s) rc
-      timeout "$san_timeout" compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 20 \
-        "$t" --gtest_filter="$filt" >"$log" 2>&1
+    san() {  # san TOOL BINARY SHARD NSHARDS: one summary line into $out/san_rows/TOOL_BINARY_SHARD
+      local tool=$1 t=$2 k=$3 n=$4 name="$1 $(basename "$2")" t0=$(date +%s) rc
+      [ "$n" -gt 1 ] && name="$name [$((k + 1))/$n]"
+      local tag="${tool}_$(basename "$t")_$k" log="$out/${tool}_$(basename "$t")_$k.log"
+      local excl=()  # SAN_EXCLUDE="kns=nvjet": compute-sanitizer's --kernel-name-exclude (e.g. library GEMMs)
+      [ -n "${SAN_EXCLUDE:-}" ] && excl=(--kernel-name-exclude "$SAN_EXCLUDE")
+      GTEST_TOTAL_SHARDS=$n GTEST_SHARD_INDEX=$k timeout "$san_timeout" compute-sanitizer --tool "$tool" \
+        "${excl[@]}" --error-exitcode 9 --print-limit 20 "$t" --gtest_filter="$skip" >"$log" 2>&1
       rc=$?
+      # compute-sanitizer turns timeout's SIGTERM into its own error exit: tell a timeout by the clock
+      [ $(( $(date +%s) - t0 )) -ge "$san_timeout" ] && rc=124
       local errs; errs=$(grep -Eo 'ERROR SUMMARY: [0-9]+ error' "$log" | tail -1)
-      row() { printf '%-34s %s\n' "$1" "$2" >"$out/san_rows/${tool}_$(basename "$t")"; }
+      row() { printf '%-42s %s\n' "$1" "$2" >"$out/san_rows/$tag"; }
       case $rc in
-        0) row "$tool $(basename "$t")" "clean, $(grep -Eo '\[  PASSED  \] [0-9]+' "$log" | grep -Eo '[0-9]+$') tests ($(( $(date +%s) - t0 ))s)" ;;
-        124) row "$tool $(basename "$t")" "TIMEOUT after ${san_timeout}s ($errs)" ;;
-        *) row "$tool $(basename "$t")" "FINDINGS rc=$rc ($errs)"
-           grep -E "^========= (Invalid|Race|Error|Uninit|Program hit)" "$log" | sort | uniq -c | head -8 >"$out/findings_${tool}_$(basename "$t").txt" ;;
+        0) row "$name" "clean, $(grep -Eo '\[  PASSED  \] [0-9]+' "$log" | grep -Eo '[0-9]+$') tests ($(( $(date +%s) - t0 ))s)" ;;
+        124) row "$name" "TIMEOUT after ${san_timeout}s ($errs; $(grep -c '^\[       OK' "$log") tests done)" ;;
+        *) row "$name" "FINDINGS rc=$rc ($errs)"
+           grep -E "^========= (Invalid|Race|Error|Uninit|Program hit)" "$log" | sort | uniq -c | head -8 >"$out/findings_$tag.txt" ;;
       esac
     }
+    # The slow pairs run as gtest shards side by side (racecheck of the optimizer tests takes
+    # over 5 minutes in one process, memcheck of the Dion tests about 4).
+    shards() {
+      case "$1:$(basename "$2")" in
+        racecheck:gpu_test_cuda_optim) echo 6 ;;
+        memcheck:gpu_test_cuda_dion | memcheck:gpu_test_cuda_model | memcheck:gpu_test_cuda_optim) echo 3 ;;
+        *) echo 1 ;;
+      esac
+    }
+    san_all() {  # san_all TOOL BINARY: every shard in the background
+      local n; n=$(shards "$1" "$2")
+      for ((k = 0; k < n; k++)); do san "$1" "$2" "$k" "$n" & done
+    }
     mkdir -p "$out/san_rows"
-    for t in "$build"/tests/gpu_*; do [ -x "$t" ] && san memcheck "$t" & done
+    # SAN_ONLY="memcheck:gpu_test_cuda_dion racecheck:gpu_test_cuda_optim" runs just those pairs.
+    want() { [ -z "${SAN_ONLY:-}" ] || [[ " $SAN_ONLY " == *" $1:$(basename "$2") "* ]]; }
+    for t in "$build"/tests/gpu_*; do
+      # the timing binary holds only timing tests, all filtered out: nothing to instrument
+      [[ "$t" == *_timing ]] && continue
+      [ -x "$t" ] && want memcheck "$t" && san_all memcheck "$t"
+    done
     for t in "$build"/tests/gpu_test_cuda_ops "$build"/tests/gpu_test_cuda_ops_attention "$build"/tests/gpu_test_cuda_optim; do
-      [ -x "$t" ] && san racecheck "$t" &
+      [ -x "$t" ] && want racecheck "$t" && san_all racecheck "$t"
     done
     wait
     for f in "$out"/findings_*.txt; do [ -f "$f" ] && { echo "--- $(basename "$f")"; cat "$f"; }; done

@@ -6,7 +6,9 @@
 # missing: the runs can be plotted later on another machine with the same command).
 #
 #   scripts/repro.sh [--steps N] [--out runs/repro] [--figures docs/figures/repro]
-#                    [--only muon,dion2_a0.25_l1,...] [--build DIR] [-- overrides...]
+#                    [--only muon,dion2_a0.25_l1,...] [--build DIR] [--report-only] [-- overrides...]
+#   --report-only only write the table and figures from the finished run folders in --out (runs made
+#                 on another machine, e.g. the GPU one, copied back here)
 #   --build DIR   first build orthogpt (Release, CUDA sm_90 when nvcc is present) into DIR and use it
 #   overrides     any `orthogpt train` option for every run, e.g. --device cpu --model.n_layer 1
 #   env ORTHOGPT_BIN: the binary (default build/orthogpt; with --build: DIR/orthogpt)
@@ -20,7 +22,7 @@ cd "$root"
 
 RUNS=(muon dion2_a0.5_l1 dion2_a0.5_random dion2_a0.25_l1 dion2_a0.25_random dion2_a0.125_l1
       dion2_a0.125_random dion2_a0.25_l1_efoff dion_r0.25)
-steps="" out="runs/repro" figures="docs/figures/repro" only="" build_dir=""
+steps="" out="runs/repro" figures="docs/figures/repro" only="" build_dir="" report_only=0
 extra=()
 die() { echo "repro.sh: error: $*" >&2; exit 1; }
 while [[ $# -gt 0 ]]; do
@@ -30,6 +32,7 @@ while [[ $# -gt 0 ]]; do
     --figures) [[ $# -ge 2 ]] || die "--figures needs a value"; figures="$2"; shift 2 ;;
     --only) [[ $# -ge 2 ]] || die "--only needs a value"; only="$2"; shift 2 ;;
     --build) [[ $# -ge 2 ]] || die "--build needs a folder"; build_dir="$2"; shift 2 ;;
+    --report-only) report_only=1; shift ;;
     --) shift; extra+=("$@"); break ;;
     *) extra+=("$1"); shift ;;  # an orthogpt override (its value follows as the next word)
   esac
@@ -40,7 +43,11 @@ if [[ -n "$only" ]]; then
   RUNS=("${sel[@]}")
 fi
 
-if [[ -n "$build_dir" ]]; then
+if [[ "$report_only" = 1 ]]; then
+  for r in "${RUNS[@]}"; do
+    grep -qs '"type":"done"' "$out/$r/metrics.jsonl" || die "--report-only: $out/$r/metrics.jsonl is missing or unfinished"
+  done
+elif [[ -n "$build_dir" ]]; then
   t0=$(date +%s)
   cuda=()
   command -v nvcc >/dev/null && cuda=(-DORTHOGPT_CUDA_ARCH=90)
@@ -53,13 +60,14 @@ if [[ -n "$build_dir" ]]; then
 else
   BIN="${ORTHOGPT_BIN:-build/orthogpt}"
 fi
-[[ -x "$BIN" ]] || die "$BIN not found: build it (scripts/build.sh), pass --build DIR or set ORTHOGPT_BIN"
-ls data/english/english_train_*.bin >/dev/null 2>&1 || [[ " ${extra[*]} " == *" --data.train "* ]] \
+[[ "$report_only" = 1 || -x "$BIN" ]] || die "$BIN not found: build it (scripts/build.sh), pass --build DIR or set ORTHOGPT_BIN"
+[[ "$report_only" = 1 ]] || ls data/english/english_train_*.bin >/dev/null 2>&1 || [[ " ${extra[*]} " == *" --data.train "* ]] \
   || die "no data/english/english_train_*.bin: run scripts/get_corpus_large.sh (or carry data/english)"
 
 mkdir -p "$out"
 t_all=$(date +%s)
 for r in "${RUNS[@]}"; do
+  [[ "$report_only" = 1 ]] && break
   cfg="configs/repro/$r.yaml"
   dir="$out/$r"
   cmd=("$BIN" train --config "$cfg")
