@@ -115,8 +115,12 @@ EOF
 
 # ---- figures ---------------------------------------------------------------------------------------
 dirs=(); for r in "${RUNS[@]}"; do dirs+=("$out/$r"); done
-if python3 -c "import matplotlib" 2>/dev/null; then
-  python3 scripts/plot_runs.py "${dirs[@]}" --out "$figures" --title "orthogpt repro: 512/8/4, seq 512, English corpus" \
+py=""  # the first python3 with matplotlib (a pyenv python3 may lack Debian's python3-matplotlib)
+for p in python3 /usr/bin/python3; do
+  command -v "$p" >/dev/null && "$p" -c "import matplotlib" 2>/dev/null && { py="$p"; break; }
+done
+if [[ -n "$py" ]]; then
+  "$py" scripts/plot_runs.py "${dirs[@]}" --out "$figures" --title "orthogpt repro: 512/8/4, seq 512, English corpus" \
     >/dev/null
   echo "repro.sh: figures: ${figures}_val_vs_step.png ${figures}_val_vs_time.png (table ${figures}_table.md)"
 else
