@@ -7,6 +7,11 @@
 
 namespace og {
 
-std::unique_ptr<Optimizer> make_dion_cpu(const OptimHParams& hp, std::vector<ParamSlot> params);
+class Communicator;
+
+// comm: null for replicated parameters (one process, or DDP where every rank runs the same step);
+// for row shards (FSDP: ParamSlot::row0 / local_rows) the ranks' communicator, see dion.cpp.
+std::unique_ptr<Optimizer> make_dion_cpu(const OptimHParams& hp, std::vector<ParamSlot> params,
+                                         Communicator* comm = nullptr);
 
 }  // namespace og

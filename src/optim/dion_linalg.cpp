@@ -160,51 +160,73 @@ void gaussian_sketch(int64_t k, int64_t m, uint64_t seed, float* S) {
   for (int64_t i = 0; i < k * m; ++i) S[i] = (float)(rng.normal() * stddev);
 }
 
-bool cholesky_qr(int64_t m, int64_t n, float* P) {
+bool cholesky_qr(int64_t m, int64_t n, float* P, const RowSplit* split) {
   std::vector<double> p(P, P + m * n), g((size_t)n * n), r((size_t)n * n);
   gram(m, n, p.data(), g.data());
+  if (split) split->sum(g.data(), g.size());
   if (!cholesky_upper(n, g.data(), r.data())) return false;
   solve_upper_right(m, n, r.data(), p.data(), P);
   return true;
 }
 
-bool randomized_cholesky_qr(int64_t m, int64_t n, float* P, uint64_t sketch_seed) {
-  OG_CHECK(m > n && n >= 1, "randomized_cholesky_qr needs a tall matrix, got {} x {}", m, n);
+bool randomized_cholesky_qr(int64_t m, int64_t n, float* P, uint64_t sketch_seed, const RowSplit* split) {
+  const int64_t mg = split ? split->m_global : m, row0 = split ? split->row0 : 0;
+  OG_CHECK(mg > n && n >= 1 && row0 + m <= mg, "randomized_cholesky_qr needs a tall matrix, got {} x {}", mg, n);
   const int64_t k = dion_sketch_rows(n);
   // R1 from the QR of the small sketch S P (k x n): P R1^{-1} is already close to orthonormal,
   // so one Cholesky-QR pass finishes it without squaring P's condition number.
-  std::vector<float> S((size_t)k * m), SP((size_t)k * n);
-  gaussian_sketch(k, m, sketch_seed, S.data());
-  cpu::gemm<float>(false, false, k, n, m, 1.0f, S.data(), m, P, n, 0.0f, SP.data(), n);
+  std::vector<float> S((size_t)k * mg), SP((size_t)k * n);
+  gaussian_sketch(k, mg, sketch_seed, S.data());
+  // this rank's columns of S times its rows of P (all of them in one process)
+  cpu::gemm<float>(false, false, k, n, m, 1.0f, S.data() + row0, mg, P, n, 0.0f, SP.data(), n);
+  if (split) {
+    std::vector<double> sp(SP.begin(), SP.end());
+    split->sum(sp.data(), sp.size());
+    std::copy(sp.begin(), sp.end(), SP.begin());
+  }
   std::vector<double> r1((size_t)n * n), p1((size_t)m * n), g((size_t)n * n), r2((size_t)n * n);
   householder_qr(k, n, SP.data(), nullptr, r1.data());
   solve_upper_right(m, n, r1.data(), P, p1.data());  // a zero pivot of R1 gives inf/NaN here...
   gram(m, n, p1.data(), g.data());
+  if (split) split->sum(g.data(), g.size());
   if (!cholesky_upper(n, g.data(), r2.data())) return false;  // ...which the Cholesky rejects
   solve_upper_right(m, n, r2.data(), p1.data(), P);
   return true;
 }
 
-OrthoResult orthonormalize_columns(int64_t m, int64_t n, float* P, bool try_cqr, uint64_t sketch_seed) {
-  OG_CHECK(n >= 1 && m >= n, "orthonormalize_columns needs a tall-or-square matrix, got {} x {}", m, n);
+OrthoResult orthonormalize_columns(int64_t m, int64_t n, float* P, bool try_cqr, uint64_t sketch_seed,
+                                   const RowSplit* split) {
+  const int64_t mg = split ? split->m_global : m;
+  OG_CHECK(n >= 1 && mg >= n && m >= 0 && m <= mg,
+           "orthonormalize_columns needs a tall-or-square matrix, got {} x {} ({} rows here)", mg, n, m);
   OrthoResult res;
   if (try_cqr) {
-    if (cholesky_qr(m, n, P)) {
+    if (cholesky_qr(m, n, P, split)) {
       res.method = OrthoMethod::CholeskyQR;
       return res;
     }
     ++res.fallbacks;
   }
-  if (m > n) {
-    if (randomized_cholesky_qr(m, n, P, sketch_seed)) {
+  if (mg > n) {
+    if (randomized_cholesky_qr(m, n, P, sketch_seed, split)) {
       res.method = OrthoMethod::RandomizedCholeskyQR;
       return res;
     }
     ++res.fallbacks;
   }
-  std::vector<float> q((size_t)m * n);
-  householder_qr(m, n, P, q.data(), nullptr);
-  std::copy(q.begin(), q.end(), P);
+  // Householder QR of the whole P (gathered from the ranks when split: the rare, square or
+  // rank-deficient case), then this rank's rows of Q.
+  std::vector<float> whole;
+  const float* A = P;
+  if (split) {
+    whole.resize((size_t)mg * n);
+    split->gather_rows(P, whole.data());
+    A = whole.data();
+  }
+  std::vector<float> q((size_t)mg * n);
+  householder_qr(mg, n, A, q.data(), nullptr);
+  const int64_t row0 = split ? split->row0 : 0;
+  std::copy(q.begin() + row0 * n, q.begin() + (row0 + m) * n, P);
   res.method = OrthoMethod::HouseholderQR;
   return res;
 }

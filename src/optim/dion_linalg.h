@@ -8,9 +8,23 @@
 // orthonormal factor of a full-rank P is unique and all three methods agree (in exact
 // arithmetic) with Gram-Schmidt.
 #pragma once
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 
 namespace og::dion {
+
+// P split by rows over ranks (Dion under FSDP): this rank holds rows [row0, row0 + m) of the
+// m_global rows of P, where m is the row count passed to the functions below. The
+// orthonormalization then needs sums over all rows (the Gram matrices, the sketch product) and,
+// on its Householder path, the whole P; the two callbacks provide them (optim/dion.cpp wires
+// them to a Communicator). Every rank calls the functions for the same matrices in the same
+// order; a rank may hold no rows (m = 0). A null RowSplit is one process holding all rows.
+struct RowSplit {
+  int64_t m_global = 0, row0 = 0;
+  std::function<void(double* x, size_t count)> sum;                  // in place, over the ranks
+  std::function<void(const float* mine, float* whole)> gather_rows;  // whole: m_global x n
+};
 
 // Householder QR of A (m x n, m >= n): A = Q R with Q (m x n) orthonormal columns and R (n x n)
 // upper triangular with R_jj >= 0. Q may be null (only R is wanted); R may be null.
@@ -32,12 +46,13 @@ void gaussian_sketch(int64_t k, int64_t m, uint64_t seed, float* S);
 
 // Plain Cholesky-QR in place: R = chol(P^T P) (Gram in fp64), P <- P R^{-1}.
 // Returns false and leaves P untouched when the Cholesky fails.
-bool cholesky_qr(int64_t m, int64_t n, float* P);
+bool cholesky_qr(int64_t m, int64_t n, float* P, const RowSplit* split = nullptr);
 
 // Randomized Cholesky-QR in place (m > n): sketch S (k x m, k = dion_sketch_rows(n)),
 // R1 = QR_R(S P), P1 = P R1^{-1}, R2 = chol(P1^T P1), P <- P1 R2^{-1}.
 // Returns false and leaves P untouched when the Cholesky fails (P rank-deficient).
-bool randomized_cholesky_qr(int64_t m, int64_t n, float* P, uint64_t sketch_seed);
+// With a split, S is the whole k x m_global sketch (the same draw) and S P sums the row blocks.
+bool randomized_cholesky_qr(int64_t m, int64_t n, float* P, uint64_t sketch_seed, const RowSplit* split = nullptr);
 
 // Which method produced the orthonormal columns.
 enum class OrthoMethod { HouseholderQR, RandomizedCholeskyQR, CholeskyQR };
@@ -51,6 +66,9 @@ struct OrthoResult {
 // Dion's orthonormalize(P) for P (m x n, m >= n), in place:
 //   try_cqr: plain Cholesky-QR first; on failure continue below.
 //   m == n (square): Householder QR.  m > n: RCQR, falling back to Householder QR on failure.
-OrthoResult orthonormalize_columns(int64_t m, int64_t n, float* P, bool try_cqr, uint64_t sketch_seed);
+// With a split, P is this rank's row block and "m" in the rules above is m_global; every rank
+// takes the same path (the decisions depend only on summed quantities).
+OrthoResult orthonormalize_columns(int64_t m, int64_t n, float* P, bool try_cqr, uint64_t sketch_seed,
+                                   const RowSplit* split = nullptr);
 
 }  // namespace og::dion

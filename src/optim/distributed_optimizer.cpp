@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "optim/cpu_optimizers.h"
+#include "optim/dion.h"
 #include "optim/distributed_cpu.h"
 
 namespace og {
@@ -69,9 +70,12 @@ std::unique_ptr<Optimizer> make_distributed_optimizer(const OptimHParams& hp, st
   if (!is_matrix_algorithm(a))
     return make_optimizer(hp, opt.row_sharded ? shards_as_matrices(params) : std::move(params), device);
   if (a == Algorithm::Dion) {
-    OG_CHECK(!opt.row_sharded, "dion with {} ranks under fsdp is not supported yet (use dist.mode ddp)", W);
-    // Replicated: every rank runs the same Dion step on the same averaged gradient (correct, not work-split).
-    return make_optimizer(hp, std::move(params), device);
+    // Replicated: every rank runs the same Dion step on the same averaged gradient (correct, not
+    // work-split). Row shards: the low-rank factors' sums are all-reduced, M never moves (dion.cpp).
+    if (!opt.row_sharded) return make_optimizer(hp, std::move(params), device);
+    OG_CHECK(device == Device::CPU, "dion with {} ranks under fsdp on cuda is not supported yet (use dist.mode ddp)",
+             W);
+    return make_dion_cpu(hp, std::move(params), opt.comm);
   }
   if (device == Device::CUDA) {
     // The CUDA path: replicated parameters run the single-GPU optimizer on every rank (identical

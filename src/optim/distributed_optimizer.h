@@ -31,7 +31,9 @@
 //                           exactly; random selection draws the single-process set directly.
 //                       NorMuon / NorDion2 normalize on the shard owner with V sharded; the
 //                       Frobenius restore's two sums are all-reduced, so it equals one process.
-//                       dion under fsdp with more than one rank: an og::Error (not supported yet).
+//                       Dion: M, W and (for a wide matrix) Q stay row-sharded; only the sums over
+//                       rows of its low-rank factors are all-reduced — P or R (cols x r), the
+//                       sketch product and Gram matrices of the orthonormalization (optim/dion.cpp).
 //
 // The CPU path uses host buffers and the host (MPI) communicator; CUDA parameters need a device
 // (NCCL) communicator. stats()["comm_bytes"]: bytes this rank sent in the last step, by the ring

@@ -44,6 +44,9 @@ struct StateTensor {
   size_t count = 0;
   StateDtype dtype = StateDtype::F32;
   Device device = Device::CPU;
+  // The same on every FSDP rank (a counter, Dion's Q of a tall matrix) rather than the rows of
+  // this rank's parameter shard: re-sharding copies it instead of slicing it by rows.
+  bool replicated = false;
   size_t bytes() const { return count * (dtype == StateDtype::F32 ? 4 : 2); }
 };
 

@@ -305,20 +305,13 @@ void Fsdp::load_same_world(const CheckpointReader& ck, ParamGroups& groups) {
 }
 
 // Rows [row0, end) of this rank's shards come from the old ranks whose shards overlap them; old
-// rank files are opened one at a time. Row-sharded state (every state tensor but the
-// per-parameter step counter: AdamW/Lion moments, Muon/Dion2 momentum — row x cols — and
-// NorMuon/NorDion2's per-row variance) is sliced by rows like the parameter; the step counter is
-// copied. A world of one runs the ordinary optimizers, whose state has the same names and layout.
+// rank files are opened one at a time. Row-sharded state (AdamW/Lion moments, Muon/Dion2/Dion
+// momentum — rows x cols —, NorMuon/NorDion2's per-row variance, Dion's Q of a wide matrix —
+// rows x r) is sliced by rows like the parameter; step counters and replicated state
+// (StateTensor::replicated: Dion's Q of a tall matrix) are copied. A world of one runs the
+// ordinary optimizers, whose state has the same names and layout.
 void Fsdp::load_resharded(const CheckpointReader& ck, ParamGroups& groups) {
   const int old_world = ck.meta().shards;
-  for (Optimizer* opt : groups.optimizers()) {
-    const Algorithm a = opt->algorithm();
-    OG_CHECK(a != Algorithm::Dion,
-             "--resume {}: the checkpoint was written by {} FSDP ranks and this run has {}; re-sharding covers the "
-             "parameters and row-sharded optimizer state (adamw, lion, muon, normuon, dion2, nordion2), not {}'s: "
-             "resume on {} ranks",
-             ck.dir(), old_world, world_, name_of(a), old_world);
-  }
   const ShardPlan old_plan(plan_.layout(), old_world);
   const auto& params = plan_.layout().params();
   std::map<std::string, size_t> index;
@@ -336,8 +329,14 @@ void Fsdp::load_resharded(const CheckpointReader& ck, ParamGroups& groups) {
   };
   std::vector<Target> targets;
   for (const StateTensor& t : state) {
+    if (t.replicated) {  // any old rank's copy (param: unused)
+      targets.push_back(Target{0, false, 0, std::vector<char>(t.bytes()), false});
+      continue;
+    }
     const auto [pname, what] = split_state_name(t.name);
-    const size_t p = index.at(pname);
+    const auto it = index.find(pname);
+    OG_CHECK(it != index.end(), "internal: optimizer state {} names no parameter", t.name);
+    const size_t p = it->second;
     const size_t my_rows = (size_t)plan_.rows(p, rank_).rows;
     Target tg{p, what != "step", 0, std::vector<char>(t.bytes()), false};
     if (tg.elementwise) {
@@ -377,9 +376,14 @@ void Fsdp::load_resharded(const CheckpointReader& ck, ParamGroups& groups) {
     }
     for (size_t i = 0; i < state.size(); ++i) {
       Target& tg = targets[i];
+      const std::string name = "optim/" + state[i].name;
+      if (state[i].replicated) {
+        if (!tg.filled) file.read(name, tg.host.data(), tg.host.size());
+        tg.filled = true;
+        continue;
+      }
       const RowRange o = overlap(tg.param);
       if (o.rows == 0) continue;
-      const std::string name = "optim/" + state[i].name;
       if (!tg.elementwise) {
         if (!tg.filled) file.read(name, tg.host.data(), tg.host.size());
         tg.filled = true;

@@ -242,7 +242,7 @@ TEST(FSDP, MatrixOptimizersOnShardsMatchSingleProcess) {
     bool compare;
   };
   for (const Case& k : {Case{"muon", "local", true}, Case{"normuon", "local", true}, Case{"dion2", "global", true},
-                        Case{"dion2", "local", false}}) {
+                        Case{"dion2", "local", false}, Case{"dion", "local", true}}) {
     og_test::TempDir out_f("og_fsdp_mf"), out_s("og_fsdp_ms");
     og::Config c = fsdp_config(data.str(), out_f.str(), "adamw");
     c.optim.matrix.algorithm = k.algorithm;
@@ -278,14 +278,15 @@ TEST(FSDP, MatrixOptimizersOnShardsMatchSingleProcess) {
   EXPECT_EQ(resumed.final_params, straight.final_params) << "dion2 under FSDP: resume on " << R << " ranks";
 }
 
-// Re-sharding the matrix optimizers' state: Muon's and Dion2's momentum and NorMuon's per-row
-// variance are row shards like the parameters, so a checkpoint of R ranks resumes on one
+// Re-sharding the matrix optimizers' state: Muon's, Dion2's and Dion's momentum, NorMuon's per-row
+// variance and Dion's Q of a wide matrix are row shards like the parameters (a tall matrix's Q is
+// replicated), so a checkpoint of R ranks resumes on one
 // process (and one of one process on R ranks) and ends where the straight R-rank run ends.
 // Dion2 runs with select_scope global (the one-process selection) so the two sides agree.
 TEST(FSDP, ReshardsMatrixOptimizerState) {
   const int R = comm().size(), r = comm().rank();
   SharedDir data("og_fsdp_rsm");
-  for (const std::string alg : {"muon", "normuon", "dion2"}) {
+  for (const std::string alg : {"muon", "normuon", "dion2", "dion"}) {
     og::Config c = fsdp_config(data.str(), data / ("straight_" + alg), "adamw");
     c.optim.matrix.algorithm = alg;
     c.optim.matrix.fraction = 0.5;

@@ -215,14 +215,16 @@ class CudaDion final : public CudaOptimizer {
     }
   }
 
-  // As the CPU reference: per parameter momentum and Q, then the step counter (a host float).
+  // As the CPU reference: per parameter momentum and Q (replicated, not row-shaped, for a tall
+  // matrix), then the step counter (a host float).
   std::vector<StateTensor> state() override {
     std::vector<StateTensor> out;
     for (size_t i = 0; i < params_.size(); ++i) {
       out.push_back(momentum_.view(i, params_[i].name, "momentum"));
       out.push_back(q_.view(i, params_[i].name, "Q"));
+      out.back().replicated = params_[i].rows >= params_[i].cols;  // B = M: Q is cols x r
     }
-    out.push_back({"dion/step", &step_count_, 1, StateDtype::F32, Device::CPU});
+    out.push_back({"dion/step", &step_count_, 1, StateDtype::F32, Device::CPU, true});
     return out;
   }
 
