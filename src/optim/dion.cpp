@@ -258,7 +258,8 @@ class DionCpu final : public Optimizer {
     }
 
     // Q <- R with unit columns (norms in double, over all cols_b rows of R).
-    std::vector<double> ss(r, 0.0);
+    std::vector<double>& ss = colsq_;
+    ss.assign(r, 0.0);
     for (int64_t i = 0; i < r_rows; ++i)
       for (int64_t j = 0; j < r; ++j) ss[j] += (double)R[i * r + j] * R[i * r + j];
     if (comm_ && tr) comm_->all_reduce(ss.data(), ss.size(), DType::F64, ReduceOp::Sum);
@@ -293,6 +294,7 @@ class DionCpu final : public Optimizer {
   float step_count_ = 0.0f;  // steps taken; a float so it checkpoints like every other state
   size_t max_numel_ = 0, max_p_ = 0, max_q_ = 0;
   std::vector<float> p_, r_, m32_, q32_;  // scratch
+  std::vector<double> colsq_;             // scratch: R's column sums of squares
   std::map<std::string, double> stats_;
   std::unique_ptr<CountingCommunicator> comm_;  // row shards only
 };

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <vector>
 
 #include "core/error.h"
@@ -251,16 +252,19 @@ TEST(DistOptimDDP, MuonPolarExpress) {
   check_replicated(hp);
 }
 TEST(DistOptimDDP, NorMuon) { check_replicated(hparams(og::Algorithm::NorMuon)); }
-TEST(DistOptimDDP, Dion2) {
+// Dion2 with l1 / random selection, ef on / off.
+void for_each_dion2_variant(const std::function<void(const og::OptimHParams&)>& check) {
   for (og::Select sel : {og::Select::L1, og::Select::Random})
     for (bool ef : {true, false}) {
       auto hp = hparams(og::Algorithm::Dion2);
       hp.select = sel;
       hp.ef = ef;
       SCOPED_TRACE(std::string(og::name_of(sel)) + (ef ? " ef on" : " ef off"));
-      check_replicated(hp);
+      check(hp);
     }
 }
+
+TEST(DistOptimDDP, Dion2) { for_each_dion2_variant(check_replicated); }
 TEST(DistOptimDDP, NorDion2) { check_replicated(hparams(og::Algorithm::NorDion2)); }
 TEST(DistOptimDDP, DionRunsReplicated) { check_replicated(hparams(og::Algorithm::Dion)); }
 
@@ -277,14 +281,7 @@ TEST(DistOptimFSDP, Dion2Global) {
 }
 TEST(DistOptimFSDP, NorDion2Global) { check_sharded(hparams(og::Algorithm::NorDion2), "global"); }
 TEST(DistOptimFSDP, Dion2Local) {
-  for (og::Select sel : {og::Select::L1, og::Select::Random})
-    for (bool ef : {true, false}) {
-      auto hp = hparams(og::Algorithm::Dion2);
-      hp.select = sel;
-      hp.ef = ef;
-      SCOPED_TRACE(std::string(og::name_of(sel)) + (ef ? " ef on" : " ef off"));
-      check_sharded(hp, "local");
-    }
+  for_each_dion2_variant([](const og::OptimHParams& hp) { check_sharded(hp, "local"); });
 }
 
 // Dion on row shards: the factors' row sums all-reduced == one process on the whole matrices.

@@ -222,7 +222,7 @@ class CudaDion final : public CudaOptimizer {
     for (size_t i = 0; i < params_.size(); ++i) {
       out.push_back(momentum_.view(i, params_[i].name, "momentum"));
       out.push_back(q_.view(i, params_[i].name, "Q"));
-      out.back().replicated = params_[i].rows >= params_[i].cols;  // B = M: Q is cols x r
+      out.back().replicated = !dion::dion_shape(params_[i].rows, params_[i].cols, hp_.rank_fraction).transposed;
     }
     out.push_back({"dion/step", &step_count_, 1, StateDtype::F32, Device::CPU, true});
     return out;
