@@ -38,7 +38,7 @@ if [ "$bench_only" = 0 ]; then
     # memcheck over every GPU test binary (timing tests and the 160M-size fit test excluded: they
     # measure speed / capacity, and under memcheck only take time); racecheck over the binaries
     # whose kernels share memory between threads (attention tiles, block reductions, the fused
-    # cross-entropy, the optimizers' reductions). All run at once (the GPU has room; the
+    # cross-entropy, the optimizers' reductions, Dion's Householder QR). All run at once (the GPU has room; the
     # instrumentation is CPU-bound), each bounded by san_timeout seconds. Run it alone: racecheck
     # slows by 5-10x when the GPU is shared with another job (2026-11-23: training alongside).
     san_timeout="${SAN_TIMEOUT:-240}"
@@ -68,6 +68,7 @@ if [ "$bench_only" = 0 ]; then
     shards() {
       case "$1:$(basename "$2")" in
         racecheck:gpu_test_cuda_optim) echo 6 ;;
+        racecheck:gpu_test_cuda_dion) echo 3 ;;
         memcheck:gpu_test_cuda_dion | memcheck:gpu_test_cuda_model | memcheck:gpu_test_cuda_optim) echo 3 ;;
         *) echo 1 ;;
       esac
@@ -84,7 +85,8 @@ if [ "$bench_only" = 0 ]; then
       [[ "$t" == *_timing ]] && continue
       [ -x "$t" ] && want memcheck "$t" && san_all memcheck "$t"
     done
-    for t in "$build"/tests/gpu_test_cuda_ops "$build"/tests/gpu_test_cuda_ops_attention "$build"/tests/gpu_test_cuda_optim; do
+    for t in "$build"/tests/gpu_test_cuda_ops "$build"/tests/gpu_test_cuda_ops_attention "$build"/tests/gpu_test_cuda_optim \
+             "$build"/tests/gpu_test_cuda_dion; do
       [ -x "$t" ] && want racecheck "$t" && san_all racecheck "$t"
     done
     wait

@@ -134,7 +134,9 @@ template <typename Tin> void check_rmsnorm_forward(int64_t N, int C) {
 
 TEST(CudaRmsNorm, ForwardMatchesReference) {
   SKIP_WITHOUT_CUDA();
-  for (auto [N, C] : {std::pair<int64_t, int>{1, 768}, {33, 100}, {1000, 768}, {17, 3072}, {9, 31}}) {
+  // C = 768, 2048, 1280, 8: the vector path (3, 8, 5 -> 8 and 1 chunks per lane); 100, 3072, 31: scalar
+  for (auto [N, C] : {std::pair<int64_t, int>{1, 768}, {33, 100}, {1000, 768}, {17, 3072}, {9, 31}, {5, 2048},
+                      {7, 1280}, {11, 8}}) {
     check_rmsnorm_forward<float>(N, C);
     check_rmsnorm_forward<bf16>(N, C);
   }
@@ -173,6 +175,8 @@ TEST(CudaRmsNorm, FusedResidualForwardMatchesReference) {
     check_rmsnorm_residual<float>(65, 768, in_place);
     check_rmsnorm_residual<bf16>(65, 768, in_place);
     check_rmsnorm_residual<float>(3, 50, in_place);
+    check_rmsnorm_residual<float>(9, 2048, in_place);
+    check_rmsnorm_residual<bf16>(4, 1280, in_place);
   }
 }
 
@@ -189,8 +193,12 @@ template <typename Tin> void check_rmsnorm_backward(int64_t N, int C) {
   auto d_dout = upload(to_bf16(dout));
   auto d_rstd = upload(rstd);
   auto d_dinp = upload(as<Tin>(dinp0));
-  gpu::rmsnorm_backward(d_dinp.data(), d_dout.data(), d_x.data(), d_rstd.data(), N, C, 0);
+  og::DeviceBuffer<bf16> d_dinp_bf16(N * C);
+  poison(d_dinp_bf16);
+  gpu::rmsnorm_backward(d_dinp.data(), d_dout.data(), d_x.data(), d_rstd.data(), N, C, 0, d_dinp_bf16.data());
   const auto got = to_f32(download(d_dinp));
+  // the optional bf16 copy is exactly the updated gradient rounded to bf16
+  EXPECT_CLOSE(download(d_dinp_bf16), to_bf16(got), 0.0);
   if constexpr (std::is_same_v<Tin, float>) {  // compare the accumulated contribution itself
     std::vector<float> got_delta(got.size()), want_delta(got.size());
     for (size_t i = 0; i < got.size(); ++i) {
@@ -205,7 +213,7 @@ template <typename Tin> void check_rmsnorm_backward(int64_t N, int C) {
 
 TEST(CudaRmsNorm, BackwardAccumulatesReferenceGradient) {
   SKIP_WITHOUT_CUDA();
-  for (auto [N, C] : {std::pair<int64_t, int>{1, 768}, {70, 768}, {13, 3072}, {5, 37}}) {
+  for (auto [N, C] : {std::pair<int64_t, int>{1, 768}, {70, 768}, {13, 3072}, {5, 37}, {6, 2048}, {3, 1280}}) {
     check_rmsnorm_backward<float>(N, C);
     check_rmsnorm_backward<bf16>(N, C);
   }
@@ -220,8 +228,10 @@ struct HeadShape {
 TEST(CudaRotaryQkNorm, ForwardAndBackwardMatchReference) {
   SKIP_WITHOUT_CUDA();
   const double base = 10000.0;
-  for (auto s :
-       {HeadShape{2, 37, 3, 64}, HeadShape{1, 129, 2, 128}, HeadShape{2, 5, 1, 34}, HeadShape{1, 300, 1, 128}}) {
+  // hd 16..256 (powers of two) take the vector path, 34 the scalar one; T·B not a multiple of the
+  // positions per block leaves idle groups in the last block
+  for (auto s : {HeadShape{2, 37, 3, 64}, HeadShape{1, 129, 2, 128}, HeadShape{2, 5, 1, 34}, HeadShape{1, 300, 1, 128},
+                 HeadShape{3, 11, 2, 16}, HeadShape{1, 9, 4, 256}, HeadShape{2, 7, 5, 32}}) {
     SCOPED_TRACE(testing::Message() << "B=" << s.B << " T=" << s.T << " H=" << s.H << " hd=" << s.hd);
     const int64_t rows = (int64_t)s.B * s.T * s.H, n = rows * s.hd;
     const auto x = randn(n, 13), dout = randn(n, 14);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "model/cpu/ops.h"
+#include "model/cuda/attention_internal.h"
 #include "model/cuda/kernels.h"
 #include "test_cuda_ops_common.h"
 
@@ -26,6 +27,12 @@ struct AttnShape {
 };
 
 enum class Path { Flash, Simple };
+
+// Warps per block of the flash kernels (forward, dK/dV, dQ); 0 = the public entry points'
+// choice (attn::kForwardWarps, ...).
+struct Warps {
+  int fwd = 0, dkdv = 0, dq = 0;
+};
 
 struct AttnCase {
   AttnShape s;
@@ -71,10 +78,11 @@ AttnCase make_reference(const AttnShape& s, uint64_t seed) {
   return c;
 }
 
-void check_attention(const AttnShape& s, Path path, uint64_t seed) {
+void check_attention(const AttnCase& c, Path path, Warps w = {}) {
+  const AttnShape& s = c.s;
   SCOPED_TRACE(testing::Message() << "B=" << s.B << " T=" << s.T << " H=" << s.H << " hd=" << s.hd
-                                  << " scale=" << s.input_scale << (path == Path::Flash ? " flash" : " simple"));
-  const AttnCase c = make_reference(s, seed);
+                                  << " scale=" << s.input_scale << (path == Path::Flash ? " flash" : " simple")
+                                  << " warps=" << w.fwd << "/" << w.dkdv << "/" << w.dq);
   const int64_t n = c.q.size(), rows = c.lse.size();
   auto d_q = upload(to_bf16(c.q)), d_k = upload(to_bf16(c.k)), d_v = upload(to_bf16(c.v));
   auto d_dout = upload(to_bf16(c.dout));
@@ -86,7 +94,11 @@ void check_attention(const AttnShape& s, Path path, uint64_t seed) {
 
   if (path == Path::Flash) {
     ASSERT_TRUE(gpu::attention_uses_tensor_cores(s.hd, d_q.data(), d_k.data(), d_v.data(), d_out.data()));
-    gpu::attention_forward(d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H, s.hd, 0);
+    if (w.fwd)
+      gpu::attn::attention_forward_flash(d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H,
+                                         s.hd, w.fwd, 0);
+    else
+      gpu::attention_forward(d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H, s.hd, 0);
   } else {
     gpu::attention_forward_simple(d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H, s.hd,
                                   0);
@@ -95,7 +107,11 @@ void check_attention(const AttnShape& s, Path path, uint64_t seed) {
   EXPECT_CLOSE(download(d_lse), c.lse, 1e-4);
 
   const double grad_tol = 1e-2;
-  if (path == Path::Flash)
+  if (path == Path::Flash && w.dkdv)
+    gpu::attn::attention_backward_flash(d_dq.data(), d_dk.data(), d_dv.data(), d_delta.data(), d_dout.data(),
+                                        d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H,
+                                        s.hd, w.dkdv, w.dq, 0);
+  else if (path == Path::Flash)
     gpu::attention_backward(d_dq.data(), d_dk.data(), d_dv.data(), d_delta.data(), d_dout.data(), d_out.data(),
                             d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H, s.hd, 0);
   else
@@ -106,6 +122,8 @@ void check_attention(const AttnShape& s, Path path, uint64_t seed) {
   EXPECT_CLOSE(download(d_dv), c.dv, grad_tol);
 }
 
+// Every block size of the flash kernels (64- and 128-row blocks, mixed), and the public entry
+// points; T covers partial blocks of both sizes and T < one block.
 TEST(CudaAttention, FlashMatchesReference) {
   SKIP_WITHOUT_CUDA();
   uint64_t seed = 100;
@@ -113,7 +131,9 @@ TEST(CudaAttention, FlashMatchesReference) {
     for (AttnShape s :
          {AttnShape{2, 64, 2, hd}, AttnShape{1, 200, 3, hd}, AttnShape{2, 130, 1, hd}, AttnShape{1, 1, 2, hd},
           AttnShape{1, 17, 1, hd}, AttnShape{1, 333, 2, hd}, AttnShape{1, 96, 2, hd, 3.0f}}) {
-      check_attention(s, Path::Flash, seed);
+      const AttnCase c = make_reference(s, seed);
+      for (Warps w : {Warps{}, Warps{4, 4, 4}, Warps{8, 8, 8}, Warps{8, 4, 8}, Warps{4, 8, 4}})
+        check_attention(c, Path::Flash, w);
       seed += 10;
     }
   }
@@ -125,7 +145,7 @@ TEST(CudaAttention, SimpleMatchesReference) {
   for (AttnShape s :
        {AttnShape{2, 37, 2, 32}, AttnShape{1, 70, 3, 96}, AttnShape{2, 19, 1, 34}, AttnShape{1, 65, 2, 64},
         AttnShape{1, 40, 1, 128}, AttnShape{1, 1, 1, 2}, AttnShape{1, 50, 1, 64, 3.0f}}) {
-    check_attention(s, Path::Simple, seed);
+    check_attention(make_reference(s, seed), Path::Simple);
     seed += 10;
   }
 }

@@ -6,8 +6,10 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <string>
 #include <vector>
 
+#include "model/cuda/attention_internal.h"
 #include "model/cuda/kernels.h"
 #include "model/cuda/matmul.h"
 #include "test_cuda_ops_common.h"
@@ -79,6 +81,25 @@ TEST(CudaTiming, Attention160M) {
                                           lse.data(), q.data(), k.data(), v.data(), kB, kT, kH, kHd, 0);
                 }),
                 2.5 * fwd_flops);
+  // every block size (warps per block), to choose attn::kForwardWarps / kDkdvWarps / kDqWarps
+  for (int w : {4, 8}) {
+    const std::string what = "  fwd, " + std::to_string(w) + " warps/block";
+    report_tflops(what.c_str(), time_ms([&] {
+                    gpu::attn::attention_forward_flash(out.data(), lse.data(), q.data(), k.data(), v.data(), kB, kT, kH,
+                                                       kHd, w, 0);
+                  }),
+                  fwd_flops);
+  }
+  for (int wkv : {4, 8})
+    for (int wq : {4, 8}) {
+      const std::string what = "  bwd, dkdv " + std::to_string(wkv) + " / dq " + std::to_string(wq) + " warps";
+      report_tflops(what.c_str(), time_ms([&] {
+                      gpu::attn::attention_backward_flash(dq.data(), dk.data(), dv.data(), delta.data(), dout.data(),
+                                                          out.data(), lse.data(), q.data(), k.data(), v.data(), kB, kT,
+                                                          kH, kHd, wkv, wq, 0);
+                    }),
+                    2.5 * fwd_flops);
+    }
   report_tflops("attention fwd simple (fp32 fallback)",
                 time_ms(
                     [&] {
@@ -112,6 +133,13 @@ TEST(CudaTiming, Elementwise160M) {
   report_gbs("rmsnorm bwd (fp32 residual grad +=)",
              time_ms([&] { gpu::rmsnorm_backward(dres.data(), normed.data(), res.data(), rstd.data(), kN, kD, 0); }),
              nd * (4.0 + 2.0 + 4.0 + 4.0));
+  og::DeviceBuffer<bf16> dres_bf(nd);
+  report_gbs("rmsnorm bwd + bf16 copy of the grad", time_ms([&] {
+               gpu::rmsnorm_backward(dres.data(), normed.data(), res.data(), rstd.data(), kN, kD, 0, dres_bf.data());
+             }),
+             nd * (4.0 + 2.0 + 4.0 + 4.0 + 2.0));
+  report_gbs("convert fp32 -> bf16 (what the copy replaces)",
+             time_ms([&] { gpu::convert_f32_to_bf16(dres_bf.data(), dres.data(), nd, 0); }), nd * 6.0);
   report_gbs("rotary + qk-norm fwd (one of q/k)", time_ms([&] {
                gpu::rotary_qknorm_forward(qk.data(), rstd_h.data(), x.data(), kB, kT, kH, kHd, 10000.0f,
                                           gpu::kRmsNormEps, 0);

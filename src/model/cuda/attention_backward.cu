@@ -2,16 +2,19 @@
 // 64 or 128. With P = exp(scale·q·kᵀ − lse) recomputed from the saved logsumexp and
 // delta = rowsum(dout ∘ out):  dV = Pᵀ·dO,  dP = dO·Vᵀ,  dS = P ∘ (dP − delta),
 // dK = scale·dSᵀ·Q,  dQ = scale·dS·K.
-// Two kernels, no atomics (deterministic), each warp owning 16 rows of its output:
-//  - flash_dkdv_kernel: grid (B·H, ceil(T/64)), 128 threads. A block owns 64 key rows (K and V
-//    in shared memory, dK and dV in registers) and walks the query blocks of 32 rows from the
-//    diagonal to the end (Q, dO, lse, delta staged in shared memory, double-buffered with
-//    cp.async). Each warp works on the transposed problem Sᵀ = K·Qᵀ, so Pᵀ and dSᵀ sit in
-//    registers as the A operands of dV += Pᵀ·dO and dK += dSᵀ·Q. Dynamic shared memory:
-//    69 KiB for HD = 128 (opt-in above 48 KiB).
-//  - flash_dq_kernel: grid (B·H, ceil(T/64)), 128 threads. A block owns 64 query rows (Q and
-//    dO fragments in registers, dQ accumulators in registers) and walks the key blocks of 32
-//    rows up to the diagonal (K and V in shared memory, double-buffered; 34 KiB for HD = 128).
+// Two kernels, no atomics (deterministic), each warp owning 16 rows of its output, W warps
+// (4 or 8) per block:
+//  - flash_dkdv_kernel: grid (B·H, ceil(T/(16·W))), 32·W threads. A block owns 16·W key rows
+//    (K and V in shared memory, dK and dV in registers) and walks the query blocks of 32 rows
+//    from the diagonal to the end (Q, dO, lse, delta staged in shared memory, double-buffered
+//    with cp.async). Each warp works on the transposed problem Sᵀ = K·Qᵀ, so Pᵀ and dSᵀ sit in
+//    registers as the A operands of dV += Pᵀ·dO and dK += dSᵀ·Q; a query block entirely before
+//    a warp's keys is skipped by that warp. Dynamic shared memory for HD = 128: 69 KiB at W = 4,
+//    103 KiB at W = 8 (opt-in above 48 KiB).
+//  - flash_dq_kernel: grid (B·H, ceil(T/(16·W))), 32·W threads. A block owns 16·W query rows
+//    (Q and dO fragments in registers, dQ accumulators in registers) and walks the key blocks of
+//    32 rows up to its last row (K and V in shared memory, double-buffered; 34 KiB for
+//    HD = 128); a key block entirely above a warp's rows is skipped by that warp.
 // The dQ kernel recomputes S and dP (7 MMAs per key/query pair instead of 5 with atomics):
 // the price of determinism. Rows past T are zero-filled and never stored.
 #include "core/cuda_utils.h"
@@ -25,14 +28,12 @@ namespace {
 
 using namespace attn;
 
-constexpr int kThreads = 128;
-constexpr int kRowsPerBlock = 64;  // rows owned by a block (4 warps x 16), both kernels
-constexpr int kStep = 32;          // rows of the streamed operand per step, both kernels
+constexpr int kStep = 32;  // rows of the streamed operand per step, both kernels
 
-// K, V (64 rows each), then two stages of (Q, dO) tiles (32 rows each), then two stages of
+// K, V (16·W rows each), then two stages of (Q, dO) tiles (32 rows each), then two stages of
 // (lse, delta) rows.
-template <int HD> constexpr size_t dkdv_smem_bytes() {
-  return (2 * kRowsPerBlock + 2 * 2 * kStep) * smem_ld<HD>() * sizeof(bf16) + 2 * 2 * kStep * sizeof(float);
+template <int HD, int W> constexpr size_t dkdv_smem_bytes() {
+  return (2 * 16 * W + 2 * 2 * kStep) * smem_ld<HD>() * sizeof(bf16) + 2 * 2 * kStep * sizeof(float);
 }
 // Two stages of (K, V) tiles of 32 rows.
 template <int HD> constexpr size_t dq_smem_bytes() { return 2 * 2 * kStep * smem_ld<HD>() * sizeof(bf16); }
@@ -97,8 +98,8 @@ __device__ __forceinline__ void regs_times_rows(float out[HD / 8][4], const floa
   }
 }
 
-template <int HD>
-__global__ void __launch_bounds__(kThreads)
+template <int HD, int W>
+__global__ void __launch_bounds__(32 * W)
     flash_dkdv_kernel(bf16* __restrict__ dk, bf16* __restrict__ dv, const bf16* __restrict__ dout,
                       const float* __restrict__ lse, const float* __restrict__ delta, const bf16* __restrict__ q,
                       const bf16* __restrict__ k, const bf16* __restrict__ v, int T, int H, float scale,
@@ -106,8 +107,8 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int LD = smem_ld<HD>(), NO = HD / 8, NS = kStep / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* const Ks = reinterpret_cast<bf16*>(smem_raw);
-  bf16* const Vs = Ks + kRowsPerBlock * LD;
-  bf16* const stage0 = Vs + kRowsPerBlock * LD;  // stage s: Q at stage0 + 2s·kStep·LD, dO after it
+  bf16* const Vs = Ks + 16 * W * LD;
+  bf16* const stage0 = Vs + 16 * W * LD;  // stage s: Q at stage0 + 2s·kStep·LD, dO after it
   float* const stats0 = reinterpret_cast<float*>(stage0 + 2 * 2 * kStep * LD);  // stage s: lse, delta at 2s·kStep
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
@@ -116,7 +117,7 @@ __global__ void __launch_bounds__(kThreads)
   const int kb = blockIdx.y;  // light blocks (late keys) last: natural order
   const int stride = H * HD;
   const int64_t bh = ((int64_t)b * T * H + h) * HD;
-  const int kv0 = kb * kRowsPerBlock;
+  const int kv0 = kb * 16 * W;
   const int r0 = kv0 + warp * 16;  // first key row of this warp
 
   const float* lse_bh = lse + (int64_t)bh_index * T;
@@ -131,8 +132,8 @@ __global__ void __launch_bounds__(kThreads)
   };
 
   // queries before kv0 never see these keys: start at the diagonal
-  load_tile_async<kRowsPerBlock, HD>(Ks, k + bh, kv0, T, stride);
-  load_tile_async<kRowsPerBlock, HD>(Vs, v + bh, kv0, T, stride);
+  load_tile_async<16 * W, HD>(Ks, k + bh, kv0, T, stride);
+  load_tile_async<16 * W, HD>(Vs, v + bh, kv0, T, stride);
   issue_stage(0, kv0);
   cp_async_commit();
 
@@ -156,6 +157,10 @@ __global__ void __launch_bounds__(kThreads)
     const bf16* dOs = Qs + kStep * LD;
     const float* lse_s = stats0 + 2 * cur * kStep;
     const float* delta_s = lse_s + kStep;
+    if (q0 + kStep - 1 < r0) {  // every query of this tile is before this warp's keys
+      __syncthreads();
+      continue;
+    }
 
     // Sᵀ = K·Qᵀ (16 keys x 32 queries) -> Pᵀ, masked where query < key or query >= T
     float p[NS][4];
@@ -191,8 +196,8 @@ __global__ void __launch_bounds__(kThreads)
   store_c_fragments<HD>(dv + bh, dv_acc, 1.0f, 1.0f, r0, T, stride);
 }
 
-template <int HD>
-__global__ void __launch_bounds__(kThreads)
+template <int HD, int W>
+__global__ void __launch_bounds__(32 * W)
     flash_dq_kernel(bf16* __restrict__ dq, const bf16* __restrict__ dout, const float* __restrict__ lse,
                     const float* __restrict__ delta, const bf16* __restrict__ q, const bf16* __restrict__ k,
                     const bf16* __restrict__ v, int T, int H, float scale, float scale_log2) {
@@ -206,7 +211,7 @@ __global__ void __launch_bounds__(kThreads)
   const int qb = gridDim.y - 1 - blockIdx.y;  // heaviest query blocks first
   const int stride = H * HD;
   const int64_t bh = ((int64_t)b * T * H + h) * HD;
-  const int q_block0 = qb * kRowsPerBlock;
+  const int q_block0 = qb * 16 * W;
   const int r0 = q_block0 + warp * 16;  // first query row of this warp
 
   auto issue_stage = [&](int s, int kv0) {
@@ -232,7 +237,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int dt = 0; dt < NO; ++dt) dq_acc[dt][0] = dq_acc[dt][1] = dq_acc[dt][2] = dq_acc[dt][3] = 0.0f;
 
-  const int key_end = min(q_block0 + kRowsPerBlock, T);  // keys past the block's last query are masked
+  const int key_end = min(q_block0 + 16 * W, T);  // keys past the block's last query are masked
   for (int it = 0, kv0 = 0; kv0 < key_end; ++it, kv0 += kStep) {
     const int cur = it & 1;
     if (kv0 + kStep < key_end) {  // prefetch the next key tile into the other stage
@@ -245,6 +250,10 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     const bf16* Ks = stage0 + 2 * cur * kStep * LD;
     const bf16* Vs = Ks + kStep * LD;
+    if (kv0 > r0 + 15) {  // every key of this tile is above this warp's rows
+      __syncthreads();
+      continue;
+    }
 
     // S = Q·Kᵀ -> P (masked where key > query)
     float p[NS][4];
@@ -276,35 +285,68 @@ __global__ void __launch_bounds__(kThreads)
   store_c_fragments<HD>(dq + bh, dq_acc, scale, scale, r0, T, stride);
 }
 
+template <int HD, int W>
+void launch_dkdv(bf16* dk, bf16* dv, const bf16* dout, const float* lse, const float* delta, const bf16* q,
+                 const bf16* k, const bf16* v, int B, int T, int H, cudaStream_t stream) {
+  const float scale = 1.0f / sqrtf((float)HD), scale_log2 = scale * kLog2e;
+  const dim3 grid((unsigned)(B * H), (unsigned)((T + 16 * W - 1) / (16 * W)));
+  const size_t smem = dkdv_smem_bytes<HD, W>();
+  allow_dynamic_smem(flash_dkdv_kernel<HD, W>, smem);
+  flash_dkdv_kernel<HD, W><<<grid, 32 * W, smem, stream>>>(dk, dv, dout, lse, delta, q, k, v, T, H, scale, scale_log2);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <int HD, int W>
+void launch_dq(bf16* dq, const bf16* dout, const float* lse, const float* delta, const bf16* q, const bf16* k,
+               const bf16* v, int B, int T, int H, cudaStream_t stream) {
+  const float scale = 1.0f / sqrtf((float)HD), scale_log2 = scale * kLog2e;
+  const dim3 grid((unsigned)(B * H), (unsigned)((T + 16 * W - 1) / (16 * W)));
+  const size_t smem = dq_smem_bytes<HD>();
+  allow_dynamic_smem(flash_dq_kernel<HD, W>, smem);
+  flash_dq_kernel<HD, W><<<grid, 32 * W, smem, stream>>>(dq, dout, lse, delta, q, k, v, T, H, scale, scale_log2);
+  CUDA_CHECK_LAUNCH();
+}
+
 template <int HD>
 void launch_flash_backward(bf16* dq, bf16* dk, bf16* dv, const float* delta, const bf16* dout, const float* lse,
-                           const bf16* q, const bf16* k, const bf16* v, int B, int T, int H, cudaStream_t stream) {
-  const float scale = 1.0f / sqrtf((float)HD), scale_log2 = scale * kLog2e;
-  const dim3 grid((unsigned)(B * H), (unsigned)((T + kRowsPerBlock - 1) / kRowsPerBlock));
-  const size_t smem_dkdv = dkdv_smem_bytes<HD>(), smem_dq = dq_smem_bytes<HD>();
-  allow_dynamic_smem(flash_dkdv_kernel<HD>, smem_dkdv);
-  allow_dynamic_smem(flash_dq_kernel<HD>, smem_dq);
-  flash_dkdv_kernel<HD>
-      <<<grid, kThreads, smem_dkdv, stream>>>(dk, dv, dout, lse, delta, q, k, v, T, H, scale, scale_log2);
-  CUDA_CHECK_LAUNCH();
-  flash_dq_kernel<HD><<<grid, kThreads, smem_dq, stream>>>(dq, dout, lse, delta, q, k, v, T, H, scale, scale_log2);
-  CUDA_CHECK_LAUNCH();
+                           const bf16* q, const bf16* k, const bf16* v, int B, int T, int H, int dkdv_warps,
+                           int dq_warps, cudaStream_t stream) {
+  if (dkdv_warps == 4)
+    launch_dkdv<HD, 4>(dk, dv, dout, lse, delta, q, k, v, B, T, H, stream);
+  else
+    launch_dkdv<HD, 8>(dk, dv, dout, lse, delta, q, k, v, B, T, H, stream);
+  if (dq_warps == 4)
+    launch_dq<HD, 4>(dq, dout, lse, delta, q, k, v, B, T, H, stream);
+  else
+    launch_dq<HD, 8>(dq, dout, lse, delta, q, k, v, B, T, H, stream);
 }
 
 }  // namespace
 
+namespace attn {
+
+void attention_backward_flash(bf16* dq, bf16* dk, bf16* dv, float* delta, const bf16* dout, const bf16* out,
+                              const float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T, int H,
+                              int hd, int dkdv_warps, int dq_warps, cudaStream_t stream) {
+  OG_CHECK((hd == 64 || hd == 128) && (dkdv_warps == 4 || dkdv_warps == 8) && (dq_warps == 4 || dq_warps == 8),
+           "attention_backward_flash: hd {} / warps {}, {} unsupported", hd, dkdv_warps, dq_warps);
+  launch_delta(delta, dout, out, B, T, H, hd, stream);
+  if (hd == 64)
+    launch_flash_backward<64>(dq, dk, dv, delta, dout, lse, q, k, v, B, T, H, dkdv_warps, dq_warps, stream);
+  else
+    launch_flash_backward<128>(dq, dk, dv, delta, dout, lse, q, k, v, B, T, H, dkdv_warps, dq_warps, stream);
+}
+
+}  // namespace attn
+
 void attention_backward(bf16* dq, bf16* dk, bf16* dv, float* delta, const bf16* dout, const bf16* out, const float* lse,
                         const bf16* q, const bf16* k, const bf16* v, int B, int T, int H, int hd, cudaStream_t stream) {
   attn::check_attention_sizes("attention_backward", B, T, H, hd);
-  if (!attn::tensor_core_eligible(hd, {dq, dk, dv, dout, out, q, k, v})) {
+  if (!attn::tensor_core_eligible(hd, {dq, dk, dv, dout, out, q, k, v}))
     attention_backward_simple(dq, dk, dv, delta, dout, out, lse, q, k, v, B, T, H, hd, stream);
-    return;
-  }
-  attn::launch_delta(delta, dout, out, B, T, H, hd, stream);
-  if (hd == 64)
-    launch_flash_backward<64>(dq, dk, dv, delta, dout, lse, q, k, v, B, T, H, stream);
   else
-    launch_flash_backward<128>(dq, dk, dv, delta, dout, lse, q, k, v, B, T, H, stream);
+    attn::attention_backward_flash(dq, dk, dv, delta, dout, out, lse, q, k, v, B, T, H, hd, attn::kDkdvWarps,
+                                   attn::kDqWarps, stream);
 }
 
 }  // namespace og::gpu

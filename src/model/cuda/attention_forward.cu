@@ -2,15 +2,18 @@
 // out = softmax(q·kᵀ/sqrt(hd) + causal mask)·v without materializing the T×T scores, plus the
 // natural-log logsumexp of each row (lse[B, H, T]) for the backward pass.
 //
-// Launch shape: grid (B·H, ceil(T/64)), 128 threads (4 warps). A block owns 64 query rows, each
-// warp 16 of them (its Q fragments stay in registers); it walks the key/value blocks of 64 rows
-// up to the diagonal, staging K and V in shared memory ([64][HD+8] bf16 each), double-buffered:
-// the cp.async copies of block j+1 fly while block j is computed (68 KiB of dynamic shared
-// memory for HD = 128, opt-in above 48 KiB). Per key block a warp computes S = Q·Kᵀ (mma m16n8k16, fp32), applies the scale (in
-// the log2 domain) and, on the diagonal block, the causal mask, updates its running row max and
-// sum (online softmax), rescales its O accumulators and adds P·V with P taken straight from the
-// S registers. Query blocks are scheduled heaviest (last) first. Rows past T are zero-filled on
-// load and never stored, so any T works.
+// Launch shape: grid (B·H, ceil(T/(16·W))), 32·W threads (W warps, 4 or 8). A block owns 16·W
+// query rows, each warp 16 of them (its Q fragments stay in registers); it walks the key/value
+// blocks of 64 rows up to its last row, staging K and V in shared memory ([64][HD+8] bf16 each),
+// double-buffered: the cp.async copies of block j+1 fly while block j is computed (68 KiB of
+// dynamic shared memory for HD = 128, opt-in above 48 KiB). More warps per block means each K/V
+// tile read from L2 serves more query rows (half the L2 traffic at W = 8). Per key block a warp
+// computes S = Q·Kᵀ (mma m16n8k16, fp32), applies the scale (in the log2 domain) and, where the
+// block crosses its rows' diagonal, the causal mask, updates its running row max and sum
+// (online softmax), rescales its O accumulators and adds P·V with P taken straight from the S
+// registers; a key block entirely above a warp's rows is skipped by that warp. Query blocks are
+// scheduled heaviest (last) first. Rows past T are zero-filled on load and never stored, so any
+// T works.
 #include <initializer_list>
 
 #include "core/cuda_utils.h"
@@ -24,15 +27,13 @@ namespace {
 
 using namespace attn;
 
-constexpr int kBr = 64;  // query rows per block (4 warps x 16)
-constexpr int kBc = 64;  // key rows per step; kBr == kBc makes the diagonal block the last one
-constexpr int kThreads = 128;
+constexpr int kBc = 64;  // key rows per step
 
 // Two stages of (K tile, V tile).
 template <int HD> constexpr size_t forward_smem_bytes() { return 2 * 2 * kBc * smem_ld<HD>() * sizeof(bf16); }
 
-template <int HD>
-__global__ void __launch_bounds__(kThreads)
+template <int HD, int W>
+__global__ void __launch_bounds__(32 * W)
     flash_forward_kernel(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ q,
                          const bf16* __restrict__ k, const bf16* __restrict__ v, int T, int H, float scale_log2) {
   constexpr int LD = smem_ld<HD>(), KS = HD / 16, NO = HD / 8, NS = kBc / 8;
@@ -45,7 +46,8 @@ __global__ void __launch_bounds__(kThreads)
   const int qb = gridDim.y - 1 - blockIdx.y;  // heaviest query blocks first
   const int stride = H * HD;
   const int64_t bh = ((int64_t)b * T * H + h) * HD;  // element offset of (b, 0, h, 0)
-  const int r0 = qb * kBr + warp * 16;               // first query row of this warp
+  const int r0 = qb * 16 * W + warp * 16;            // first query row of this warp
+  const int last_j = (min(qb * 16 * W + 16 * W, T) - 1) / kBc;  // key block of the block's last row
 
   // start the copies of key block 0, then fetch Q while they fly
   load_tile_async<kBc, HD>(smem, k + bh, 0, T, stride);
@@ -60,10 +62,10 @@ __global__ void __launch_bounds__(kThreads)
   float m[2] = {-INFINITY, -INFINITY};  // running max, log2 domain, rows g and g+8
   float l[2] = {0.0f, 0.0f};            // running sum of this thread's columns (reduced at the end)
 
-  for (int j = 0; j <= qb; ++j) {
+  for (int j = 0; j <= last_j; ++j) {
     const bf16* Ks = smem + (2 * (j & 1)) * kBc * LD;
     const bf16* Vs = Ks + kBc * LD;
-    if (j < qb) {  // prefetch block j+1 into the other stage (free since the sync ending step j−1)
+    if (j < last_j) {  // prefetch block j+1 into the other stage (free since the sync ending step j−1)
       bf16* next = smem + (2 * ((j + 1) & 1)) * kBc * LD;
       load_tile_async<kBc, HD>(next, k + bh, (j + 1) * kBc, T, stride);
       load_tile_async<kBc, HD>(next + kBc * LD, v + bh, (j + 1) * kBc, T, stride);
@@ -73,6 +75,10 @@ __global__ void __launch_bounds__(kThreads)
       cp_async_wait<0>();
     }
     __syncthreads();  // ... and everyone's
+    if (j * kBc > r0 + 15) {  // every key of this block is above this warp's rows
+      __syncthreads();
+      continue;
+    }
 
     // S = Q·Kᵀ for this warp's 16 rows x 64 keys
     float s[NS][4];
@@ -89,13 +95,14 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
 
-    // scale into the log2 domain; causal mask on the diagonal block (key > query -> -inf)
+    // scale into the log2 domain; causal mask where the block crosses the diagonal (key > query -> -inf)
+    const bool diagonal = j * kBc + kBc - 1 > r0;
 #pragma unroll
     for (int nt = 0; nt < NS; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         s[nt][e] *= scale_log2;
-        if (j == qb) {
+        if (diagonal) {
           const int row = r0 + g + (e >> 1) * 8;
           const int col = j * kBc + nt * 8 + 2 * tq + (e & 1);
           if (col > row) s[nt][e] = -INFINITY;
@@ -161,20 +168,32 @@ __global__ void __launch_bounds__(kThreads)
   store_c_fragments<HD>(out + bh, o, inv[0], inv[1], r0, T, stride);
 }
 
-template <int HD>
+template <int HD, int W>
 void launch_flash_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T, int H,
                           cudaStream_t stream) {
   const size_t smem = forward_smem_bytes<HD>();
-  allow_dynamic_smem(flash_forward_kernel<HD>, smem);
-  const dim3 grid((unsigned)(B * H), (unsigned)((T + kBr - 1) / kBr));
+  allow_dynamic_smem(flash_forward_kernel<HD, W>, smem);
+  const dim3 grid((unsigned)(B * H), (unsigned)((T + 16 * W - 1) / (16 * W)));
   const float scale_log2 = kLog2e / sqrtf((float)HD);
-  flash_forward_kernel<HD><<<grid, kThreads, smem, stream>>>(out, lse, q, k, v, T, H, scale_log2);
+  flash_forward_kernel<HD, W><<<grid, 32 * W, smem, stream>>>(out, lse, q, k, v, T, H, scale_log2);
   CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
 
 namespace attn {
+
+void attention_forward_flash(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T, int H,
+                             int hd, int warps, cudaStream_t stream) {
+  OG_CHECK((hd == 64 || hd == 128) && (warps == 4 || warps == 8), "attention_forward_flash: hd {} / warps {} unsupported",
+           hd, warps);
+  if (hd == 64)
+    warps == 4 ? launch_flash_forward<64, 4>(out, lse, q, k, v, B, T, H, stream)
+               : launch_flash_forward<64, 8>(out, lse, q, k, v, B, T, H, stream);
+  else
+    warps == 4 ? launch_flash_forward<128, 4>(out, lse, q, k, v, B, T, H, stream)
+               : launch_flash_forward<128, 8>(out, lse, q, k, v, B, T, H, stream);
+}
 
 bool tensor_core_eligible(int hd, std::initializer_list<const void*> ptrs) {
   if (hd != 64 && hd != 128) return false;
@@ -199,13 +218,10 @@ bool attention_uses_tensor_cores(int hd, const void* q, const void* k, const voi
 void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T, int H, int hd,
                        cudaStream_t stream) {
   attn::check_attention_sizes("attention_forward", B, T, H, hd);
-  if (!attn::tensor_core_eligible(hd, {q, k, v, out})) {
+  if (!attn::tensor_core_eligible(hd, {q, k, v, out}))
     attention_forward_simple(out, lse, q, k, v, B, T, H, hd, stream);
-  } else if (hd == 64) {
-    launch_flash_forward<64>(out, lse, q, k, v, B, T, H, stream);
-  } else {
-    launch_flash_forward<128>(out, lse, q, k, v, B, T, H, stream);
-  }
+  else
+    attn::attention_forward_flash(out, lse, q, k, v, B, T, H, hd, attn::kForwardWarps, stream);
 }
 
 }  // namespace og::gpu

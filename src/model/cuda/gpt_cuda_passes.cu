@@ -107,9 +107,10 @@ void GptCuda::backward_blocks(int B, int T) {
   const size_t slice = (((size_t)N * d * sizeof(bf16) + 255) / 256 * 256) / sizeof(bf16);
   bf16 *datt = dact_, *dq = dact_ + slice, *dk = dact_ + 2 * slice, *dv = dact_ + 3 * slice;
 
-  // final rmsnorm: dln_ holds dlnf from the head
+  // final rmsnorm: dln_ holds dlnf from the head. Every rmsnorm_backward also leaves the bf16
+  // copy of dres (dres_bf_) that the next matmuls read.
   CUDA_CHECK(cudaMemsetAsync(dres_, 0, (size_t)N * d * sizeof(float), stream_));
-  gpu::rmsnorm_backward<float>(dres_, dln_, res_final_, rstdf_, N, (int)d, stream_);
+  gpu::rmsnorm_backward<float>(dres_, dln_, res_final_, rstdf_, N, (int)d, stream_, dres_bf_);
 
   for (int l = cfg_.n_layer - 1; l >= 0; --l) {
     const LayerActs& L = layers_[l];
@@ -117,16 +118,14 @@ void GptCuda::backward_blocks(int B, int T) {
     if (l + 1 < cfg_.n_layer) restore_layer(l, B, T);
 
     // mlp: res_out = res_mid + proj(relu²(fc(ln2)))
-    gpu::convert_f32_to_bf16(dres_bf_, dres_, N * d, stream_);
     mm.backward_weight(grad(W.proj), dres_bf_, L.act, N, F, d, true, stream_);
     mm.backward_input(dact_, dres_bf_, wbf(W.proj), N, F, d, false, stream_);
     gpu::relu2_backward(dact_, dact_, L.fc, N * F, stream_);
     mm.backward_weight(grad(W.fc), dact_, L.ln2, N, d, F, true, stream_);
     mm.backward_input(dln_, dact_, wbf(W.fc), N, d, F, false, stream_);
-    gpu::rmsnorm_backward<float>(dres_, dln_, L.res_mid, L.rstd2, N, (int)d, stream_);
+    gpu::rmsnorm_backward<float>(dres_, dln_, L.res_mid, L.rstd2, N, (int)d, stream_, dres_bf_);
 
     // attention: res_mid = res_in + o(attention(qknorm(rotary(q, k)), v)), q/k/v = ln1·W
-    gpu::convert_f32_to_bf16(dres_bf_, dres_, N * d, stream_);
     mm.backward_weight(grad(W.o), dres_bf_, L.att, N, d, d, true, stream_);
     mm.backward_input(datt, dres_bf_, wbf(W.o), N, d, d, false, stream_);
     gpu::attention_backward(dq, dk, dv, delta_, datt, L.att, L.lse, L.q, L.k, L.v, B, T, H, hd, stream_);
@@ -138,7 +137,7 @@ void GptCuda::backward_blocks(int B, int T) {
     mm.backward_input(dln_, dq, wbf(W.q), N, d, d, false, stream_);
     mm.backward_input(dln_, dk, wbf(W.k), N, d, d, true, stream_);
     mm.backward_input(dln_, dv, wbf(W.v), N, d, d, true, stream_);
-    gpu::rmsnorm_backward<float>(dres_, dln_, L.res_in, L.rstd1, N, (int)d, stream_);
+    gpu::rmsnorm_backward<float>(dres_, dln_, L.res_in, L.rstd1, N, (int)d, stream_, l > 0 ? dres_bf_ : nullptr);
   }
   gpu::embedding_backward<float>(grads_.data() + wte_, dres_, inputs_d(), N, d, V, emb_workspace_.data(),
                                  emb_workspace_.bytes(), stream_);

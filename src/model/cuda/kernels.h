@@ -38,7 +38,8 @@ void embedding_backward(float* dwte, const Tgrad* dout, const int32_t* tokens, i
                         void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 // ---- rmsnorm.cu --------------------------------------------------------------------------------
-// RMSNorm without weight over rows of C: rstd[n] = 1/sqrt(mean(x²) + eps), out = x·rstd (bf16).
+// RMSNorm without weight over rows of C (16-byte vector path when C % 8 == 0 and C <= 2048):
+// rstd[n] = 1/sqrt(mean(x²) + eps), out = x·rstd (bf16).
 template <typename Tin>
 void rmsnorm_forward(bf16* out, float* rstd, const Tin* inp, int64_t N, int C, float eps, cudaStream_t stream);
 // Fused residual add + RMSNorm: res_out = res_in + y (rounded to Tres), then rmsnorm(res_out)
@@ -47,9 +48,11 @@ template <typename Tres>
 void rmsnorm_residual_forward(Tres* res_out, bf16* out, float* rstd, const Tres* res_in, const bf16* y, int64_t N,
                               int C, float eps, cudaStream_t stream);
 // dinp += rstd·(dout − x̂·mean(dout·x̂)), x̂ = inp·rstd   (accumulates into the residual gradient).
+// dinp_bf16, when given, also receives the updated dinp rounded to bf16 (the next matmul's input:
+// saves a conversion pass over the residual gradient).
 template <typename Tin>
 void rmsnorm_backward(Tin* dinp, const bf16* dout, const Tin* inp, const float* rstd, int64_t N, int C,
-                      cudaStream_t stream);
+                      cudaStream_t stream, bf16* dinp_bf16 = nullptr);
 
 // ---- rotary_qknorm.cu --------------------------------------------------------------------------
 // Rotary embedding (halves rotated, theta = t·base^(−2i/hd), t = position in the sequence) then

@@ -5,7 +5,18 @@
 // then out = z·rstd, rstd = 1/sqrt(mean(z²) + eps). One kernel reads x once for the statistics
 // and once to write (no rotated intermediate in memory). Angles are computed in fp32 with the
 // accurate sincosf (|theta| <= T, well inside its fast-reduction range).
-// Launch shape (both kernels): one warp per head vector, 8 per 256-thread block.
+// Two paths per direction:
+//  - vector (hd in {16, 32, 64, 128, 256}, 16-byte aligned pointers; the model's shapes): a group
+//    of G = hd/8 lanes owns one token position (b, t) and walks its H heads; lane j of the group
+//    holds elements 8j..8j+7 of a head as one 16-byte word, and gets its rotation partner
+//    (the same offset in the other half, lane j ± G/2) by shuffle. The angles of the position are
+//    computed once per lane and reused for all H heads. 256-thread blocks, 256/G positions each;
+//  - scalar (any even hd): one warp per head vector, 8 per 256-thread block, angles recomputed in
+//    both passes.
+#include <cstdint>
+#include <initializer_list>
+#include <type_traits>
+
 #include "core/cuda_utils.h"
 #include "model/cuda/dtype.cuh"
 #include "model/cuda/kernels.h"
@@ -79,6 +90,123 @@ __global__ void rotary_qknorm_backward_kernel(bf16* dinp, const bf16* dout, cons
   }
 }
 
+// ---- vector path ------------------------------------------------------------------------------------
+
+constexpr int kVecThreads = 256;
+
+// Sum over the G lanes of a group (G a power of two <= 32, groups aligned within the warp).
+template <int G> __device__ __forceinline__ float group_sum(float v) {
+#pragma unroll
+  for (int o = G / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// The partner lane's eight values (lane j <-> j ± G/2 within the group).
+template <int G> __device__ __forceinline__ void swap_halves(float (&other)[8], const float (&mine)[8]) {
+#pragma unroll
+  for (int e = 0; e < 8; ++e) other[e] = __shfl_xor_sync(0xffffffffu, mine[e], G / 2);
+}
+
+// Position of this lane's group and its angles. Positions past the end are clamped to the last
+// one (their lanes still take part in the shuffles) and report valid = false.
+template <int G> struct VecLane {
+  int64_t pos;   // b·T + t
+  int j;         // lane within the group
+  bool first;    // holds elements of the first half
+  bool valid;
+  float c[8], s[8];
+  __device__ __forceinline__ VecLane(int64_t positions, int T, float log2_base) {
+    const int lane = threadIdx.x & 31;
+    j = lane % G;
+    first = j < G / 2;
+    const int64_t p = (int64_t)blockIdx.x * (kVecThreads / G) + threadIdx.x / G;
+    valid = p < positions;
+    pos = valid ? p : positions - 1;
+    const int t = (int)(pos % T);
+    const int i0 = 8 * (j % (G / 2));  // index of this lane's first element within its half
+#pragma unroll
+    for (int e = 0; e < 8; ++e) rotary_angle(t, i0 + e, 8 * G, log2_base, &s[e], &c[e]);
+  }
+};
+
+template <int G>
+__global__ void __launch_bounds__(kVecThreads)
+    rotary_qknorm_forward_vec_kernel(bf16* out, float* __restrict__ rstd, const bf16* inp, int64_t positions, int T,
+                                     int H, float log2_base, float eps) {
+  constexpr int HD = 8 * G;
+  const VecLane<G> L(positions, T, log2_base);
+  for (int h = 0; h < H; ++h) {
+    const int64_t row = L.pos * H + h;
+    float x[8], xp[8], z[8];
+    load8_f32(x, inp + row * HD + 8 * L.j);
+    swap_halves<G>(xp, x);
+    float ss = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      // first half: z1 = x1·c + x2·s (x2 = partner); second half: z2 = −x1·s + x2·c (x1 = partner)
+      z[e] = L.first ? x[e] * L.c[e] + xp[e] * L.s[e] : -xp[e] * L.s[e] + x[e] * L.c[e];
+      ss += z[e] * z[e];
+    }
+    const float r = rsqrtf(group_sum<G>(ss) / (float)HD + eps);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) z[e] *= r;
+    if (L.valid) {
+      store8(out + row * HD + 8 * L.j, z);
+      if (L.j == 0) rstd[row] = r;
+    }
+  }
+}
+
+template <int G>
+__global__ void __launch_bounds__(kVecThreads)
+    rotary_qknorm_backward_vec_kernel(bf16* dinp, const bf16* dout, const bf16* __restrict__ out,
+                                      const float* __restrict__ rstd, int64_t positions, int T, int H,
+                                      float log2_base) {
+  constexpr int HD = 8 * G;
+  const VecLane<G> L(positions, T, log2_base);
+  for (int h = 0; h < H; ++h) {
+    const int64_t row = L.pos * H + h;
+    float dy[8], y[8], dz[8], dzp[8];
+    load8_f32(dy, dout + row * HD + 8 * L.j);
+    load8_f32(y, out + row * HD + 8 * L.j);
+    float dot = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) dot += dy[e] * y[e];
+    const float mean_dot = group_sum<G>(dot) / (float)HD;
+    const float r = rstd[row];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) dz[e] = r * (dy[e] - y[e] * mean_dot);
+    swap_halves<G>(dzp, dz);
+#pragma unroll
+    for (int e = 0; e < 8; ++e)  // first half: dz1·c − dz2·s; second half: dz1·s + dz2·c (dz1 = partner)
+      dy[e] = L.first ? dz[e] * L.c[e] - dzp[e] * L.s[e] : dzp[e] * L.s[e] + dz[e] * L.c[e];
+    if (L.valid) store8(dinp + row * HD + 8 * L.j, dy);
+  }
+}
+
+// Lanes per head of the vector path for these arguments (0: take the scalar path).
+int vector_group(int hd, std::initializer_list<const void*> ptrs) {
+  if (hd != 16 && hd != 32 && hd != 64 && hd != 128 && hd != 256) return 0;
+  for (const void* p : ptrs)
+    if ((reinterpret_cast<uintptr_t>(p) & 15) != 0) return 0;
+  return hd / 8;
+}
+
+// Calls launch(std::integral_constant<int, G>{}) for G in {2, 4, 8, 16, 32}.
+template <typename Launch> void with_group(int g, Launch&& launch) {
+  switch (g) {
+    case 2: launch(std::integral_constant<int, 2>{}); break;
+    case 4: launch(std::integral_constant<int, 4>{}); break;
+    case 8: launch(std::integral_constant<int, 8>{}); break;
+    case 16: launch(std::integral_constant<int, 16>{}); break;
+    default: launch(std::integral_constant<int, 32>{}); break;
+  }
+}
+
+template <int G> unsigned vec_blocks(int64_t positions) {
+  return (unsigned)((positions + kVecThreads / G - 1) / (kVecThreads / G));
+}
+
 int64_t check_sizes(const char* what, int B, int T, int H, int hd) {
   OG_CHECK(B >= 0 && T > 0 && H > 0 && hd > 0 && hd % 2 == 0, "{}: bad sizes B={} T={} H={} hd={} (hd must be even)",
            what, B, T, H, hd);
@@ -92,6 +220,15 @@ void rotary_qknorm_forward(bf16* out, float* rstd, const bf16* inp, int B, int T
   const int64_t N = check_sizes("rotary_qknorm_forward", B, T, H, hd);
   OG_CHECK(base > 1.0f, "rotary_qknorm_forward: base {} must be > 1", base);
   if (N == 0) return;
+  if (const int g = vector_group(hd, {out, inp})) {
+    const int64_t positions = (int64_t)B * T;
+    with_group(g, [&](auto G) {
+      rotary_qknorm_forward_vec_kernel<G.value>
+          <<<vec_blocks<G.value>(positions), kVecThreads, 0, stream>>>(out, rstd, inp, positions, T, H, log2f(base), eps);
+    });
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
   const unsigned blocks = (unsigned)((N + kRowsPerBlock - 1) / kRowsPerBlock);
   rotary_qknorm_forward_kernel<<<blocks, 32 * kRowsPerBlock, 0, stream>>>(out, rstd, inp, N, T, H, hd, log2f(base),
                                                                           eps);
@@ -103,6 +240,15 @@ void rotary_qknorm_backward(bf16* dinp, const bf16* dout, const bf16* out, const
   const int64_t N = check_sizes("rotary_qknorm_backward", B, T, H, hd);
   OG_CHECK(base > 1.0f, "rotary_qknorm_backward: base {} must be > 1", base);
   if (N == 0) return;
+  if (const int g = vector_group(hd, {dinp, dout, out})) {
+    const int64_t positions = (int64_t)B * T;
+    with_group(g, [&](auto G) {
+      rotary_qknorm_backward_vec_kernel<G.value><<<vec_blocks<G.value>(positions), kVecThreads, 0, stream>>>(
+          dinp, dout, out, rstd, positions, T, H, log2f(base));
+    });
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
   const unsigned blocks = (unsigned)((N + kRowsPerBlock - 1) / kRowsPerBlock);
   rotary_qknorm_backward_kernel<<<blocks, 32 * kRowsPerBlock, 0, stream>>>(dinp, dout, out, rstd, N, T, H, hd,
                                                                            log2f(base));
