@@ -135,8 +135,8 @@ template <typename Tin> void check_rmsnorm_forward(int64_t N, int C) {
 TEST(CudaRmsNorm, ForwardMatchesReference) {
   SKIP_WITHOUT_CUDA();
   // C = 768, 2048, 1280, 8: the vector path (3, 8, 5 -> 8 and 1 chunks per lane); 100, 3072, 31: scalar
-  for (auto [N, C] : {std::pair<int64_t, int>{1, 768}, {33, 100}, {1000, 768}, {17, 3072}, {9, 31}, {5, 2048},
-                      {7, 1280}, {11, 8}}) {
+  for (auto [N, C] :
+       {std::pair<int64_t, int>{1, 768}, {33, 100}, {1000, 768}, {17, 3072}, {9, 31}, {5, 2048}, {7, 1280}, {11, 8}}) {
     check_rmsnorm_forward<float>(N, C);
     check_rmsnorm_forward<bf16>(N, C);
   }

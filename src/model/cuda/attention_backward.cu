@@ -3,18 +3,20 @@
 // delta = rowsum(dout ∘ out):  dV = Pᵀ·dO,  dP = dO·Vᵀ,  dS = P ∘ (dP − delta),
 // dK = scale·dSᵀ·Q,  dQ = scale·dS·K.
 // Two kernels, no atomics (deterministic), each warp owning 16 rows of its output, W warps
-// (4 or 8) per block:
-//  - flash_dkdv_kernel: grid (B·H, ceil(T/(16·W))), 32·W threads. A block owns 16·W key rows
-//    (K and V in shared memory, dK and dV in registers) and walks the query blocks of 32 rows
-//    from the diagonal to the end (Q, dO, lse, delta staged in shared memory, double-buffered
-//    with cp.async). Each warp works on the transposed problem Sᵀ = K·Qᵀ, so Pᵀ and dSᵀ sit in
-//    registers as the A operands of dV += Pᵀ·dO and dK += dSᵀ·Q; a query block entirely before
-//    a warp's keys is skipped by that warp. Dynamic shared memory for HD = 128: 69 KiB at W = 4,
-//    103 KiB at W = 8 (opt-in above 48 KiB).
-//  - flash_dq_kernel: grid (B·H, ceil(T/(16·W))), 32·W threads. A block owns 16·W query rows
-//    (Q and dO fragments in registers, dQ accumulators in registers) and walks the key blocks of
-//    32 rows up to its last row (K and V in shared memory, double-buffered; 34 KiB for
-//    HD = 128); a key block entirely above a warp's rows is skipped by that warp.
+// (4 or 8) per block, each a 1-D grid of B·H·ceil(T/(16·W)) blocks in block_coords order (groups
+// of (b, h) pairs, heaviest row block first):
+//  - flash_dkdv_kernel: a block owns 16·W key rows (K and V in shared memory, dK and dV in
+//    registers) and walks the query blocks of 32 rows from the diagonal to the end (Q, dO, lse,
+//    delta staged in shared memory in a ring of three stages filled by cp.async: tiles j+1 and
+//    j+2 load while j is computed, and one barrier per step suffices since the stage refilled
+//    at step j was last read at step j−1). Each warp works on the transposed problem
+//    Sᵀ = K·Qᵀ, so Pᵀ and dSᵀ sit in registers as the A operands of dV += Pᵀ·dO and
+//    dK += dSᵀ·Q; a query block entirely before a warp's keys is skipped by that warp. Dynamic
+//    shared memory for HD = 128: 86 KiB at W = 4, 120 KiB at W = 8 (opt-in above 48 KiB).
+//  - flash_dq_kernel: a block owns 16·W query rows (Q and dO fragments and the dQ accumulators
+//    in registers) and walks the key blocks of 32 rows up to its last row (K and V in shared
+//    memory, the same three-stage ring; 51 KiB for HD = 128); a key block entirely above a
+//    warp's rows is skipped by that warp.
 // The dQ kernel recomputes S and dP (7 MMAs per key/query pair instead of 5 with atomics):
 // the price of determinism. Rows past T are zero-filled and never stored.
 #include "core/cuda_utils.h"
@@ -28,15 +30,16 @@ namespace {
 
 using namespace attn;
 
-constexpr int kStep = 32;  // rows of the streamed operand per step, both kernels
+constexpr int kStep = 32;   // rows of the streamed operand per step, both kernels
+constexpr int kStages = 3;  // ring of streamed tiles: tiles j+1 and j+2 load while j is computed
 
-// K, V (16·W rows each), then two stages of (Q, dO) tiles (32 rows each), then two stages of
+// K, V (16·W rows each), then the stages of (Q, dO) tiles (32 rows each), then the stages of
 // (lse, delta) rows.
 template <int HD, int W> constexpr size_t dkdv_smem_bytes() {
-  return (2 * 16 * W + 2 * 2 * kStep) * smem_ld<HD>() * sizeof(bf16) + 2 * 2 * kStep * sizeof(float);
+  return (2 * 16 * W + kStages * 2 * kStep) * smem_ld<HD>() * sizeof(bf16) + kStages * 2 * kStep * sizeof(float);
 }
-// Two stages of (K, V) tiles of 32 rows.
-template <int HD> constexpr size_t dq_smem_bytes() { return 2 * 2 * kStep * smem_ld<HD>() * sizeof(bf16); }
+// The stages of (K, V) tiles of 32 rows.
+template <int HD> constexpr size_t dq_smem_bytes() { return kStages * 2 * kStep * smem_ld<HD>() * sizeof(bf16); }
 
 // acc[nt] (16 x kStep, C layout) += A(16 x HD rows of `a_smem`, A via ldmatrix) · Bᵀ where the
 // B operand is rows of `b_smem` (kStep rows x HD): i.e. acc = A_rows · B_rowsᵀ.
@@ -109,12 +112,13 @@ __global__ void __launch_bounds__(32 * W)
   bf16* const Ks = reinterpret_cast<bf16*>(smem_raw);
   bf16* const Vs = Ks + 16 * W * LD;
   bf16* const stage0 = Vs + 16 * W * LD;  // stage s: Q at stage0 + 2s·kStep·LD, dO after it
-  float* const stats0 = reinterpret_cast<float*>(stage0 + 2 * 2 * kStep * LD);  // stage s: lse, delta at 2s·kStep
+  float* const stats0 = reinterpret_cast<float*>(stage0 + kStages * 2 * kStep * LD);  // stage s: lse, delta at 2s·kStep
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
-  const int bh_index = blockIdx.x;
+  const BlockCoords bc = block_coords((T + 16 * W - 1) / (16 * W));
+  const int bh_index = bc.bh;
   const int b = bh_index / H, h = bh_index % H;
-  const int kb = blockIdx.y;  // light blocks (late keys) last: natural order
+  const int kb = bc.rank;  // heaviest (early keys: every query sees them) first
   const int stride = H * HD;
   const int64_t bh = ((int64_t)b * T * H + h) * HD;
   const int kv0 = kb * 16 * W;
@@ -122,20 +126,25 @@ __global__ void __launch_bounds__(32 * W)
 
   const float* lse_bh = lse + (int64_t)bh_index * T;
   const float* delta_bh = delta + (int64_t)bh_index * T;
-  // Stage s <- query tile starting at row q0 (copies in flight; stats stored directly).
-  auto issue_stage = [&](int s, int q0) {
-    bf16* Qd = stage0 + 2 * s * kStep * LD;
-    load_tile_async<kStep, HD>(Qd, q + bh, q0, T, stride);
-    load_tile_async<kStep, HD>(Qd + kStep * LD, dout + bh, q0, T, stride);
-    load_row_stats<kStep>(stats0 + 2 * s * kStep, lse_bh, q0, T);
-    load_row_stats<kStep>(stats0 + 2 * s * kStep + kStep, delta_bh, q0, T);
+  // Query tile `it` (rows kv0 + it·kStep ...) into stage it % kStages: copies in flight, stats
+  // stored directly; one commit group per tile, empty past T.
+  auto issue_tile = [&](int it) {
+    const int q0 = kv0 + it * kStep, s = it % kStages;
+    if (q0 < T) {
+      bf16* Qd = stage0 + 2 * s * kStep * LD;
+      load_tile_async<kStep, HD>(Qd, q + bh, q0, T, stride);
+      load_tile_async<kStep, HD>(Qd + kStep * LD, dout + bh, q0, T, stride);
+      load_row_stats<kStep>(stats0 + 2 * s * kStep, lse_bh, q0, T);
+      load_row_stats<kStep>(stats0 + 2 * s * kStep + kStep, delta_bh, q0, T);
+    }
+    cp_async_commit();
   };
 
-  // queries before kv0 never see these keys: start at the diagonal
+  // queries before kv0 never see these keys: start at the diagonal (K and V join tile 0's group)
   load_tile_async<16 * W, HD>(Ks, k + bh, kv0, T, stride);
   load_tile_async<16 * W, HD>(Vs, v + bh, kv0, T, stride);
-  issue_stage(0, kv0);
-  cp_async_commit();
+  issue_tile(0);
+  issue_tile(1);
 
   float dk_acc[NO][4], dv_acc[NO][4];
 #pragma unroll
@@ -144,23 +153,15 @@ __global__ void __launch_bounds__(32 * W)
     for (int e = 0; e < 4; ++e) dk_acc[dt][e] = dv_acc[dt][e] = 0.0f;
 
   for (int it = 0, q0 = kv0; q0 < T; ++it, q0 += kStep) {
-    const int cur = it & 1;
-    if (q0 + kStep < T) {  // prefetch the next query tile into the other stage
-      issue_stage(cur ^ 1, q0 + kStep);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    const int cur = it % kStages;
+    cp_async_wait<1>();  // 2 + it groups committed: all but tile it+1's have landed
+    __syncthreads();     // everyone's tile it is visible, and everyone is done with step it−1
+    issue_tile(it + 2);  // into the stage step it−1 read
     const bf16* Qs = stage0 + 2 * cur * kStep * LD;
     const bf16* dOs = Qs + kStep * LD;
     const float* lse_s = stats0 + 2 * cur * kStep;
     const float* delta_s = lse_s + kStep;
-    if (q0 + kStep - 1 < r0) {  // every query of this tile is before this warp's keys
-      __syncthreads();
-      continue;
-    }
+    if (q0 + kStep - 1 < r0) continue;  // every query of this tile is before this warp's keys
 
     // Sᵀ = K·Qᵀ (16 keys x 32 queries) -> Pᵀ, masked where query < key or query >= T
     float p[NS][4];
@@ -190,7 +191,6 @@ __global__ void __launch_bounds__(32 * W)
       for (int e = 0; e < 4; ++e) ds[nt][e] = p[nt][e] * (ds[nt][e] - delta_s[nt * 8 + 2 * tq + (e & 1)]);
     // dK += dSᵀ·Q   (scaled at the end)
     regs_times_rows<HD>(dk_acc, ds, Qs);
-    __syncthreads();  // all reads of this stage are done before the next step refills it
   }
   store_c_fragments<HD>(dk + bh, dk_acc, scale, scale, r0, T, stride);
   store_c_fragments<HD>(dv + bh, dv_acc, 1.0f, 1.0f, r0, T, stride);
@@ -206,21 +206,30 @@ __global__ void __launch_bounds__(32 * W)
   bf16* const stage0 = reinterpret_cast<bf16*>(smem_raw);  // stage s: K at 2s·kStep·LD, V after it
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
-  const int bh_index = blockIdx.x;
+  const int nqb = (T + 16 * W - 1) / (16 * W);
+  const BlockCoords bc = block_coords(nqb);
+  const int bh_index = bc.bh;
   const int b = bh_index / H, h = bh_index % H;
-  const int qb = gridDim.y - 1 - blockIdx.y;  // heaviest query blocks first
+  const int qb = nqb - 1 - bc.rank;  // heaviest query blocks first
   const int stride = H * HD;
   const int64_t bh = ((int64_t)b * T * H + h) * HD;
   const int q_block0 = qb * 16 * W;
   const int r0 = q_block0 + warp * 16;  // first query row of this warp
 
-  auto issue_stage = [&](int s, int kv0) {
-    bf16* Kd = stage0 + 2 * s * kStep * LD;
-    load_tile_async<kStep, HD>(Kd, k + bh, kv0, T, stride);
-    load_tile_async<kStep, HD>(Kd + kStep * LD, v + bh, kv0, T, stride);
+  const int key_end = min(q_block0 + 16 * W, T);  // keys past the block's last query are masked
+  // Key tile `it` (rows it·kStep ...) into stage it % kStages; one commit group per tile, empty
+  // past key_end.
+  auto issue_tile = [&](int it) {
+    const int kv0 = it * kStep;
+    if (kv0 < key_end) {
+      bf16* Kd = stage0 + 2 * (it % kStages) * kStep * LD;
+      load_tile_async<kStep, HD>(Kd, k + bh, kv0, T, stride);
+      load_tile_async<kStep, HD>(Kd + kStep * LD, v + bh, kv0, T, stride);
+    }
+    cp_async_commit();
   };
-  issue_stage(0, 0);
-  cp_async_commit();
+  issue_tile(0);
+  issue_tile(1);
 
   uint32_t qa[KS][4], doa[KS][4];
   load_a_fragments<HD>(qa, q + bh, r0, T, stride);
@@ -237,23 +246,13 @@ __global__ void __launch_bounds__(32 * W)
 #pragma unroll
   for (int dt = 0; dt < NO; ++dt) dq_acc[dt][0] = dq_acc[dt][1] = dq_acc[dt][2] = dq_acc[dt][3] = 0.0f;
 
-  const int key_end = min(q_block0 + 16 * W, T);  // keys past the block's last query are masked
   for (int it = 0, kv0 = 0; kv0 < key_end; ++it, kv0 += kStep) {
-    const int cur = it & 1;
-    if (kv0 + kStep < key_end) {  // prefetch the next key tile into the other stage
-      issue_stage(cur ^ 1, kv0 + kStep);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
-    const bf16* Ks = stage0 + 2 * cur * kStep * LD;
+    cp_async_wait<1>();  // 2 + it groups committed: all but tile it+1's have landed
+    __syncthreads();     // everyone's tile it is visible, and everyone is done with step it−1
+    issue_tile(it + 2);  // into the stage step it−1 read
+    const bf16* Ks = stage0 + 2 * (it % kStages) * kStep * LD;
     const bf16* Vs = Ks + kStep * LD;
-    if (kv0 > r0 + 15) {  // every key of this tile is above this warp's rows
-      __syncthreads();
-      continue;
-    }
+    if (kv0 > r0 + 15) continue;  // every key of this tile is above this warp's rows
 
     // S = Q·Kᵀ -> P (masked where key > query)
     float p[NS][4];
@@ -280,7 +279,6 @@ __global__ void __launch_bounds__(32 * W)
       for (int e = 0; e < 4; ++e) ds[nt][e] = p[nt][e] * (ds[nt][e] - delta_r[e >> 1]);
     // dQ += dS·K
     regs_times_rows<HD>(dq_acc, ds, Ks);
-    __syncthreads();  // all reads of this stage are done before the next step refills it
   }
   store_c_fragments<HD>(dq + bh, dq_acc, scale, scale, r0, T, stride);
 }
@@ -289,7 +287,7 @@ template <int HD, int W>
 void launch_dkdv(bf16* dk, bf16* dv, const bf16* dout, const float* lse, const float* delta, const bf16* q,
                  const bf16* k, const bf16* v, int B, int T, int H, cudaStream_t stream) {
   const float scale = 1.0f / sqrtf((float)HD), scale_log2 = scale * kLog2e;
-  const dim3 grid((unsigned)(B * H), (unsigned)((T + 16 * W - 1) / (16 * W)));
+  const dim3 grid((unsigned)(B * H * ((T + 16 * W - 1) / (16 * W))));
   const size_t smem = dkdv_smem_bytes<HD, W>();
   allow_dynamic_smem(flash_dkdv_kernel<HD, W>, smem);
   flash_dkdv_kernel<HD, W><<<grid, 32 * W, smem, stream>>>(dk, dv, dout, lse, delta, q, k, v, T, H, scale, scale_log2);
@@ -300,7 +298,7 @@ template <int HD, int W>
 void launch_dq(bf16* dq, const bf16* dout, const float* lse, const float* delta, const bf16* q, const bf16* k,
                const bf16* v, int B, int T, int H, cudaStream_t stream) {
   const float scale = 1.0f / sqrtf((float)HD), scale_log2 = scale * kLog2e;
-  const dim3 grid((unsigned)(B * H), (unsigned)((T + 16 * W - 1) / (16 * W)));
+  const dim3 grid((unsigned)(B * H * ((T + 16 * W - 1) / (16 * W))));
   const size_t smem = dq_smem_bytes<HD>();
   allow_dynamic_smem(flash_dq_kernel<HD, W>, smem);
   flash_dq_kernel<HD, W><<<grid, 32 * W, smem, stream>>>(dq, dout, lse, delta, q, k, v, T, H, scale, scale_log2);

@@ -2,18 +2,20 @@
 // out = softmax(q·kᵀ/sqrt(hd) + causal mask)·v without materializing the T×T scores, plus the
 // natural-log logsumexp of each row (lse[B, H, T]) for the backward pass.
 //
-// Launch shape: grid (B·H, ceil(T/(16·W))), 32·W threads (W warps, 4 or 8). A block owns 16·W
-// query rows, each warp 16 of them (its Q fragments stay in registers); it walks the key/value
-// blocks of 64 rows up to its last row, staging K and V in shared memory ([64][HD+8] bf16 each),
-// double-buffered: the cp.async copies of block j+1 fly while block j is computed (68 KiB of
-// dynamic shared memory for HD = 128, opt-in above 48 KiB). More warps per block means each K/V
-// tile read from L2 serves more query rows (half the L2 traffic at W = 8). Per key block a warp
-// computes S = Q·Kᵀ (mma m16n8k16, fp32), applies the scale (in the log2 domain) and, where the
-// block crosses its rows' diagonal, the causal mask, updates its running row max and sum
-// (online softmax), rescales its O accumulators and adds P·V with P taken straight from the S
-// registers; a key block entirely above a warp's rows is skipped by that warp. Query blocks are
-// scheduled heaviest (last) first. Rows past T are zero-filled on load and never stored, so any
-// T works.
+// Launch shape: a 1-D grid of B·H·ceil(T/(16·W)) blocks in block_coords order (groups of (b, h)
+// pairs, heaviest query block first), 32·W threads (W warps, 4 or 8). A block owns 16·W query
+// rows, each warp 16 of them (its Q fragments stay in registers); it walks the key/value blocks
+// of 64 rows up to its last row, staging K and V in shared memory ([64][HD+8] bf16 each) in a
+// ring of three stages: the cp.async copies of blocks j+1 and j+2 fly while block j is computed,
+// and one barrier per block suffices (the stage refilled at step j was last read at step j−1,
+// which every warp has finished once it passes step j's barrier). 102 KiB of dynamic shared
+// memory for HD = 128 (opt-in above 48 KiB). More warps per block means each K/V tile read
+// serves more query rows. Per key block a warp computes S = Q·Kᵀ (mma m16n8k16, fp32), applies,
+// where the block crosses its rows' diagonal, the causal mask, updates its running row max and
+// sum (online softmax, the scale into the log2 domain folded into the exponent), rescales its O
+// accumulators and adds P·V with P taken straight from the S registers; a key block entirely
+// above a warp's rows is skipped by that warp. Rows past T are zero-filled on load and never
+// stored, so any T works.
 #include <initializer_list>
 
 #include "core/cuda_utils.h"
@@ -29,8 +31,9 @@ using namespace attn;
 
 constexpr int kBc = 64;  // key rows per step
 
-// Two stages of (K tile, V tile).
-template <int HD> constexpr size_t forward_smem_bytes() { return 2 * 2 * kBc * smem_ld<HD>() * sizeof(bf16); }
+constexpr int kStages = 3;  // ring of (K tile, V tile) stages
+
+template <int HD> constexpr size_t forward_smem_bytes() { return kStages * 2 * kBc * smem_ld<HD>() * sizeof(bf16); }
 
 template <int HD, int W>
 __global__ void __launch_bounds__(32 * W)
@@ -41,18 +44,28 @@ __global__ void __launch_bounds__(32 * W)
   bf16* const smem = reinterpret_cast<bf16*>(smem_raw);  // stage s: K at (2s)·kBc·LD, V at (2s+1)·kBc·LD
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
-  const int bh_index = blockIdx.x;  // b·H + h
+  const int nqb = (T + 16 * W - 1) / (16 * W);
+  const BlockCoords bc = block_coords(nqb);
+  const int bh_index = bc.bh;  // b·H + h
   const int b = bh_index / H, h = bh_index % H;
-  const int qb = gridDim.y - 1 - blockIdx.y;  // heaviest query blocks first
+  const int qb = nqb - 1 - bc.rank;  // heaviest query blocks first
   const int stride = H * HD;
-  const int64_t bh = ((int64_t)b * T * H + h) * HD;  // element offset of (b, 0, h, 0)
-  const int r0 = qb * 16 * W + warp * 16;            // first query row of this warp
+  const int64_t bh = ((int64_t)b * T * H + h) * HD;             // element offset of (b, 0, h, 0)
+  const int r0 = qb * 16 * W + warp * 16;                       // first query row of this warp
   const int last_j = (min(qb * 16 * W + 16 * W, T) - 1) / kBc;  // key block of the block's last row
 
-  // start the copies of key block 0, then fetch Q while they fly
-  load_tile_async<kBc, HD>(smem, k + bh, 0, T, stride);
-  load_tile_async<kBc, HD>(smem + kBc * LD, v + bh, 0, T, stride);
-  cp_async_commit();
+  auto issue_block = [&](int jj) {  // block jj into stage jj % kStages (one commit group, empty past last_j)
+    if (jj <= last_j) {
+      bf16* st = smem + 2 * (jj % kStages) * kBc * LD;
+      load_tile_async<kBc, HD>(st, k + bh, jj * kBc, T, stride);
+      load_tile_async<kBc, HD>(st + kBc * LD, v + bh, jj * kBc, T, stride);
+    }
+    cp_async_commit();
+  };
+
+  // start the copies of key blocks 0 and 1, then fetch Q while they fly
+  issue_block(0);
+  issue_block(1);
   uint32_t qa[KS][4];
   load_a_fragments<HD>(qa, q + bh, r0, T, stride);
 
@@ -63,22 +76,14 @@ __global__ void __launch_bounds__(32 * W)
   float l[2] = {0.0f, 0.0f};            // running sum of this thread's columns (reduced at the end)
 
   for (int j = 0; j <= last_j; ++j) {
-    const bf16* Ks = smem + (2 * (j & 1)) * kBc * LD;
+    const bf16* Ks = smem + 2 * (j % kStages) * kBc * LD;
     const bf16* Vs = Ks + kBc * LD;
-    if (j < last_j) {  // prefetch block j+1 into the other stage (free since the sync ending step j−1)
-      bf16* next = smem + (2 * ((j + 1) & 1)) * kBc * LD;
-      load_tile_async<kBc, HD>(next, k + bh, (j + 1) * kBc, T, stride);
-      load_tile_async<kBc, HD>(next + kBc * LD, v + bh, (j + 1) * kBc, T, stride);
-      cp_async_commit();
-      cp_async_wait<1>();  // this thread's copies of block j have landed
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();  // ... and everyone's
-    if (j * kBc > r0 + 15) {  // every key of this block is above this warp's rows
-      __syncthreads();
-      continue;
-    }
+    // 2 + j groups committed so far (one per block, in order): at most one (block j+1) may still
+    // be in flight once this thread's copies of block j have landed
+    cp_async_wait<1>();
+    __syncthreads();                  // everyone's copies of block j are visible, and everyone is done with step j−1
+    issue_block(j + 2);               // into the stage step j−1 read
+    if (j * kBc > r0 + 15) continue;  // every key of this block is above this warp's rows
 
     // S = Q·Kᵀ for this warp's 16 rows x 64 keys
     float s[NS][4];
@@ -95,13 +100,13 @@ __global__ void __launch_bounds__(32 * W)
       }
     }
 
-    // scale into the log2 domain; causal mask where the block crosses the diagonal (key > query -> -inf)
+    // causal mask where the block crosses the diagonal (key > query -> -inf); the scale into the
+    // log2 domain is applied inside the exponent (one FFMA per score)
     const bool diagonal = j * kBc + kBc - 1 > r0;
 #pragma unroll
     for (int nt = 0; nt < NS; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        s[nt][e] *= scale_log2;
         if (diagonal) {
           const int row = r0 + g + (e >> 1) * 8;
           const int col = j * kBc + nt * 8 + 2 * tq + (e & 1);
@@ -118,14 +123,14 @@ __global__ void __launch_bounds__(32 * W)
       for (int nt = 0; nt < NS; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m[r], mx);
+      const float m_new = fmaxf(m[r], mx * scale_log2);       // scale_log2 > 0 commutes with max
       const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // a fully masked row stays all-zero
       const float alpha = exp2f(m[r] - m_use);
       float rowsum = 0.0f;
 #pragma unroll
       for (int nt = 0; nt < NS; ++nt) {
-        s[nt][2 * r] = exp2f(s[nt][2 * r] - m_use);
-        s[nt][2 * r + 1] = exp2f(s[nt][2 * r + 1] - m_use);
+        s[nt][2 * r] = exp2f(fmaf(s[nt][2 * r], scale_log2, -m_use));
+        s[nt][2 * r + 1] = exp2f(fmaf(s[nt][2 * r + 1], scale_log2, -m_use));
         rowsum += s[nt][2 * r] + s[nt][2 * r + 1];
       }
       l[r] = l[r] * alpha + rowsum;
@@ -151,7 +156,6 @@ __global__ void __launch_bounds__(32 * W)
         mma_16816(o[dt + 1], pa, vb[2], vb[3]);
       }
     }
-    __syncthreads();  // all reads of this stage are done before step j+1 refills it
   }
 
   // normalize, store O and the logsumexp (natural log of the scaled scores)
@@ -173,7 +177,7 @@ void launch_flash_forward(bf16* out, float* lse, const bf16* q, const bf16* k, c
                           cudaStream_t stream) {
   const size_t smem = forward_smem_bytes<HD>();
   allow_dynamic_smem(flash_forward_kernel<HD, W>, smem);
-  const dim3 grid((unsigned)(B * H), (unsigned)((T + 16 * W - 1) / (16 * W)));
+  const dim3 grid((unsigned)(B * H * ((T + 16 * W - 1) / (16 * W))));
   const float scale_log2 = kLog2e / sqrtf((float)HD);
   flash_forward_kernel<HD, W><<<grid, 32 * W, smem, stream>>>(out, lse, q, k, v, T, H, scale_log2);
   CUDA_CHECK_LAUNCH();
@@ -185,8 +189,8 @@ namespace attn {
 
 void attention_forward_flash(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T, int H,
                              int hd, int warps, cudaStream_t stream) {
-  OG_CHECK((hd == 64 || hd == 128) && (warps == 4 || warps == 8), "attention_forward_flash: hd {} / warps {} unsupported",
-           hd, warps);
+  OG_CHECK((hd == 64 || hd == 128) && (warps == 4 || warps == 8),
+           "attention_forward_flash: hd {} / warps {} unsupported", hd, warps);
   if (hd == 64)
     warps == 4 ? launch_flash_forward<64, 4>(out, lse, q, k, v, B, T, H, stream)
                : launch_flash_forward<64, 8>(out, lse, q, k, v, B, T, H, stream);
@@ -205,8 +209,8 @@ bool tensor_core_eligible(int hd, std::initializer_list<const void*> ptrs) {
 void check_attention_sizes(const char* what, int B, int T, int H, int hd) {
   OG_CHECK(B > 0 && T > 0 && H > 0 && hd > 0 && hd % 2 == 0, "{}: bad sizes B={} T={} H={} hd={} (hd must be even)",
            what, B, T, H, hd);
-  OG_CHECK((int64_t)B * H < (int64_t(1) << 31) && T <= 65535 * 64, "{}: B·H={} or T={} too large", what, (int64_t)B * H,
-           T);
+  OG_CHECK((int64_t)B * H * ((T + 63) / 64) < (int64_t(1) << 31), "{}: B·H·ceil(T/64) = {} blocks: too many", what,
+           (int64_t)B * H * ((T + 63) / 64));
 }
 
 }  // namespace attn

@@ -18,7 +18,7 @@ void launch_delta(float* delta, const bf16* dout, const bf16* out, int B, int T,
 // (tests/gpu/test_cuda_ops_timing.cpp times every choice; docs/PERF.md has the numbers).
 constexpr int kForwardWarps = 8;  // H100, 160M shapes: 0.300 ms vs 0.324 at 4
 constexpr int kDkdvWarps = 4;
-constexpr int kDqWarps = 8;        // with dK/dV at 4: 1.269 ms vs 1.286 (dK/dV at 8: 1.348)
+constexpr int kDqWarps = 8;  // with dK/dV at 4: 1.269 ms vs 1.286 (dK/dV at 8: 1.348)
 
 // The tensor-core kernels with an explicit number of warps per block (hd 64 or 128, 16-byte
 // aligned pointers), so tests can check and time every configuration.

@@ -79,6 +79,24 @@ __device__ __forceinline__ void store_c_fragments(bf16* bh, const float acc[HD /
   }
 }
 
+// Order of the blocks of a 1-D grid of nbh·nblk blocks ((b, h) pairs x row blocks of one pair)
+// for L2 reuse: consecutive blocks cover a group of kBlockGroupBH pairs and all their row blocks,
+// by rank within the group (rank 0 first), so the tiles that every row block of a pair streams
+// (K and V, or Q and dO) come from DRAM about once per group and then hit in L2 (a group's
+// tiles: 16 x 512 KiB at T = 1024, hd = 128). The caller maps rank to a row block, heaviest
+// first. (Ordered by pair first, the blocks in flight at once would span ~130 pairs and their
+// streams would not fit in L2.)
+constexpr int kBlockGroupBH = 16;
+struct BlockCoords {
+  int bh, rank;
+};
+__device__ __forceinline__ BlockCoords block_coords(int nblk) {
+  const int per_group = kBlockGroupBH * nblk, nbh = gridDim.x / nblk;
+  const int group = blockIdx.x / per_group, r = blockIdx.x % per_group;
+  const int gsize = min(kBlockGroupBH, nbh - group * kBlockGroupBH);  // the last group may be smaller
+  return {group * kBlockGroupBH + r % gsize, r / gsize};
+}
+
 // Opt a kernel into more than the default 48 KiB of dynamic shared memory when it needs it.
 template <typename Kernel> inline void allow_dynamic_smem(Kernel kernel, size_t bytes) {
   if (bytes > 48 * 1024)

@@ -21,9 +21,7 @@ namespace {
 constexpr int kRowsPerBlock = 8;
 constexpr int kMaxChunks = 8;  // vector path: up to 8 chunks of 8 per lane (C <= 2048)
 
-__device__ __forceinline__ int64_t warp_row() {
-  return (int64_t)blockIdx.x * kRowsPerBlock + (threadIdx.x >> 5);
-}
+__device__ __forceinline__ int64_t warp_row() { return (int64_t)blockIdx.x * kRowsPerBlock + (threadIdx.x >> 5); }
 
 // ---- scalar path ----------------------------------------------------------------------------------
 

@@ -110,9 +110,9 @@ template <int G> __device__ __forceinline__ void swap_halves(float (&other)[8], 
 // Position of this lane's group and its angles. Positions past the end are clamped to the last
 // one (their lanes still take part in the shuffles) and report valid = false.
 template <int G> struct VecLane {
-  int64_t pos;   // b·T + t
-  int j;         // lane within the group
-  bool first;    // holds elements of the first half
+  int64_t pos;  // b·T + t
+  int j;        // lane within the group
+  bool first;   // holds elements of the first half
   bool valid;
   float c[8], s[8];
   __device__ __forceinline__ VecLane(int64_t positions, int T, float log2_base) {
@@ -223,8 +223,8 @@ void rotary_qknorm_forward(bf16* out, float* rstd, const bf16* inp, int B, int T
   if (const int g = vector_group(hd, {out, inp})) {
     const int64_t positions = (int64_t)B * T;
     with_group(g, [&](auto G) {
-      rotary_qknorm_forward_vec_kernel<G.value>
-          <<<vec_blocks<G.value>(positions), kVecThreads, 0, stream>>>(out, rstd, inp, positions, T, H, log2f(base), eps);
+      rotary_qknorm_forward_vec_kernel<G.value><<<vec_blocks<G.value>(positions), kVecThreads, 0, stream>>>(
+          out, rstd, inp, positions, T, H, log2f(base), eps);
     });
     CUDA_CHECK_LAUNCH();
     return;
