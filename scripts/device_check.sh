@@ -50,7 +50,7 @@ if [ "$bench_only" = 0 ]; then
       local excl=()  # SAN_EXCLUDE="kns=nvjet": compute-sanitizer's --kernel-name-exclude (e.g. library GEMMs)
       [ -n "${SAN_EXCLUDE:-}" ] && excl=(--kernel-name-exclude "$SAN_EXCLUDE")
       GTEST_TOTAL_SHARDS=$n GTEST_SHARD_INDEX=$k timeout "$san_timeout" compute-sanitizer --tool "$tool" \
-        "${excl[@]}" --error-exitcode 9 --print-limit 20 "$t" --gtest_filter="$skip" >"$log" 2>&1
+        "${excl[@]}" --error-exitcode 9 --print-limit 20 "$t" --gtest_filter="$(san_filter "$tool" "$t")" >"$log" 2>&1
       rc=$?
       # compute-sanitizer turns timeout's SIGTERM into its own error exit: tell a timeout by the clock
       [ $(( $(date +%s) - t0 )) -ge "$san_timeout" ] && rc=124
@@ -61,6 +61,23 @@ if [ "$bench_only" = 0 ]; then
         124) row "$name" "TIMEOUT after ${san_timeout}s ($errs; $(grep -c '^\[       OK' "$log") tests done)" ;;
         *) row "$name" "FINDINGS rc=$rc ($errs)"
            grep -E "^========= (Invalid|Race|Error|Uninit|Program hit)" "$log" | sort | uniq -c | head -8 >"$out/findings_$tag.txt" ;;
+      esac
+    }
+    # Which tests each pair runs. Racecheck (2026-11-23, H100, compute-sanitizer of CUDA 13.0):
+    #  - three optimizer tests stop with "Internal Sanitizer Error: The Sanitizer failed to handle
+    #    a hardware exception" inside cuBLAS's Hopper GEMMs, also with --kernel-name set to match
+    #    none of our kernels, so the tool, not our code, fails there; the kernels they run are
+    #    covered by the other optimizer tests (MuonBf16State, NorMuon, the NS and Dion2 tests);
+    #  - the Dion tests at full size take over 8 minutes per test under racecheck: the small
+    #    ones below run every Dion kernel that uses shared memory (accumulate/finalize, the
+    #    Householder QR, the Cholesky checks, the rank-deficient fallback) in about 3.5 minutes.
+    san_filter() {
+      case "$1:$(basename "$2")" in
+        racecheck:gpu_test_cuda_optim)
+          echo "$skip:CudaOptim.MuonMatchesCpu:CudaOptim.SymmetricBlockProducts:CudaOptim.Dion2OverlappedDecayIsBitIdentical" ;;
+        racecheck:gpu_test_cuda_dion)
+          echo "CudaDionOrtho.*:CudaDion.RankDeficientGradientGivesOrthonormalUpdate:CudaDion.AllZeroGradientsMatchCpu:CudaDion.FullRankErrorFeedbackLeavesMuTimesMomentum:CudaDion.RejectsBadInput" ;;
+        *) echo "$skip" ;;
       esac
     }
     # The slow pairs run as gtest shards side by side (racecheck of the optimizer tests takes
