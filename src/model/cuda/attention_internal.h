@@ -16,9 +16,11 @@ void launch_delta(float* delta, const bf16* dout, const bf16* out, int B, int T,
 // or 8): what attention_forward/backward use. More warps share each K/V (or Q/dO) tile read from
 // L2 among more rows; fewer keep more blocks per multiprocessor. Chosen by measurement
 // (tests/gpu/test_cuda_ops_timing.cpp times every choice; docs/PERF.md has the numbers).
-constexpr int kForwardWarps = 8;  // H100, 160M shapes: 0.300 ms vs 0.324 at 4
+// H100, 160M shapes (B 32, T 1024, H 6, hd 128), backward incl. delta, dK/dV / dQ warps:
+// forward 0.292 ms at 8 vs 0.307 at 4; backward 4/4 1.157, 4/8 1.160, 8/4 1.199, 8/8 1.202 ms.
+constexpr int kForwardWarps = 8;
 constexpr int kDkdvWarps = 4;
-constexpr int kDqWarps = 8;  // with dK/dV at 4: 1.269 ms vs 1.286 (dK/dV at 8: 1.348)
+constexpr int kDqWarps = 8;  // a tie with 4 at these shapes
 
 // The tensor-core kernels with an explicit number of warps per block (hd 64 or 128, 16-byte
 // aligned pointers), so tests can check and time every configuration.
