@@ -66,7 +66,7 @@ if [ "$bench_only" = 0 ]; then
     # Which tests each pair runs. Racecheck (2026-11-23, H100, compute-sanitizer of CUDA 13.0):
     #  - three optimizer tests stop with "Internal Sanitizer Error: The Sanitizer failed to handle
     #    a hardware exception" inside cuBLAS's Hopper GEMMs, also with --kernel-name set to match
-    #    none of our kernels, so the tool, not our code, fails there; the kernels they run are
+    #    none of our kernels (and memcheck is clean on them): the tool fails there; the kernels they run are
     #    covered by the other optimizer tests (MuonBf16State, NorMuon, the NS and Dion2 tests);
     #  - the Dion tests at full size take over 8 minutes per test under racecheck: the small
     #    ones below run every Dion kernel that uses shared memory (accumulate/finalize, the
