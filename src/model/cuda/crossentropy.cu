@@ -9,7 +9,7 @@
 #include "core/cuda_utils.h"
 #include "model/cuda/dtype.cuh"
 #include "model/cuda/kernels.h"
-#include "model/cuda/reduce.cuh"
+#include "core/cuda_reduce.cuh"
 
 namespace og::gpu {
 namespace {

@@ -10,10 +10,10 @@
 #include <initializer_list>
 #include <type_traits>
 
+#include "core/cuda_reduce.cuh"
 #include "core/cuda_utils.h"
 #include "model/cuda/dtype.cuh"
 #include "model/cuda/kernels.h"
-#include "model/cuda/reduce.cuh"
 
 namespace og::gpu {
 namespace {
@@ -98,6 +98,24 @@ __global__ void rmsnorm_backward_kernel(Tin* __restrict__ dinp, bf16* __restrict
 
 // ---- vector path (NC = chunks of 8 per lane, a compile-time bound; chunks past C/8 are skipped) --
 
+// The second half of both vector forwards: the warp's squared-sum partials `ss` → rstd, then
+// out_row = v · rstd (lane holds chunks lane + 32·j of the row) and *rstd_slot = rstd.
+template <int NC>
+__device__ __forceinline__ void normalize_store_row(bf16* out_row, float* rstd_slot, float (&v)[NC][8], float ss, int C,
+                                                    float eps) {
+  const int lane = threadIdx.x & 31, chunks = C / 8;
+  const float r = rsqrtf(warp_sum(ss) / (float)C + eps);
+#pragma unroll
+  for (int j = 0; j < NC; ++j) {
+    const int c = lane + 32 * j;
+    if (c >= chunks) continue;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) v[j][e] *= r;
+    store8(out_row + c * 8, v[j]);
+  }
+  if (lane == 0) *rstd_slot = r;
+}
+
 template <typename Tin, int NC>
 __global__ void rmsnorm_forward_vec_kernel(bf16* __restrict__ out, float* __restrict__ rstd,
                                            const Tin* __restrict__ inp, int64_t N, int C, float eps) {
@@ -114,16 +132,7 @@ __global__ void rmsnorm_forward_vec_kernel(bf16* __restrict__ out, float* __rest
 #pragma unroll
     for (int e = 0; e < 8; ++e) ss += v[j][e] * v[j][e];
   }
-  const float r = rsqrtf(warp_sum(ss) / (float)C + eps);
-#pragma unroll
-  for (int j = 0; j < NC; ++j) {
-    const int c = lane + 32 * j;
-    if (c >= chunks) continue;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) v[j][e] *= r;
-    store8(out + row * C + c * 8, v[j]);
-  }
-  if (lane == 0) rstd[row] = r;
+  normalize_store_row<NC>(out + row * C, rstd + row, v, ss, C, eps);
 }
 
 template <typename Tres, int NC>
@@ -150,16 +159,7 @@ __global__ void rmsnorm_residual_forward_vec_kernel(Tres* res_out, bf16* __restr
     }
     store8(res_out + at, v[j]);
   }
-  const float r = rsqrtf(warp_sum(ss) / (float)C + eps);
-#pragma unroll
-  for (int j = 0; j < NC; ++j) {
-    const int c = lane + 32 * j;
-    if (c >= chunks) continue;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) v[j][e] *= r;
-    store8(out + row * C + c * 8, v[j]);
-  }
-  if (lane == 0) rstd[row] = r;
+  normalize_store_row<NC>(out + row * C, rstd + row, v, ss, C, eps);
 }
 
 template <typename Tin, int NC>

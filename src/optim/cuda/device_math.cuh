@@ -1,11 +1,13 @@
 // Device helpers shared by the optimizer kernels: fp32 / bf16 loads and stores of VEC
-// consecutive elements (state tensors may be either dtype), and sum reductions over a warp or a
-// block in a fixed order, so that every reduction is bit-reproducible run to run.
+// consecutive elements (state tensors may be either dtype); the fixed-order sums come from
+// core/cuda_reduce.cuh.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+
+#include "core/cuda_reduce.cuh"
 
 namespace og::cuda {
 
@@ -52,23 +54,8 @@ template <int VEC, typename T> __device__ __forceinline__ void store_vec(T* p, c
   }
 }
 
-// Sum over the 32 lanes of a warp (butterfly: every lane gets the same, order-fixed result).
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-// Sum over the whole block (blockDim.x a multiple of 32, at most 1024); every thread gets the
-// result. `scratch` is 32 floats of shared memory. Contains __syncthreads: call from all threads.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-  v = warp_sum(v);
-  __syncthreads();  // scratch may still be read by a previous block_sum
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  float t = lane < nwarps ? scratch[lane] : 0.0f;
-  return warp_sum(t);
-}
+// Fixed-order warp / block sums (core/cuda_reduce.cuh), used unqualified by the optimizer kernels.
+using gpu::block_sum;
+using gpu::warp_sum;
 
 }  // namespace og::cuda

@@ -4,10 +4,10 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/cuda_reduce.cuh"
 #include "core/cuda_utils.h"
 #include "optim/cuda/device_math.cuh"
 #include "optim/cuda/dion_cuda_kernels.h"
-#include "optim/cuda/dion_cuda_reduce.cuh"
 
 namespace og::cuda {
 namespace {
@@ -114,7 +114,7 @@ __global__ void __launch_bounds__(1024)
   const float* m = descs[blockIdx.x].m;
   double s = 0.0;
   for (int64_t i = threadIdx.x; i < numel; i += blockDim.x) s += (double)m[i] * m[i];
-  s = block_sum_d(s, scratch);
+  s = gpu::block_sum(s, scratch);
   if (threadIdx.x == 0) out[blockIdx.x] = s;
 }
 

@@ -11,9 +11,9 @@
 #include <cfloat>
 #include <cmath>
 
+#include "core/cuda_reduce.cuh"
 #include "core/rng.h"
 #include "optim/cuda/dion_cuda_ortho.h"
-#include "optim/cuda/dion_cuda_reduce.cuh"
 #include "optim/dion_shape.h"
 
 namespace og::cuda {
@@ -183,8 +183,8 @@ __global__ void __launch_bounds__(kQrThreads)
     const double alpha = aj[j];
     double part = 0.0;
     for (int64_t i = j + 1 + tid; i < rows; i += nt) part += aj[i] * aj[i];
-    const double below = block_sum_d(part, scratch);  // also orders every read of alpha before the writes below
-    if (below == 0.0) {                               // the same value in every thread
+    const double below = gpu::block_sum(part, scratch);  // also orders every read of alpha before the writes below
+    if (below == 0.0) {                                  // the same value in every thread
       if (tid == 0) tau[j] = 0.0;
       continue;
     }
@@ -203,7 +203,7 @@ __global__ void __launch_bounds__(kQrThreads)
       const double acj = ac[j];
       double w = 0.0;
       for (int64_t i = j + 1 + lane; i < rows; i += 32) w += aj[i] * ac[i];
-      w = (warp_sum_d(w) + acj) * t;
+      w = (gpu::warp_sum(w) + acj) * t;
       __syncwarp();
       if (lane == 0) ac[j] = acj - w;
       for (int64_t i = j + 1 + lane; i < rows; i += 32) ac[i] -= aj[i] * w;
@@ -223,7 +223,7 @@ __global__ void __launch_bounds__(kQrThreads)
         const double aci = ac[i];
         double w = 0.0;
         for (int64_t l = i + 1 + lane; l < rows; l += 32) w += ai[l] * ac[l];
-        w = (warp_sum_d(w) + aci) * t;
+        w = (gpu::warp_sum(w) + aci) * t;
         __syncwarp();
         if (lane == 0) ac[i] = aci - w;
         for (int64_t l = i + 1 + lane; l < rows; l += 32) ac[l] -= ai[l] * w;
