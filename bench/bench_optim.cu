@@ -323,7 +323,18 @@ int main(int argc, char** argv) {
       r0.gram_ns = false;
       r0.concurrent_groups = false;  // Muon: the groups in sequence
       d_r0.gram_ns = false;
-      d_r0.overlap_weight_decay = false;  // Dion2: decay inside pass 1, groups concurrent
+      d_r0.dion2_decay = CudaOptimOptions::Dion2Decay::InPass1;  // Dion2: decay inside pass 1, groups concurrent
+      // Round 3's default fuses the decay into the scatter; [decay overlapped] = round 2's.
+      CudaOptimOptions r2 = base;
+      r2.dion2_decay = CudaOptimOptions::Dion2Decay::Overlapped;
+      for (float a : {0.5f, 0.25f, 0.125f})
+        add(fmt::format("160M dion2 a={} l1 [decay overlapped]", a), &m160, hp_of(Algorithm::Dion2, a), 0, 0, r2);
+      if (m1b) add("1B dion2 a=0.25 l1 [decay overlapped]", m1b.get(), hp_of(Algorithm::Dion2), 0, 0, r2);
+      CudaOptimOptions eager = base;  // the selective decay written back by the gather
+      eager.dion2_lazy_decay = false;
+      for (float a : {0.5f, 0.25f})
+        add(fmt::format("160M dion2 a={} l1 [eager ef decay]", a), &m160, hp_of(Algorithm::Dion2, a), 0, 0, eager);
+      if (m1b) add("1B dion2 a=0.25 l1 [eager ef decay]", m1b.get(), hp_of(Algorithm::Dion2), 0, 0, eager);
       add("160M muon [r1]", &m160, hp_of(Algorithm::Muon), 0, 0, r1);
       add("160M muon [r0]", &m160, hp_of(Algorithm::Muon), 0, 0, r0);
       add("160M normuon [r1]", &m160, hp_of(Algorithm::NorMuon), 0, 0, r1);

@@ -74,7 +74,7 @@ if [ "$bench_only" = 0 ]; then
     san_filter() {
       case "$1:$(basename "$2")" in
         racecheck:gpu_test_cuda_optim)
-          echo "$skip:CudaOptim.MuonMatchesCpu:CudaOptim.SymmetricBlockProducts:CudaOptim.Dion2OverlappedDecayIsBitIdentical" ;;
+          echo "$skip:CudaOptim.MuonMatchesCpu:CudaOptim.SymmetricBlockProducts:CudaOptim.Dion2DecayPlacementsAreBitIdentical" ;;
         racecheck:gpu_test_cuda_dion)
           echo "CudaDionOrtho.*:CudaDion.RankDeficientGradientGivesOrthonormalUpdate:CudaDion.AllZeroGradientsMatchCpu:CudaDion.FullRankErrorFeedbackLeavesMuTimesMomentum:CudaDion.RejectsBadInput" ;;
         *) echo "$skip" ;;

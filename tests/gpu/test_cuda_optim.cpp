@@ -42,6 +42,9 @@ using Shapes = std::vector<std::pair<int64_t, int64_t>>;
 
 // Square, wide, tall, odd (scalar kernel paths) and multiple-of-4 (vectorized paths).
 const Shapes kMixedShapes = {{64, 64}, {48, 80}, {96, 40}, {33, 47}, {47, 33}, {256, 512}, {512, 256}};
+// Every column count a multiple of 4 (the kernels' 16-byte vector paths; one odd shape in a group
+// turns them off), with partial 32×256 tiles of Dion2's whole-matrix kernels on both axes.
+const Shapes kVec4Shapes = {{96, 520}, {520, 96}, {64, 260}, {300, 64}, {256, 768}, {40, 40}};
 
 // The weights and gradients of a TestGroup, mirrored on the GPU.
 struct DeviceGroup {
@@ -386,61 +389,138 @@ TEST(CudaOptim, CudaGraphAndProfiledStepsAreBitIdentical) {
     CudaOptimOptions plain, graph;
     graph.cuda_graph = true;
     expect_bit_identical(hp, plain, graph, "graph, ef off");
-    plain.overlap_weight_decay = graph.overlap_weight_decay = false;
-    expect_bit_identical(hp, plain, graph, "graph, decay in pass 1");
+    for (auto mode : {CudaOptimOptions::Dion2Decay::Overlapped, CudaOptimOptions::Dion2Decay::InPass1}) {
+      plain.dion2_decay = graph.dion2_decay = mode;
+      expect_bit_identical(hp, plain, graph, "graph, another decay placement");
+    }
   }
   CUDA_CHECK(cudaStreamDestroy(stream));
 }
 
-// profile_phases reports the phases of the last step (positive times, Dion2's in step order).
+// profile_phases reports the phases of the last step (positive times, Dion2's in step order, for
+// every placement of the weight decay).
 TEST(CudaOptim, ProfiledPhasesAreReported) {
   SKIP_WITHOUT_CUDA();
+  using Decay = CudaOptimOptions::Dion2Decay;
+  // One entry per phase name (the timer sums a name's time over the NS groups).
+  const std::vector<std::pair<Decay, std::vector<std::string>>> cases = {
+      {Decay::InScatter, {"pass1", "reduce partials", "select", "gather", "newton-schulz", "decay + update"}},
+      {Decay::Overlapped,
+       {"pass1", "weight decay", "reduce partials", "select", "gather", "newton-schulz", "scatter update"}},
+      {Decay::InPass1, {"pass1", "reduce partials", "select", "gather", "newton-schulz", "scatter update"}}};
   TestGroup host(kMixedShapes, 19);
-  DeviceGroup dev(host);
-  CudaOptimOptions o;
-  o.profile_phases = true;
-  auto opt = make_cuda_optimizer(make_hp(Algorithm::Dion2), dev.slots, o);
-  dev.upload(host);
-  opt->step({1, 0.01f});
-  const auto phases = opt->last_phase_ms();
-  std::vector<std::string> names;
-  for (const auto& [n, ms] : phases) {
-    names.push_back(n);
-    EXPECT_GE(ms, 0.0) << n;
+  for (const auto& [mode, expect] : cases) {
+    DeviceGroup dev(host);
+    CudaOptimOptions o;
+    o.profile_phases = true;
+    o.dion2_decay = mode;
+    auto opt = make_cuda_optimizer(make_hp(Algorithm::Dion2), dev.slots, o);
+    dev.upload(host);
+    opt->step({1, 0.01f});
+    std::vector<std::string> names;
+    for (const auto& [n, ms] : opt->last_phase_ms()) {
+      names.push_back(n);
+      EXPECT_GE(ms, 0.0) << n;
+    }
+    EXPECT_EQ(names, expect) << "decay placement " << (int)mode;
   }
-  const std::vector<std::string> expect = {"pass1",  "weight decay",  "reduce partials", "select",
-                                           "gather", "newton-schulz", "scatter update"};
-  EXPECT_EQ(names, expect);
   CudaOptimOptions plain;
+  DeviceGroup dev(host);
   auto other = make_cuda_optimizer(make_hp(Algorithm::Dion2), dev.slots, plain);
   EXPECT_TRUE(other->last_phase_ms().empty());
 }
 
-// Dion2's weight decay as its own overlapped pass gives bit-identical weights and state to the
-// decay inside pass 1 (same multiplications in the same order).
-TEST(CudaOptim, Dion2OverlappedDecayIsBitIdentical) {
+// Every placement of Dion2's weight decay (fused into the scatter, its own overlapped pass, inside
+// pass 1) gives bit-identical weights and state (same multiplications in the same order), with
+// fp32 and bf16 state, ef on and off.
+TEST(CudaOptim, Dion2DecayPlacementsAreBitIdentical) {
   SKIP_WITHOUT_CUDA();
-  for (Algorithm alg : {Algorithm::Dion2, Algorithm::NorDion2}) {
-    OptimHParams hp = make_hp(alg);
-    TestGroup host(kMixedShapes, 13);
-    DeviceGroup a(host), b(host);
-    CudaOptimOptions fused;
-    fused.overlap_weight_decay = false;
-    auto oa = make_cuda_optimizer(hp, a.slots);
-    auto ob = make_cuda_optimizer(hp, b.slots, fused);
-    a.upload(host);
-    b.upload(host);
-    for (int64_t t = 1; t <= 3; ++t) {
-      oa->step({t, 0.02f});
-      ob->step({t, 0.02f});
-    }
-    const auto wa = a.download_w(), wb = b.download_w();
-    for (size_t p = 0; p < wa.size(); ++p)
-      EXPECT_EQ(std::memcmp(wa[p].data(), wb[p].data(), wa[p].size() * 4), 0) << name_of(alg) << " param " << p;
-    const auto sa = oa->state(), sb = ob->state();
-    ASSERT_EQ(sa.size(), sb.size());
-    for (size_t i = 0; i < sa.size(); ++i) EXPECT_EQ(state_values(sa[i]), state_values(sb[i])) << sa[i].name;
-  }
+  using Decay = CudaOptimOptions::Dion2Decay;
+  for (Algorithm alg : {Algorithm::Dion2, Algorithm::NorDion2})
+    for (StateDtype dt : {StateDtype::F32, StateDtype::BF16})
+      for (bool ef : {true, false}) {
+        OptimHParams hp = make_hp(alg);
+        hp.state_dtype = dt;
+        hp.ef = ef;
+        for (const Shapes* shapes : {&kMixedShapes, &kVec4Shapes}) {
+          TestGroup host(*shapes, 13);
+          DeviceGroup a(host), b(host), c(host);
+          CudaOptimOptions overlapped, in_pass1;
+          overlapped.dion2_decay = Decay::Overlapped;
+          in_pass1.dion2_decay = Decay::InPass1;
+          auto oa = make_cuda_optimizer(hp, a.slots);
+          auto ob = make_cuda_optimizer(hp, b.slots, overlapped);
+          auto oc = make_cuda_optimizer(hp, c.slots, in_pass1);
+          a.upload(host);
+          b.upload(host);
+          c.upload(host);
+          for (int64_t t = 1; t <= 3; ++t) {
+            oa->step({t, 0.02f});
+            ob->step({t, 0.02f});
+            oc->step({t, 0.02f});
+          }
+          const std::string what = fmt::format("{} {} ef {}", name_of(alg), name_of(dt), ef);
+          const auto wa = a.download_w(), wb = b.download_w(), wc = c.download_w();
+          for (size_t p = 0; p < wa.size(); ++p) {
+            EXPECT_EQ(std::memcmp(wa[p].data(), wb[p].data(), wa[p].size() * 4), 0)
+                << what << " overlapped, param " << p;
+            EXPECT_EQ(std::memcmp(wa[p].data(), wc[p].data(), wa[p].size() * 4), 0)
+                << what << " in pass 1, param " << p;
+          }
+          const auto sa = oa->state(), sb = ob->state(), sc = oc->state();
+          ASSERT_EQ(sa.size(), sb.size());
+          ASSERT_EQ(sa.size(), sc.size());
+          for (size_t i = 0; i < sa.size(); ++i) {
+            EXPECT_EQ(state_values(sa[i]), state_values(sb[i])) << what << " " << sa[i].name;
+            EXPECT_EQ(state_values(sa[i]), state_values(sc[i])) << what << " " << sa[i].name;
+          }
+        }
+      }
+}
+
+// The lazy selective decay (applied by the next step's pass 1) gives the eager path's weights bit
+// for bit over several steps in which nothing reads the state, and state() then settles the
+// owed decay so that the momentum is bit-identical too. Both state dtypes, ℓ1 and random
+// selection, Dion2 and NorDion2, ef on (the only mode with a selective decay) and off.
+TEST(CudaOptim, Dion2LazySelectiveDecayIsBitIdentical) {
+  SKIP_WITHOUT_CUDA();
+  for (Algorithm alg : {Algorithm::Dion2, Algorithm::NorDion2})
+    for (StateDtype dt : {StateDtype::F32, StateDtype::BF16})
+      for (Select sel : {Select::L1, Select::Random})
+        for (bool ef : {true, false})
+          for (const Shapes* shapes : {&kMixedShapes, &kVec4Shapes}) {
+            OptimHParams hp = make_hp(alg);
+            hp.state_dtype = dt;
+            hp.select = sel;
+            hp.ef = ef;
+            TestGroup host(*shapes, 29);
+            DeviceGroup a(host), b(host);
+            CudaOptimOptions eager;
+            eager.dion2_lazy_decay = false;
+            auto lazy_opt = make_cuda_optimizer(hp, a.slots);
+            auto eager_opt = make_cuda_optimizer(hp, b.slots, eager);
+            a.upload(host);
+            b.upload(host);
+            for (int64_t t = 1; t <= 4; ++t) {
+              lazy_opt->step({t, 0.02f});
+              eager_opt->step({t, 0.02f});
+            }
+            const std::string what =
+                fmt::format("{} {} {} ef {} shapes {}", name_of(alg), name_of(dt), name_of(sel), ef, shapes->size());
+            const auto wa = a.download_w(), wb = b.download_w();
+            for (size_t p = 0; p < wa.size(); ++p)
+              EXPECT_EQ(std::memcmp(wa[p].data(), wb[p].data(), wa[p].size() * 4), 0) << what << " param " << p;
+            const auto sa = lazy_opt->state(), sb = eager_opt->state();
+            ASSERT_EQ(sa.size(), sb.size());
+            for (size_t i = 0; i < sa.size(); ++i)
+              EXPECT_EQ(state_values(sa[i]), state_values(sb[i])) << what << " " << sa[i].name;
+            // A step after the settled state still matches (nothing is owed twice).
+            lazy_opt->step({5, 0.02f});
+            eager_opt->step({5, 0.02f});
+            const auto sa5 = lazy_opt->state(), sb5 = eager_opt->state();
+            for (size_t i = 0; i < sa5.size(); ++i)
+              EXPECT_EQ(state_values(sa5[i]), state_values(sb5[i])) << what << " step 5 " << sa5[i].name;
+          }
 }
 
 TEST(CudaOptim, AutotunedGemmsMatchCpu) {
@@ -466,6 +546,28 @@ TEST(CudaOptim, Dion2MatchesCpu) {
         std::printf("dion2 select=%s ef=%d alpha=%.3f\n", name_of(sel), (int)ef, alpha);
         compare_with_cpu(hp, kMixedShapes, CompareSpec{});
       }
+}
+
+// The vector (VEC = 4) paths of pass 1, the column gather and the fused decay + update, on shapes
+// with partial tiles, fp32 and bf16 state.
+TEST(CudaOptim, Dion2Vec4ShapesMatchCpu) {
+  SKIP_WITHOUT_CUDA();
+  for (Select sel : {Select::L1, Select::Random})
+    for (bool ef : {true, false})
+      for (float alpha : {0.25f, 0.5f})
+        for (StateDtype dt : {StateDtype::F32, StateDtype::BF16}) {
+          OptimHParams hp = make_hp(Algorithm::Dion2);
+          hp.select = sel;
+          hp.ef = ef;
+          hp.fraction = alpha;
+          hp.state_dtype = dt;
+          std::printf("dion2 vec4 select=%s ef=%d alpha=%.3f state=%s\n", name_of(sel), (int)ef, alpha, name_of(dt));
+          CompareSpec spec;
+          if (dt == StateDtype::BF16) spec.state_tol = 1e-2;
+          compare_with_cpu(hp, kVec4Shapes, spec);
+        }
+  OptimHParams hp = make_hp(Algorithm::NorDion2);
+  compare_with_cpu(hp, kVec4Shapes, CompareSpec{});
 }
 
 TEST(CudaOptim, Dion2SelectDimOverrideAndPolarExpress) {

@@ -9,6 +9,12 @@ namespace {
 
 // ---- pass 1 ------------------------------------------------------------------------------------
 
+// A momentum value after the lazy selective decay: the value the eager decay would have stored,
+// from_f32<S>(m·f), with no FMA contraction into the following add.
+template <typename S> __device__ __forceinline__ float owe(float m, float f) {
+  return to_f32(from_f32<S>(__fmul_rn(m, f)));
+}
+
 // Row slices. grid = row blocks, block 256: warp w owns row row0 + w and walks it VEC elements
 // per lane: M ← M + G, W ← W·decay, then the row's ℓ1 and squared ℓ2 norm of the new M.
 template <int VEC, typename S, bool DECAY_W>
@@ -24,6 +30,7 @@ __global__ void pass1_rows_kernel(const Pass1Block* __restrict__ blocks, const D
   float* w = d.w + base;
   const float* g = d.g + base;
   S* m = static_cast<S*>(d.m) + base;
+  const float owed = d.slot[row] >= 0 ? sc->pending_decay : 1.0f;  // uniform over the warp
   float l1 = 0.0f, l2 = 0.0f;
   for (int64_t c = (int64_t)lane * VEC; c < cols; c += 32 * VEC) {
     if (c + VEC <= cols) {
@@ -33,6 +40,7 @@ __global__ void pass1_rows_kernel(const Pass1Block* __restrict__ blocks, const D
       load_vec<VEC>(m + c, mm);
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
+        if (owed != 1.0f) mm[e] = owe<S>(mm[e], owed);
         mm[e] += gg[e];
         if constexpr (DECAY_W) ww[e] *= decay;
         // norms of the momentum as stored (bf16 state: after rounding)
@@ -44,7 +52,7 @@ __global__ void pass1_rows_kernel(const Pass1Block* __restrict__ blocks, const D
       if constexpr (DECAY_W) store_vec<VEC>(w + c, ww);
     } else {
       for (int64_t j = c; j < cols; ++j) {
-        m[j] = from_f32<S>(to_f32(m[j]) + g[j]);
+        m[j] = from_f32<S>((owed != 1.0f ? owe<S>(to_f32(m[j]), owed) : to_f32(m[j])) + g[j]);
         if constexpr (DECAY_W) w[j] *= decay;
         const float v = to_f32(m[j]);
         l1 += fabsf(v), l2 += v * v;
@@ -69,10 +77,13 @@ __global__ void pass1_cols_kernel(const Pass1Block* __restrict__ blocks, const D
   if (c >= cols) return;
   const int64_t rend = min(b.row0 + (int64_t)kColChunkRows, d.rows);
   S* m = static_cast<S*>(d.m);
-  float l1[VEC], l2[VEC];
-#pragma unroll
-  for (int e = 0; e < VEC; ++e) l1[e] = 0.0f, l2[e] = 0.0f;
+  float l1[VEC], l2[VEC], owed[VEC];
   const int nv = (int)min((int64_t)VEC, cols - c);
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) {
+    l1[e] = 0.0f, l2[e] = 0.0f;
+    owed[e] = e < nv && d.slot[c + e] >= 0 ? sc->pending_decay : 1.0f;
+  }
   if (nv == VEC) {
 #pragma unroll 4
     for (int64_t r = b.row0; r < rend; ++r) {
@@ -83,6 +94,7 @@ __global__ void pass1_cols_kernel(const Pass1Block* __restrict__ blocks, const D
       load_vec<VEC>(m + i, mm);
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
+        if (owed[e] != 1.0f) mm[e] = owe<S>(mm[e], owed[e]);
         mm[e] += gg[e];
         if constexpr (DECAY_W) ww[e] *= decay;
         if constexpr (sizeof(S) == 2) mm[e] = __bfloat162float(__float2bfloat16_rn(mm[e]));
@@ -96,7 +108,7 @@ __global__ void pass1_cols_kernel(const Pass1Block* __restrict__ blocks, const D
     for (int64_t r = b.row0; r < rend; ++r)
       for (int e = 0; e < nv; ++e) {
         const int64_t i = r * cols + c + e;
-        m[i] = from_f32<S>(to_f32(m[i]) + d.g[i]);
+        m[i] = from_f32<S>((owed[e] != 1.0f ? owe<S>(to_f32(m[i]), owed[e]) : to_f32(m[i])) + d.g[i]);
         if constexpr (DECAY_W) d.w[i] *= decay;
         const float v = to_f32(m[i]);
         l1[e] += fabsf(v), l2[e] += v * v;
@@ -106,16 +118,26 @@ __global__ void pass1_cols_kernel(const Pass1Block* __restrict__ blocks, const D
   for (int e = 0; e < nv; ++e) d.part_l1[part + e] = l1[e], d.part_l2[part + e] = l2[e];
 }
 
-// grid (ceil(max_n/256), n_col_mats), block 256: slice i of matrix col_mats[y] gets the sum of
-// its nparts partials (in order) in row 0.
+// grid (ceil(max_n/32), n_col_mats), block (32, 8): slice i = 32·blockIdx.x + x of matrix
+// col_mats[y] gets the sum of its nparts partials in row 0: thread (x, y) sums parts y, y + 8, …
+// in order, then y = 0 adds the eight sums in order (a fixed order; 8× the parallelism of one
+// thread per slice, which left this ~40 µs pass latency-bound at 96 parts).
 __global__ void reduce_partials_kernel(const Dion2Mat* __restrict__ mats, const int32_t* __restrict__ col_mats) {
+  __shared__ float s1[8][32], s2[8][32];
   const Dion2Mat& d = mats[col_mats[blockIdx.y]];
-  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= d.n) return;
-  float l1 = d.part_l1[i], l2 = d.part_l2[i];
-  for (int64_t c = 1; c < d.nparts; ++c) l1 += d.part_l1[c * d.n + i], l2 += d.part_l2[c * d.n + i];
-  d.part_l1[i] = l1;
-  d.part_l2[i] = l2;
+  const int64_t i = (int64_t)blockIdx.x * 32 + threadIdx.x;
+  const int y = threadIdx.y;
+  float l1 = 0.0f, l2 = 0.0f;
+  if (i < d.n)
+    for (int64_t c = y; c < d.nparts; c += 8) l1 += d.part_l1[c * d.n + i], l2 += d.part_l2[c * d.n + i];
+  s1[y][threadIdx.x] = l1;
+  s2[y][threadIdx.x] = l2;
+  __syncthreads();
+  if (y == 0 && i < d.n) {
+    for (int k = 1; k < 8; ++k) l1 += s1[k][threadIdx.x], l2 += s2[k][threadIdx.x];
+    d.part_l1[i] = l1;
+    d.part_l2[i] = l2;
+  }
 }
 
 // ---- selection ---------------------------------------------------------------------------------
@@ -148,6 +170,37 @@ __device__ void bitonic_sort(uint64_t* keys, uint32_t* vals, int N) {
   }
 }
 
+// The same sort for N <= blockDim.x, one element per thread: the compare-exchange stages with a
+// partner in the same warp (stride < 32: 40 of the 55 stages at N = 1024) go through shuffles,
+// only the wider ones through shared memory and a barrier. Keys are distinct except padding.
+__device__ void bitonic_sort_in_registers(uint64_t* keys, uint32_t* vals, int N) {
+  const int i = threadIdx.x;
+  uint64_t k = i < N ? keys[i] : ~0ull;
+  uint32_t v = i < N ? vals[i] : ~0u;
+  __syncthreads();  // every read above before the first exchange through keys / vals
+  for (int size = 2; size <= N; size <<= 1) {
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      uint64_t pk;
+      uint32_t pv;
+      if (stride >= 32) {
+        if (i < N) keys[i] = k, vals[i] = v;
+        __syncthreads();
+        pk = i < N ? keys[i ^ stride] : ~0ull;
+        pv = i < N ? vals[i ^ stride] : ~0u;
+        __syncthreads();
+      } else {
+        pk = __shfl_xor_sync(0xffffffffu, k, stride);
+        pv = __shfl_xor_sync(0xffffffffu, v, stride);
+      }
+      const bool ascending = (i & size) == 0, lower = (i & stride) == 0;
+      const bool greater = k > pk || (k == pk && v > pv), less = k < pk || (k == pk && v < pv);
+      if (lower == ascending ? greater : less) k = pk, v = pv;  // lower keeps the min when ascending
+    }
+  }
+  if (i < N) keys[i] = k, vals[i] = v;
+  __syncthreads();
+}
+
 // One block (kSelectThreads) per matrix; dynamic smem: npow2 keys (u64) + npow2 vals (u32).
 // Keys: ℓ1 → (~orderable(norm) << 32 | i), i.e. norm descending then index ascending;
 // random → hash_u64(seed, step, p, i) with the index as tie-break. Sort, keep the first k, sort
@@ -175,7 +228,10 @@ __global__ void __launch_bounds__(kSelectThreads)
     }
   }
   __syncthreads();
-  bitonic_sort(keys, vals, N);
+  if (N <= (int)blockDim.x)
+    bitonic_sort_in_registers(keys, vals, N);
+  else
+    bitonic_sort(keys, vals, N);
   // The first k, re-sorted by index (ascending indices walk memory in order).
   int K = 1;
   while (K < k) K <<= 1;
@@ -187,7 +243,10 @@ __global__ void __launch_bounds__(kSelectThreads)
     vals[j] = 0;
   }
   __syncthreads();
-  bitonic_sort(keys, vals, K);
+  if (K <= (int)blockDim.x)
+    bitonic_sort_in_registers(keys, vals, K);
+  else
+    bitonic_sort(keys, vals, K);
   float l2_sel = 0.0f, l1_sel = 0.0f, l1_all = 0.0f;
   for (int j = threadIdx.x; j < k; j += blockDim.x) {
     const int32_t s = (int32_t)keys[j];
@@ -196,6 +255,19 @@ __global__ void __launch_bounds__(kSelectThreads)
     l1_sel += d.part_l1[s];
   }
   for (int i = threadIdx.x; i < n; i += blockDim.x) l1_all += d.part_l1[i];
+  // slot[i], i = 0..n: j if slice i is sel[j], else −1 − (the number of selected slices below i),
+  // so that the tile kernels find both "which j" and "which range of j" without a search.
+  for (int i = threadIdx.x; i <= n; i += blockDim.x) {
+    int lo = 0, hi = k;  // first j with sel[j] >= i (keys[0..k) hold sel ascending)
+    while (lo < hi) {
+      const int mid = (lo + hi) >> 1;
+      if ((int64_t)keys[mid] < i)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    d.slot[i] = (i < n && lo < k && (int64_t)keys[lo] == i) ? lo : -1 - lo;
+  }
   l2_sel = block_sum(l2_sel, scratch);
   l1_sel = block_sum(l1_sel, scratch);
   l1_all = block_sum(l1_all, scratch);
@@ -207,48 +279,8 @@ __global__ void __launch_bounds__(kSelectThreads)
 
 // ---- gather / update ---------------------------------------------------------------------------
 
-// grid (ceil(L/32), ceil(k/32), count), block (32, 8): one 32×32 tile of S (rows j = slices,
-// columns l = positions along the slice).
-template <typename S>
-__global__ void gather_kernel(const Dion2Mat* __restrict__ mats, const int32_t* __restrict__ members,
-                              bool decay_selected, float ef_decay) {
-  __shared__ float tile[32][33];
-  const Dion2Mat& d = mats[members[blockIdx.z]];
-  S* M = static_cast<S*>(d.m);
-  const int64_t L = d.by_cols ? d.rows : d.cols, k = d.k, cols = d.cols;
-  const int64_t l0 = (int64_t)blockIdx.x * 32, j0 = (int64_t)blockIdx.y * 32;
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  const float scale = *d.scale;
-  if (!d.by_cols) {  // S[j][l] = M[sel[j]][l]
-    for (int jj = ty; jj < 32; jj += 8) {
-      const int64_t j = j0 + jj, l = l0 + tx;
-      if (j < k && l < L) {
-        const int64_t i = (int64_t)d.sel[j] * cols + l;
-        const float v = to_f32(M[i]);
-        if (decay_selected) M[i] = from_f32<S>(v * ef_decay);
-        d.s[j * L + l] = __float2bfloat16_rn(v * scale);
-      }
-    }
-  } else {  // S[j][l] = M[l][sel[j]]: read along rows of M, write along rows of S
-    for (int rr = ty; rr < 32; rr += 8) {
-      const int64_t l = l0 + rr, j = j0 + tx;
-      float v = 0.0f;
-      if (j < k && l < L) {
-        const int64_t i = l * cols + d.sel[j];
-        v = to_f32(M[i]);
-        if (decay_selected) M[i] = from_f32<S>(v * ef_decay);
-      }
-      tile[rr][tx] = v;  // tile[l - l0][j - j0]
-    }
-    __syncthreads();
-    for (int jj = ty; jj < 32; jj += 8) {
-      const int64_t j = j0 + jj, l = l0 + tx;
-      if (j < k && l < L) d.s[j * L + l] = __float2bfloat16_rn(tile[tx][jj] * scale);
-    }
-  }
-}
-
-// Same grid.  W[sel[j]][l] −= lr_eff·f_j·O[j][l]  (rows)  or  W[l][sel[j]] −= lr_eff·O[j][l]  (columns).
+// update_kernel: grid (ceil(L/32), ceil(k/32), count), block (32, 8), one 32×32 tile of O each.
+// W[sel[j]][l] −= lr_eff·f_j·O[j][l]  (rows)  or  W[l][sel[j]] −= lr_eff·O[j][l]  (columns).
 __global__ void update_kernel(const Dion2Mat* __restrict__ mats, const int32_t* __restrict__ members,
                               const Dion2Scalars* __restrict__ sc) {
   const float lr = sc->lr;
@@ -263,7 +295,8 @@ __global__ void update_kernel(const Dion2Mat* __restrict__ mats, const int32_t* 
       const int64_t j = j0 + jj, l = l0 + tx;
       if (j < k && l < L) {
         const float step = d.row_factor ? lr_eff * d.row_factor[j] : lr_eff;
-        d.w[(int64_t)d.sel[j] * cols + l] -= step * __bfloat162float(d.o[j * L + l]);
+        float* w = d.w + (int64_t)d.sel[j] * cols + l;
+        *w = __fmaf_rn(-step, __bfloat162float(d.o[j * L + l]), *w);
       }
     }
   } else {
@@ -274,9 +307,221 @@ __global__ void update_kernel(const Dion2Mat* __restrict__ mats, const int32_t* 
     __syncthreads();
     for (int rr = ty; rr < 32; rr += 8) {
       const int64_t l = l0 + rr, j = j0 + tx;
-      if (j < k && l < L) d.w[l * cols + d.sel[j]] -= lr_eff * tile[tx][rr];
+      if (j < k && l < L) {
+        float* w = d.w + l * cols + d.sel[j];
+        *w = __fmaf_rn(-lr_eff, tile[tx][rr], *w);
+      }
     }
   }
+}
+
+// ---- whole-matrix tiles (column-slice gather, decay + update) -------------------------------------
+
+// A block of the tile kernels covers kTileRows × kTileCols of one matrix (blockIdx.y or .z: member,
+// blockIdx.x: tile, row-major over the matrix's tiles; blocks past the matrix's last tile exit).
+constexpr int kTileRows = 32, kTileCols = 256, kTileThreads = 256;
+
+// The number of selected slices below slice i, from the select kernel's slot map.
+__device__ __forceinline__ int selected_below(const Dion2Mat& d, int64_t i) {
+  const int v = d.slot[i];
+  return v >= 0 ? v : -1 - v;
+}
+
+struct SliceTile {
+  int64_t r0, c0;  // the tile's first row and column
+  int nr, nc;      // its rows and columns inside the matrix
+  int jlo, jhi;    // the selected slices sel[jlo..jhi) that cross it
+};
+
+// The tile of this block in d; false (uniformly over the block) past the matrix's tiles.
+__device__ __forceinline__ bool slice_tile(const Dion2Mat& d, SliceTile& t) {
+  const int64_t tiles_c = (d.cols + kTileCols - 1) / kTileCols;
+  if ((int64_t)blockIdx.x >= (d.rows + kTileRows - 1) / kTileRows * tiles_c) return false;
+  t.r0 = (int64_t)blockIdx.x / tiles_c * kTileRows;
+  t.c0 = (int64_t)blockIdx.x % tiles_c * kTileCols;
+  t.nr = (int)min((int64_t)kTileRows, d.rows - t.r0);
+  t.nc = (int)min((int64_t)kTileCols, d.cols - t.c0);
+  const int64_t s0 = d.by_cols ? t.c0 : t.r0;
+  t.jlo = selected_below(d, s0);
+  t.jhi = selected_below(d, s0 + (d.by_cols ? t.nc : t.nr));
+  return true;
+}
+
+// Row slices only (other members return at once). grid (ceil(L / kTileCols), ceil(k / kGatherRows),
+// count), kTileThreads threads: selected rows j0 .. j0 + kGatherRows of S, columns c0 .. c0 + 256:
+// S[j][c] = bf16(scale·M[sel[j]][c]) and, with the selective decay, M[sel[j]][c] ← ef_decay·M.
+// Each thread issues all its loads before its stores.
+constexpr int kGatherRows = 16;
+template <int VEC, typename S>
+__global__ void __launch_bounds__(kTileThreads)
+    gather_rows_kernel(const Dion2Mat* __restrict__ mats, const int32_t* __restrict__ members, bool decay_selected,
+                       float ef_decay) {
+  const Dion2Mat& d = mats[members[blockIdx.z]];
+  if (d.by_cols) return;
+  constexpr int kLanes = kTileCols / VEC, kPass = kTileThreads / kLanes, kRowsPerThread = kGatherRows / kPass;
+  const int64_t L = d.cols, c = (int64_t)blockIdx.x * kTileCols + (threadIdx.x % kLanes) * VEC;
+  const int j0 = blockIdx.y * kGatherRows + threadIdx.x / kLanes;
+  if (c >= L || j0 >= d.k) return;
+  const bool full = c + VEC <= L;
+  S* M = static_cast<S*>(d.m);
+  const float scale = *d.scale;
+  float v[kRowsPerThread][VEC];
+#pragma unroll
+  for (int q = 0; q < kRowsPerThread; ++q) {
+    const int j = j0 + q * kPass;
+    if (j >= d.k) continue;
+    const S* m = M + (int64_t)d.sel[j] * L + c;
+    if (full)
+      load_vec<VEC>(m, v[q]);
+    else
+      for (int e = 0; e < VEC; ++e) v[q][e] = c + e < L ? to_f32(m[e]) : 0.0f;
+  }
+#pragma unroll
+  for (int q = 0; q < kRowsPerThread; ++q) {
+    const int j = j0 + q * kPass;
+    if (j >= d.k) continue;
+    S* m = M + (int64_t)d.sel[j] * L + c;
+    bf16* out = d.s + (int64_t)j * L + c;
+    float sv[VEC], mv[VEC];
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) sv[e] = v[q][e] * scale, mv[e] = v[q][e] * ef_decay;
+    if (full) {
+      store_vec<VEC>(out, sv);
+      if (decay_selected) store_vec<VEC>(m, mv);
+    } else {
+      for (int e = 0; e < VEC && c + e < L; ++e) {
+        out[e] = __float2bfloat16_rn(sv[e]);
+        if (decay_selected) m[e] = from_f32<S>(mv[e]);
+      }
+    }
+  }
+}
+
+// Column slices only (other members return at once). grid (max tiles, count), kTileThreads threads:
+// reads the tile's rows of M along rows in VEC-wide vectors (only vectors holding a selected
+// column), applies the selective decay to the selected elements, stages scale·M[:, sel[j]] in
+// shared memory and writes S[j][r0 .. r0 + nr) as contiguous bf16 runs.
+template <int VEC, typename S>
+__global__ void __launch_bounds__(kTileThreads)
+    gather_cols_kernel(const Dion2Mat* __restrict__ mats, const int32_t* __restrict__ members, bool decay_selected,
+                       float ef_decay) {
+  __shared__ float staged[kTileCols][kTileRows + 1];  // [j − jlo][row − r0]
+  const Dion2Mat& d = mats[members[blockIdx.y]];
+  if (!d.by_cols) return;
+  SliceTile t;
+  if (!slice_tile(d, t) || t.jlo == t.jhi) return;
+  S* M = static_cast<S*>(d.m);
+  const float scale = *d.scale;
+  constexpr int kLanes = kTileCols / VEC;  // threads per tile row
+  const int c = (threadIdx.x % kLanes) * VEC;
+  // This thread's columns are fixed for the whole tile: skip it unless one of them is selected.
+  int js[VEC];
+  bool any = false;
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) {
+    js[e] = c + e < t.nc ? d.slot[t.c0 + c + e] : -1;
+    any = any || js[e] >= 0;
+  }
+  const bool full = c + VEC <= t.nc;
+  for (int rr = threadIdx.x / kLanes; any && rr < t.nr; rr += kTileThreads / kLanes) {
+    S* m = M + (t.r0 + rr) * d.cols + t.c0 + c;
+    float v[VEC];
+    if (full)
+      load_vec<VEC>(m, v);
+    else
+      for (int e = 0; e < VEC; ++e) v[e] = c + e < t.nc ? to_f32(m[e]) : 0.0f;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e)
+      if (js[e] >= 0) {
+        staged[js[e] - t.jlo][rr] = v[e] * scale;
+        if (decay_selected) m[e] = from_f32<S>(v[e] * ef_decay);
+      }
+  }
+  __syncthreads();
+  const int64_t L = d.rows;
+  for (int i = threadIdx.x; i < (t.jhi - t.jlo) * kTileRows; i += kTileThreads) {
+    const int jj = i / kTileRows, l = i % kTileRows;
+    if (l < t.nr) d.s[(int64_t)(t.jlo + jj) * L + t.r0 + l] = __float2bfloat16_rn(staged[jj][l]);
+  }
+}
+
+// Every element of W once: W ← W·decay, then for the selected slices W −= lr_eff·f_j·O (rows) or
+// lr_eff·O (columns), the same two roundings as decay_weights followed by update_kernel. Row
+// slices read their O row directly (contiguous); column slices stage O[jlo..jhi)[r0 .. r0 + nr)
+// in shared memory first. Replaces the separate decay pass (8 bytes per element) and the scatter
+// (8 bytes per selected element plus O) by one 8-byte pass plus O. grid (max tiles, count); one
+// launch for the row-slice members, one for the column-slice members (BY_COLS, with
+// kStagedBytes of dynamic shared memory; the row launch needs none and keeps full occupancy).
+constexpr size_t kStagedBytes = sizeof(float) * kTileCols * (kTileRows + 1);
+template <int VEC, bool BY_COLS>
+__global__ void __launch_bounds__(kTileThreads)
+    decay_update_kernel(const Dion2Mat* __restrict__ mats, const int32_t* __restrict__ members,
+                        const Dion2Scalars* __restrict__ sc) {
+  extern __shared__ float staged_raw[];
+  auto staged = reinterpret_cast<float(*)[kTileRows + 1]>(staged_raw);  // O[j][r0 + l] at [j − jlo][l]
+  const Dion2Mat& d = mats[members[blockIdx.y]];
+  if ((bool)d.by_cols != BY_COLS) return;
+  SliceTile t;
+  if (!slice_tile(d, t)) return;
+  const float decay = sc->decay, lr_eff = sc->lr * d.lr_factor;
+  const int64_t L = d.by_cols ? d.rows : d.cols;
+  if (BY_COLS && t.jhi > t.jlo) {  // uniform over the block
+    for (int i = threadIdx.x; i < (t.jhi - t.jlo) * kTileRows; i += kTileThreads) {
+      const int jj = i / kTileRows, l = i % kTileRows;
+      if (l < t.nr) staged[jj][l] = __bfloat162float(d.o[(int64_t)(t.jlo + jj) * L + t.r0 + l]);
+    }
+    __syncthreads();
+  }
+  constexpr int kLanes = kTileCols / VEC;
+  const int c = (threadIdx.x % kLanes) * VEC;
+  if (c >= t.nc) return;
+  const bool full = c + VEC <= t.nc;
+  int js[VEC];  // column slices: the j of each of this thread's columns (−1: not selected)
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) js[e] = BY_COLS && c + e < t.nc ? d.slot[t.c0 + c + e] : -1;
+  for (int rr = threadIdx.x / kLanes; rr < t.nr; rr += kTileThreads / kLanes) {
+    float* w = d.w + (t.r0 + rr) * d.cols + t.c0 + c;
+    float v[VEC];
+    if (full)
+      load_vec<VEC>(w, v);
+    else
+      for (int e = 0; e < VEC; ++e) v[e] = c + e < t.nc ? w[e] : 0.0f;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) v[e] = __fmul_rn(v[e], decay);
+    if constexpr (!BY_COLS) {
+      const int j = d.slot[t.r0 + rr];
+      if (j >= 0) {
+        const float step = d.row_factor ? lr_eff * d.row_factor[j] : lr_eff;
+        const bf16* o = d.o + (int64_t)j * L + t.c0 + c;
+        float ov[VEC];
+        if (full)
+          load_vec<VEC>(o, ov);
+        else
+          for (int e = 0; e < VEC; ++e) ov[e] = c + e < t.nc ? __bfloat162float(o[e]) : 0.0f;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) v[e] = __fmaf_rn(-step, ov[e], v[e]);
+      }
+    } else {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e)
+        if (js[e] >= 0) v[e] = __fmaf_rn(-lr_eff, staged[js[e] - t.jlo][rr], v[e]);
+    }
+    if (full)
+      store_vec<VEC>(w, v);
+    else
+      for (int e = 0; e < VEC && c + e < t.nc; ++e) w[e] = v[e];
+  }
+}
+
+// grid (ceil(max_len / 256), max_k, n_mats), block 256: M[K] ← f·M[K] along slice sel[j] of
+// matrix z (positions 256·x + t), rounded as the eager decay in the gather.
+template <typename S> __global__ void apply_pending_decay_kernel(const Dion2Mat* __restrict__ mats, float f) {
+  const Dion2Mat& d = mats[blockIdx.z];
+  const int64_t j = blockIdx.y, l = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  const int64_t L = d.by_cols ? d.rows : d.cols;
+  if (j >= d.k || l >= L) return;
+  S* m = static_cast<S*>(d.m) + (d.by_cols ? l * d.cols + d.sel[j] : (int64_t)d.sel[j] * d.cols + l);
+  *m = from_f32<S>(__fmul_rn(to_f32(*m), f));
 }
 
 // Grid-stride x ← f·x.
@@ -299,10 +544,10 @@ __global__ void decay_weights_kernel(const ChunkRef* __restrict__ chunks, const 
       float w[VEC];
       load_vec<VEC>(d.w + i, w);
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) w[e] *= decay;
+      for (int e = 0; e < VEC; ++e) w[e] = __fmul_rn(w[e], decay);
       store_vec<VEC>(d.w + i, w);
     } else {
-      for (int64_t j = i; j < end; ++j) d.w[j] *= decay;
+      for (int64_t j = i; j < end; ++j) d.w[j] = __fmul_rn(d.w[j], decay);
     }
   }
 }
@@ -375,8 +620,8 @@ void dion2_pass1(cudaStream_t s, const Dion2Mat* mats, const Pass1Block* row_blo
 void dion2_reduce_partials(cudaStream_t s, const Dion2Mat* mats, const int32_t* col_mats, int n_col_mats,
                            int64_t max_n) {
   if (n_col_mats == 0) return;
-  dim3 grid((unsigned)((max_n + 255) / 256), (unsigned)n_col_mats);
-  reduce_partials_kernel<<<grid, 256, 0, s>>>(mats, col_mats);
+  dim3 grid((unsigned)((max_n + 31) / 32), (unsigned)n_col_mats), block(32, 8);
+  reduce_partials_kernel<<<grid, block, 0, s>>>(mats, col_mats);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -386,20 +631,74 @@ void dion2_select(cudaStream_t s, const Dion2Mat* mats, int n_mats, int npow2, b
   CUDA_CHECK_LAUNCH();
 }
 
-void dion2_gather(cudaStream_t s, const Dion2Mat* mats, const int32_t* members, int count, int64_t k, int64_t L,
-                  StateDtype dtype, bool decay_selected, float ef_decay) {
-  dim3 grid((unsigned)((L + 31) / 32), (unsigned)((k + 31) / 32), (unsigned)count), block(32, 8);
-  if (dtype == StateDtype::BF16)
-    gather_kernel<bf16><<<grid, block, 0, s>>>(mats, members, decay_selected, ef_decay);
-  else
-    gather_kernel<float><<<grid, block, 0, s>>>(mats, members, decay_selected, ef_decay);
-  CUDA_CHECK_LAUNCH();
-}
-
 void dion2_update(cudaStream_t s, const Dion2Mat* mats, const int32_t* members, int count, int64_t k, int64_t L,
                   const Dion2Scalars* sc) {
   dim3 grid((unsigned)((L + 31) / 32), (unsigned)((k + 31) / 32), (unsigned)count), block(32, 8);
   update_kernel<<<grid, block, 0, s>>>(mats, members, sc);
+  CUDA_CHECK_LAUNCH();
+}
+
+namespace {
+template <int VEC, typename S>
+void gather_launch(cudaStream_t s, const Dion2Mat* mats, const int32_t* members, int count, int64_t k, int64_t L,
+                   int64_t max_tiles, bool has_rows, bool has_cols, bool decay_selected, float ef_decay) {
+  if (has_rows) {
+    dim3 grid((unsigned)((L + kTileCols - 1) / kTileCols), (unsigned)((k + kGatherRows - 1) / kGatherRows),
+              (unsigned)count);
+    gather_rows_kernel<VEC, S><<<grid, kTileThreads, 0, s>>>(mats, members, decay_selected, ef_decay);
+    CUDA_CHECK_LAUNCH();
+  }
+  if (has_cols) {
+    dim3 grid((unsigned)max_tiles, (unsigned)count);
+    gather_cols_kernel<VEC, S><<<grid, kTileThreads, 0, s>>>(mats, members, decay_selected, ef_decay);
+    CUDA_CHECK_LAUNCH();
+  }
+}
+}  // namespace
+
+void dion2_gather(cudaStream_t s, const Dion2Mat* mats, const int32_t* members, int count, int64_t k, int64_t L,
+                  int64_t max_tiles, bool has_rows, bool has_cols, bool vec4, StateDtype dtype, bool decay_selected,
+                  float ef_decay) {
+  if (count == 0) return;
+  const bool bf = dtype == StateDtype::BF16;
+  if (vec4)
+    bf ? gather_launch<4, bf16>(s, mats, members, count, k, L, max_tiles, has_rows, has_cols, decay_selected, ef_decay)
+       : gather_launch<4, float>(s, mats, members, count, k, L, max_tiles, has_rows, has_cols, decay_selected,
+                                 ef_decay);
+  else
+    bf ? gather_launch<1, bf16>(s, mats, members, count, k, L, max_tiles, has_rows, has_cols, decay_selected, ef_decay)
+       : gather_launch<1, float>(s, mats, members, count, k, L, max_tiles, has_rows, has_cols, decay_selected,
+                                 ef_decay);
+}
+
+void dion2_decay_update(cudaStream_t s, const Dion2Mat* mats, const int32_t* members, int count, int64_t max_tiles,
+                        bool has_rows, bool has_cols, bool vec4, const Dion2Scalars* sc) {
+  if (count == 0 || max_tiles == 0) return;
+  dim3 grid((unsigned)max_tiles, (unsigned)count);
+  if (has_rows) {
+    vec4 ? decay_update_kernel<4, false><<<grid, kTileThreads, 0, s>>>(mats, members, sc)
+         : decay_update_kernel<1, false><<<grid, kTileThreads, 0, s>>>(mats, members, sc);
+    CUDA_CHECK_LAUNCH();
+  }
+  if (has_cols) {
+    vec4 ? decay_update_kernel<4, true><<<grid, kTileThreads, kStagedBytes, s>>>(mats, members, sc)
+         : decay_update_kernel<1, true><<<grid, kTileThreads, kStagedBytes, s>>>(mats, members, sc);
+    CUDA_CHECK_LAUNCH();
+  }
+}
+
+int64_t dion2_tiles(int64_t rows, int64_t cols) {
+  return (rows + kTileRows - 1) / kTileRows * ((cols + kTileCols - 1) / kTileCols);
+}
+
+void dion2_apply_pending_decay(cudaStream_t s, const Dion2Mat* mats, int n_mats, int64_t max_k, int64_t max_len,
+                               StateDtype dtype, float f) {
+  if (n_mats == 0) return;
+  dim3 grid((unsigned)((max_len + 255) / 256), (unsigned)max_k, (unsigned)n_mats);
+  if (dtype == StateDtype::BF16)
+    apply_pending_decay_kernel<bf16><<<grid, 256, 0, s>>>(mats, f);
+  else
+    apply_pending_decay_kernel<float><<<grid, 256, 0, s>>>(mats, f);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -7,7 +7,8 @@
 //               and the normalization scale 1/(mult·‖M[K]‖_F + eps) of the selected submatrix
 //   gather      S = bf16(scale·M[K]) as a k×L row-major matrix (L = slice length) into the NS
 //               batch buffer, with the selective decay M[K] ← ef_decay·M[K]
-//   update      W[K] ← W[K] − lr_eff·f_j·O (scatter of the NS output; f_j: NorDion2's factors)
+//   update      W[K] ← W[K] − lr_eff·f_j·O (scatter of the NS output; f_j: NorDion2's factors),
+//               or, fused with the weight decay, one pass over all of W (decay_update)
 // Slices are rows (S = M[K, :]) or columns (S = M[:, K]ᵀ); column slices go through 32×32
 // shared-memory tiles so that both the matrix and S are accessed along rows.
 #pragma once
@@ -33,6 +34,7 @@ struct Dion2Mat {
   float* part_l1;           // nparts × n partial ℓ1 norms; row 0 holds the totals after reduce
   float* part_l2;           // nparts × n partial squared ℓ2 norms
   int32_t* sel;             // k selected slice indices, ascending
+  int32_t* slot;            // n + 1 entries: j where slice i = sel[j], else −1 − #{j : sel[j] < i}
   float* scale;             // 1 float: 1/(mult·‖M[K]‖_F + eps)
   float* mass;              // 1 float: the selected share of the ℓ1 mass (diagnostics)
   bf16* s;                  // its k×L slot in the NS input buffer
@@ -43,9 +45,11 @@ struct Dion2Mat {
 // The scalars that change from step to step, read by the kernels from device memory (so that a
 // captured CUDA graph of the step stays valid); written by dion2_set_scalars before each step.
 struct Dion2Scalars {
-  float lr;      // learning rate of this step
-  float decay;   // 1 − lr·wd
-  int64_t step;  // random selection key
+  float lr;             // learning rate of this step
+  float decay;          // 1 − lr·wd
+  int64_t step;         // random selection key
+  float pending_decay;  // lazy selective decay: the factor the previous step's selected slices of M
+                        // still owe (ef_decay), applied by pass 1 through the slot map; else 1
 };
 
 // One weight matrix of the separate weight-decay pass.
@@ -74,7 +78,8 @@ void dion2_select_prepare(int npow2);
 
 // *dst = v (one thread), ordered on s before the step's kernels.
 void dion2_set_scalars(cudaStream_t s, Dion2Scalars* dst, Dion2Scalars v);
-// decay_w: also W ← W·decay (else W is not touched: decay_weights does it separately).
+// decay_w: also W ← W·decay (else W is not touched: decay_weights does it separately). Before
+// M ← M + G, the slices selected in the previous step (slot map) are scaled by sc->pending_decay.
 void dion2_pass1(cudaStream_t s, const Dion2Mat* mats, const Pass1Block* row_blocks, int64_t n_row_blocks,
                  const Pass1Block* col_blocks, int64_t n_col_blocks, bool vec4, StateDtype dtype, bool decay_w,
                  const Dion2Scalars* sc);
@@ -86,11 +91,24 @@ void dion2_reduce_partials(cudaStream_t s, const Dion2Mat* mats, const int32_t* 
                            int64_t max_n);
 void dion2_select(cudaStream_t s, const Dion2Mat* mats, int n_mats, int npow2, bool random, uint64_t seed,
                   const Dion2Scalars* sc, float mult, float eps);
-// The k×L NS batch of `count` matrices mats[members[z]].
+// Tiles of a rows×cols matrix in the whole-matrix tile kernels (the x extent of their grid).
+int64_t dion2_tiles(int64_t rows, int64_t cols);
+// The k×L NS batch of `count` matrices mats[members[z]]: row-slice members by runs of selected
+// rows (has_rows), column-slice members by whole-row tiles of M (has_cols; max_tiles: the most
+// dion2_tiles of any member). vec4: every member's cols % 4 == 0 and 16-byte aligned buffers.
 void dion2_gather(cudaStream_t s, const Dion2Mat* mats, const int32_t* members, int count, int64_t k, int64_t L,
-                  StateDtype dtype, bool decay_selected, float ef_decay);
+                  int64_t max_tiles, bool has_rows, bool has_cols, bool vec4, StateDtype dtype, bool decay_selected,
+                  float ef_decay);
 void dion2_update(cudaStream_t s, const Dion2Mat* mats, const int32_t* members, int count, int64_t k, int64_t L,
                   const Dion2Scalars* sc);
+// W ← W·decay − lr_eff·f_j·O[j] on the selected slices, W ← W·decay elsewhere: the weight decay
+// and the scatter in one pass over every member's W.
+void dion2_decay_update(cudaStream_t s, const Dion2Mat* mats, const int32_t* members, int count, int64_t max_tiles,
+                        bool has_rows, bool has_cols, bool vec4, const Dion2Scalars* sc);
+// M[K] ← f·M[K] for the selected slices K of every matrix (slot map / sel of the last select):
+// settles a pending lazy selective decay before the state is read from outside.
+void dion2_apply_pending_decay(cudaStream_t s, const Dion2Mat* mats, int n_mats, int64_t max_k, int64_t max_len,
+                               StateDtype dtype, float f);
 // x ← f·x over `total` state elements.
 void scale_state(cudaStream_t s, void* x, int64_t total, StateDtype dtype, float f);
 

@@ -7,10 +7,15 @@
 //   scatter update  →  [ef off: M ← ef_decay·M].
 // The NS groups are independent and each too small to fill the GPU (k ≪ rows): with
 // concurrent_groups they run on their own streams, forked from and joined back into the step stream.
-// Pass 1 is the memory floor (20 bytes per element); the rest touches only the k selected slices.
-// With overlap_weight_decay, pass 1 leaves W alone (12 bytes per element) and W ← W·(1 − lr·wd)
-// runs as its own pass on a low-priority stream, forked after pass 1 so that it overlaps the
-// selection / gather / NS chain (latency-bound for small k); every group's scatter waits for it.
+// Pass 1 moves 12 bytes per element (G, M read, M written); gather and NS touch only the k selected
+// slices. The weight decay W ← W·(1 − lr·wd) runs where CudaOptimOptions::dion2_decay says:
+//  InScatter (default): each group's scatter becomes one pass over its members' whole W
+//    (decay_update): 8 bytes per element, the selected slices' update riding along;
+//  Overlapped: its own pass on a low-priority stream, forked after pass 1 so that it overlaps the
+//    selection / gather / NS chain; every group's scatter waits for it;
+//  InPass1: inside pass 1 (20 bytes per element there).
+// Column-slice members are gathered over whole-row tiles of M; row-slice members by runs of
+// selected rows.
 // Submatrices are always stored k×L (slices as rows), so a wide 768×3072 (rows selected) and a
 // tall 3072×768 (columns selected) land in the same NS batch.
 #include <cmath>
@@ -46,7 +51,10 @@ class CudaDion2 final : public CudaOptimizer {
     ef_decay_ = nordion2_ ? hp_.mu : hp_.ef_decay;
     main_ = opt.stream;
     concurrent_ = opt.concurrent_groups;
-    overlap_decay_ = opt.overlap_weight_decay;
+    overlap_decay_ = opt.dion2_decay == CudaOptimOptions::Dion2Decay::Overlapped;
+    decay_in_pass1_ = opt.dion2_decay == CudaOptimOptions::Dion2Decay::InPass1;
+    decay_in_scatter_ = opt.dion2_decay == CudaOptimOptions::Dion2Decay::InScatter && hp_.weight_decay != 0.0f;
+    lazy_decay_ = opt.dion2_lazy_decay && hp_.ef;
     profile_ = opt.profile_phases;
     use_graph_ = opt.cuda_graph && !profile_;
     scalars_.resize(1);
@@ -66,10 +74,10 @@ class CudaDion2 final : public CudaOptimizer {
     // Per-matrix geometry and buffer offsets.
     struct Geo {
       bool by_cols;
-      int64_t n, k, L, nparts, part_off, sel_off;
+      int64_t n, k, L, nparts, part_off, sel_off, slot_off;
     };
     std::vector<Geo> geo(nm);
-    int64_t part_total = 0, sel_total = 0;
+    int64_t part_total = 0, sel_total = 0, slot_total = 0;
     npow2_ = 1;
     for (size_t i = 0; i < nm; ++i) {
       const ParamSlot& p = params_[i];
@@ -83,6 +91,8 @@ class CudaDion2 final : public CudaOptimizer {
       g.nparts = g.by_cols ? (p.rows + kColChunkRows - 1) / kColChunkRows : 1;
       g.part_off = part_total;
       g.sel_off = sel_total;
+      g.slot_off = slot_total;
+      slot_total += g.n + 1;
       part_total += g.nparts * g.n;
       sel_total += g.k;
       OG_CHECK(g.n <= kMaxSelectSlices,
@@ -94,6 +104,8 @@ class CudaDion2 final : public CudaOptimizer {
     part_l1_.resize((size_t)std::max<int64_t>(part_total, 1));
     part_l2_.resize((size_t)std::max<int64_t>(part_total, 1));
     sel_.resize((size_t)std::max<int64_t>(sel_total, 1));
+    slot_.resize((size_t)std::max<int64_t>(slot_total, 1));
+    CUDA_CHECK(cudaMemset(slot_.data(), 0xff, slot_.bytes()));  // −1: nothing selected before step 1
     scale_.resize(std::max<size_t>(nm, 1));
     mass_.resize(std::max<size_t>(nm, 1));
     CUDA_CHECK(cudaMemset(sel_.data(), 0, sel_.bytes()));
@@ -117,6 +129,8 @@ class CudaDion2 final : public CudaOptimizer {
       group_of[i] = it->second;
       slot[i] = (int)g.members.size();
       g.members.push_back((int32_t)i);
+      (geo[i].by_cols ? g.col_members : g.row_members) += 1;
+      g.max_tiles = std::max(g.max_tiles, dion2_tiles(params_[i].rows, params_[i].cols));
     }
     // Each group has its own workspace and cuBLAS context; with concurrent_groups, the groups
     // after the first run on their own streams (fork after select, join before the step ends).
@@ -183,6 +197,7 @@ class CudaDion2 final : public CudaOptimizer {
       d.part_l1 = part_l1_.data() + g.part_off;
       d.part_l2 = part_l2_.data() + g.part_off;
       d.sel = sel_.data() + g.sel_off;
+      d.slot = slot_.data() + g.slot_off;
       d.scale = scale_.data() + i;
       d.mass = mass_.data() + i;
       Group& grp = *groups_[group_of[i]];
@@ -199,6 +214,8 @@ class CudaDion2 final : public CudaOptimizer {
       }
       sel_host_off_.push_back(g.sel_off);
       k_host_.push_back(g.k);
+      max_k_ = std::max(max_k_, g.k);
+      max_len_ = std::max(max_len_, g.L);
     }
     OG_CHECK(row_blocks.size() < (size_t)INT32_MAX && col_blocks.size() < (size_t)INT32_MAX,
              "{}: too many blocks for one launch", name_of(hp_.algorithm));
@@ -246,8 +263,10 @@ class CudaDion2 final : public CudaOptimizer {
   void step(const StepContext& ctx) override {
     check_step_context(ctx, hp_.algorithm);
     if (params_.empty()) return;
-    dion2_set_scalars(main_, scalars_.data(),
-                      Dion2Scalars{ctx.lr, 1.0f - ctx.lr * hp_.weight_decay, (int64_t)ctx.step});
+    dion2_set_scalars(
+        main_, scalars_.data(),
+        Dion2Scalars{ctx.lr, 1.0f - ctx.lr * hp_.weight_decay, (int64_t)ctx.step, decay_pending_ ? ef_decay_ : 1.0f});
+    decay_pending_ = lazy_decay_;  // this step's selection owes its decay to the next pass 1
     if (profile_) {
       enqueue_step(main_, &timer_);
       return;
@@ -267,6 +286,7 @@ class CudaDion2 final : public CudaOptimizer {
 
   // Per parameter, as the CPU reference: momentum, and for NorDion2 variance_neuron (rows).
   std::vector<StateTensor> state() override {
+    settle_pending_decay();
     std::vector<StateTensor> out;
     for (size_t i = 0; i < params_.size(); ++i) {
       out.push_back(momentum_.view(i, names_[i], "momentum"));
@@ -297,6 +317,13 @@ class CudaDion2 final : public CudaOptimizer {
   }
 
  private:
+  // Apply the lazy selective decay still owed by the last selection (see dion2_lazy_decay).
+  void settle_pending_decay() {
+    if (!decay_pending_) return;
+    dion2_apply_pending_decay(main_, mats_.data(), (int)params_.size(), max_k_, max_len_, hp_.state_dtype, ef_decay_);
+    decay_pending_ = false;
+  }
+
   // The step after dion2_set_scalars, all on stream s and the streams forked from it (joined back
   // into s). With a timer: the groups in sequence on s, marks between the phases.
   void enqueue_step(cudaStream_t s, PhaseTimer* timer) {
@@ -304,7 +331,7 @@ class CudaDion2 final : public CudaOptimizer {
     const bool overlap = overlap_decay_ && !timer;
     if (timer) timer->begin(s);
     dion2_pass1(s, mats_.data(), row_blocks_.data(), n_row_blocks_, col_blocks_.data(), n_col_blocks_, vec4_,
-                hp_.state_dtype, !overlap_decay_, sc);
+                hp_.state_dtype, decay_in_pass1_, sc);
     if (timer) timer->mark(s, "pass1");
     if (overlap) {  // fork the weight decay; joined by every group before its scatter
       CUDA_CHECK(cudaEventRecord(decay_fork_.e, s));
@@ -329,7 +356,8 @@ class CudaDion2 final : public CudaOptimizer {
       if (own) CUDA_CHECK(cudaStreamWaitEvent(gs, fork_.e, 0));
       if (g->own_stream.s && timer) g->blas->set_stream(s);
       const int64_t k = g->shape.rows, L = g->shape.cols;
-      dion2_gather(gs, mats_.data(), g->members_dev.data(), g->shape.count, k, L, hp_.state_dtype, hp_.ef, ef_decay_);
+      dion2_gather(gs, mats_.data(), g->members_dev.data(), g->shape.count, k, L, g->max_tiles, g->row_members > 0,
+                   g->col_members > 0, vec4_, hp_.state_dtype, hp_.ef && !lazy_decay_, ef_decay_);
       if (timer) timer->mark(s, "gather");
       bf16* out = g->ns.run(*g->blas);
       OG_CHECK(out == g->ns.result(), "internal: NS result not where planned");
@@ -338,8 +366,14 @@ class CudaDion2 final : public CudaOptimizer {
                             g->rowsq.data(), g->factors.data());
       if (timer) timer->mark(s, "newton-schulz");
       if (overlap) CUDA_CHECK(cudaStreamWaitEvent(gs, decay_done_.e, 0));
-      dion2_update(gs, mats_.data(), g->members_dev.data(), g->shape.count, k, L, sc);
-      if (timer) timer->mark(s, "scatter update");
+      if (decay_in_scatter_) {
+        dion2_decay_update(gs, mats_.data(), g->members_dev.data(), g->shape.count, g->max_tiles, g->row_members > 0,
+                           g->col_members > 0, vec4_, sc);
+        if (timer) timer->mark(s, "decay + update");
+      } else {
+        dion2_update(gs, mats_.data(), g->members_dev.data(), g->shape.count, k, L, sc);
+        if (timer) timer->mark(s, "scatter update");
+      }
       if (own) {  // join
         CUDA_CHECK(cudaEventRecord(g->done.e, gs));
         CUDA_CHECK(cudaStreamWaitEvent(s, g->done.e, 0));
@@ -371,6 +405,8 @@ class CudaDion2 final : public CudaOptimizer {
     OwnedEvent done;
     NsShape shape;  // rows = k, cols = L
     std::vector<int32_t> members;
+    int row_members = 0, col_members = 0;  // members with row / column slices
+    int64_t max_tiles = 0;                 // the most dion2_tiles of any member
     DeviceBuffer<int32_t> members_dev;
     DeviceBuffer<NeuronNormDesc> ndescs;
     DeviceBuffer<bf16> x[2], a, b;       // NS input (gathered submatrices) / output, Gram products
@@ -387,7 +423,9 @@ class CudaDion2 final : public CudaOptimizer {
   cudaStream_t main_ = nullptr;
   bool concurrent_ = true;
   OwnedEvent fork_;
-  bool overlap_decay_ = true;
+  bool overlap_decay_ = false, decay_in_pass1_ = false, decay_in_scatter_ = true;
+  bool lazy_decay_ = true, decay_pending_ = false;
+  int64_t max_k_ = 0, max_len_ = 0;  // the largest k and slice length (settle_pending_decay's grid)
   bool profile_ = false, use_graph_ = false;
   PhaseTimer timer_;
   StepGraph graph_;  // the captured step (cuda_graph); holds no reference to the streams or events
@@ -401,7 +439,7 @@ class CudaDion2 final : public CudaOptimizer {
   std::vector<std::unique_ptr<Group>> groups_;
   DeviceBuffer<Dion2Mat> mats_;
   DeviceBuffer<Pass1Block> row_blocks_, col_blocks_;
-  DeviceBuffer<int32_t> col_mats_, sel_;
+  DeviceBuffer<int32_t> col_mats_, sel_, slot_;
   DeviceBuffer<float> part_l1_, part_l2_, scale_, mass_;
   int64_t n_row_blocks_ = 0, n_col_blocks_ = 0, max_col_n_ = 0;
   int npow2_ = 1;

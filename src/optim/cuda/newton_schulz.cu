@@ -56,21 +56,18 @@ void mirror_upper_blocks(BlasContext& ctx, bf16* a, bf16* copy_to, int64_t m, in
   CUDA_CHECK_LAUNCH();
 }
 
-// Q = B + a·I for each of the count column-major m×m matrices (grid-stride, block 256).
-__global__ void add_identity_kernel(const bf16* __restrict__ b, bf16* __restrict__ q, int64_t m, int64_t total,
-                                    float a) {
-  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t e = i % (m * m);
-    float v = __bfloat162float(b[i]);
-    if (e % m == e / m) v += a;
-    q[i] = __float2bfloat16_rn(v);
-  }
+// Q ← Q + a·I for each of the count m×m matrices: only the count·m diagonal elements (one thread
+// each, block 256), rounded to bf16 as a full-matrix add would round them.
+__global__ void add_diagonal_kernel(bf16* __restrict__ q, int64_t m, int64_t total, float a) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= total) return;
+  bf16* d = q + (i / m) * m * m + (i % m) * (m + 1);
+  *d = __float2bfloat16_rn(__bfloat162float(*d) + a);
 }
 
-void add_identity(BlasContext& ctx, const bf16* b, bf16* q, int64_t m, int count, float a) {
-  const int64_t total = (int64_t)count * m * m;
-  const unsigned grid = (unsigned)std::min<int64_t>((total + 255) / 256, 4096);
-  add_identity_kernel<<<grid, 256, 0, ctx.stream()>>>(b, q, m, total, a);
+void add_diagonal(BlasContext& ctx, bf16* q, int64_t m, int count, float a) {
+  const int64_t total = (int64_t)count * m;
+  add_diagonal_kernel<<<(unsigned)((total + 255) / 256), 256, 0, ctx.stream()>>>(q, m, total, a);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -276,17 +273,25 @@ bf16* NsBatch::run_gram(BlasContext& ctx) {
     ns_coeffs(ortho_, it, a, b, c);
     const bool first = it == 0 || it == kGramRestart;
     const bool last = it == kGramRestart - 1 || it == 4;
-    aa_.run(ctx, c, A, A, b, A, B);  // B = c·A·A + b·A
+    aa_.run(ctx, c, A, A, b, A, B);  // B = c·A·A + b·A  (P = B + a·I)
     if (first) {
-      add_identity(ctx, B, Q, m, shape_.count, a);  // Q = B + a·I
+      if (!last) {
+        aa_.run(ctx, 1.0f, B, A, a, A, T);  // T = B·A + a·A = P·A
+        aa_.run(ctx, 1.0f, B, T, a, T, A);  // A ← B·T + a·T = P·A·P
+      }
+      // Q = B + a·I in B's own buffer: a·I touches only the diagonal (a full-matrix copy-and-add
+      // was a pass over count·m² elements; same bf16 values); B's old buffer becomes Q's.
+      add_diagonal(ctx, B, m, shape_.count, a);
+      std::swap(B, Q);
     } else {
-      aa_.run(ctx, 1.0f, B, Q, a, Q, T);  // Q ← B·Q + a·Q
+      aa_.run(ctx, 1.0f, B, Q, a, Q, T);  // Q ← B·Q + a·Q = P·Q
       std::swap(Q, T);
+      if (!last) {
+        aa_.run(ctx, 1.0f, B, A, a, A, T);  // T = B·A + a·A = P·A
+        aa_.run(ctx, 1.0f, B, T, a, T, A);  // A ← B·T + a·T = P·A·P
+      }
     }
-    if (!last) {
-      aa_.run(ctx, 1.0f, B, A, a, A, T);  // T = B·A + a·A = P·A
-      aa_.run(ctx, 1.0f, B, T, a, T, A);  // A ← B·T + a·T = P·A·P
-    } else {
+    if (last) {
       apply_q();
       if (it != 4) gram_of_x();
     }
