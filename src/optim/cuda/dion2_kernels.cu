@@ -327,6 +327,22 @@ __device__ __forceinline__ int selected_below(const Dion2Mat& d, int64_t i) {
   return v >= 0 ? v : -1 - v;
 }
 
+// VEC elements at p, or at the edge of a tile or matrix only the first n < VEC (zero-padded).
+template <int VEC, typename T> __device__ __forceinline__ void load_edge(const T* p, int n, float (&out)[VEC]) {
+  if (n >= VEC) {
+    load_vec<VEC>(p, out);
+  } else {
+    for (int e = 0; e < VEC; ++e) out[e] = e < n ? to_f32(p[e]) : 0.0f;
+  }
+}
+template <int VEC, typename T> __device__ __forceinline__ void store_edge(T* p, int n, const float (&in)[VEC]) {
+  if (n >= VEC) {
+    store_vec<VEC>(p, in);
+  } else {
+    for (int e = 0; e < VEC && e < n; ++e) p[e] = from_f32<T>(in[e]);
+  }
+}
+
 struct SliceTile {
   int64_t r0, c0;  // the tile's first row and column
   int nr, nc;      // its rows and columns inside the matrix
@@ -362,7 +378,7 @@ __global__ void __launch_bounds__(kTileThreads)
   const int64_t L = d.cols, c = (int64_t)blockIdx.x * kTileCols + (threadIdx.x % kLanes) * VEC;
   const int j0 = blockIdx.y * kGatherRows + threadIdx.x / kLanes;
   if (c >= L || j0 >= d.k) return;
-  const bool full = c + VEC <= L;
+  const int n = (int)min((int64_t)VEC, L - c);  // VEC except at the matrix's last columns
   S* M = static_cast<S*>(d.m);
   const float scale = *d.scale;
   float v[kRowsPerThread][VEC];
@@ -370,11 +386,7 @@ __global__ void __launch_bounds__(kTileThreads)
   for (int q = 0; q < kRowsPerThread; ++q) {
     const int j = j0 + q * kPass;
     if (j >= d.k) continue;
-    const S* m = M + (int64_t)d.sel[j] * L + c;
-    if (full)
-      load_vec<VEC>(m, v[q]);
-    else
-      for (int e = 0; e < VEC; ++e) v[q][e] = c + e < L ? to_f32(m[e]) : 0.0f;
+    load_edge<VEC>(M + (int64_t)d.sel[j] * L + c, n, v[q]);
   }
 #pragma unroll
   for (int q = 0; q < kRowsPerThread; ++q) {
@@ -385,15 +397,8 @@ __global__ void __launch_bounds__(kTileThreads)
     float sv[VEC], mv[VEC];
 #pragma unroll
     for (int e = 0; e < VEC; ++e) sv[e] = v[q][e] * scale, mv[e] = v[q][e] * ef_decay;
-    if (full) {
-      store_vec<VEC>(out, sv);
-      if (decay_selected) store_vec<VEC>(m, mv);
-    } else {
-      for (int e = 0; e < VEC && c + e < L; ++e) {
-        out[e] = __float2bfloat16_rn(sv[e]);
-        if (decay_selected) m[e] = from_f32<S>(mv[e]);
-      }
-    }
+    store_edge<VEC>(out, n, sv);
+    if (decay_selected) store_edge<VEC>(m, n, mv);
   }
 }
 
@@ -422,14 +427,10 @@ __global__ void __launch_bounds__(kTileThreads)
     js[e] = c + e < t.nc ? d.slot[t.c0 + c + e] : -1;
     any = any || js[e] >= 0;
   }
-  const bool full = c + VEC <= t.nc;
   for (int rr = threadIdx.x / kLanes; any && rr < t.nr; rr += kTileThreads / kLanes) {
     S* m = M + (t.r0 + rr) * d.cols + t.c0 + c;
     float v[VEC];
-    if (full)
-      load_vec<VEC>(m, v);
-    else
-      for (int e = 0; e < VEC; ++e) v[e] = c + e < t.nc ? to_f32(m[e]) : 0.0f;
+    load_edge<VEC>(m, t.nc - c, v);
 #pragma unroll
     for (int e = 0; e < VEC; ++e)
       if (js[e] >= 0) {
@@ -475,29 +476,21 @@ __global__ void __launch_bounds__(kTileThreads)
   constexpr int kLanes = kTileCols / VEC;
   const int c = (threadIdx.x % kLanes) * VEC;
   if (c >= t.nc) return;
-  const bool full = c + VEC <= t.nc;
   int js[VEC];  // column slices: the j of each of this thread's columns (−1: not selected)
 #pragma unroll
   for (int e = 0; e < VEC; ++e) js[e] = BY_COLS && c + e < t.nc ? d.slot[t.c0 + c + e] : -1;
   for (int rr = threadIdx.x / kLanes; rr < t.nr; rr += kTileThreads / kLanes) {
     float* w = d.w + (t.r0 + rr) * d.cols + t.c0 + c;
     float v[VEC];
-    if (full)
-      load_vec<VEC>(w, v);
-    else
-      for (int e = 0; e < VEC; ++e) v[e] = c + e < t.nc ? w[e] : 0.0f;
+    load_edge<VEC>(w, t.nc - c, v);
 #pragma unroll
     for (int e = 0; e < VEC; ++e) v[e] = __fmul_rn(v[e], decay);
     if constexpr (!BY_COLS) {
       const int j = d.slot[t.r0 + rr];
       if (j >= 0) {
         const float step = d.row_factor ? lr_eff * d.row_factor[j] : lr_eff;
-        const bf16* o = d.o + (int64_t)j * L + t.c0 + c;
         float ov[VEC];
-        if (full)
-          load_vec<VEC>(o, ov);
-        else
-          for (int e = 0; e < VEC; ++e) ov[e] = c + e < t.nc ? __bfloat162float(o[e]) : 0.0f;
+        load_edge<VEC>(d.o + (int64_t)j * L + t.c0 + c, t.nc - c, ov);
 #pragma unroll
         for (int e = 0; e < VEC; ++e) v[e] = __fmaf_rn(-step, ov[e], v[e]);
       }
@@ -506,10 +499,7 @@ __global__ void __launch_bounds__(kTileThreads)
       for (int e = 0; e < VEC; ++e)
         if (js[e] >= 0) v[e] = __fmaf_rn(-lr_eff, staged[js[e] - t.jlo][rr], v[e]);
     }
-    if (full)
-      store_vec<VEC>(w, v);
-    else
-      for (int e = 0; e < VEC && c + e < t.nc; ++e) w[e] = v[e];
+    store_edge<VEC>(w, t.nc - c, v);
   }
 }
 
