@@ -136,8 +136,14 @@ class NcclCommunicator final : public Communicator {
   }
 
  private:
+  // A call on a non-blocking communicator may return ncclInProgress: the communicator is then
+  // busy (enqueueing the operation) and must reach ncclSuccess before the next call, or NCCL
+  // rejects it ("Attempt to use communicator before the previous operation returned
+  // ncclSuccess", seen on the first 2-GPU run). Calls inside a group return ncclSuccess and
+  // ncclGroupEnd reports for the whole group.
   void check(ncclResult_t r, const char* what) {
-    if (r == ncclSuccess || r == ncclInProgress) return;
+    if (r == ncclSuccess) return;
+    if (r == ncclInProgress) return wait_ready(what);
     fail("rank {}: {} failed: {} ({})", rank_, what, ncclGetErrorString(r), ncclGetLastError(comm_));
   }
   void poll_async(const char* what) {

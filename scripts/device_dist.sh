@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Run on a multi-GPU device kind (e.g. nvidia-h200-x2; carry data/english, .third_party and
+# assets): build orthogpt, then train the reproduction model (configs/repro, 131k tokens per
+# step) for a few steps on one GPU and on every GPU of the machine with mpirun, under DDP
+# (Muon, Dion2 α=0.25) and FSDP (AdamW: the CUDA matrix optimizers do not shard yet); print
+# tokens/s per GPU, the scaling efficiency against one GPU, peak GPU memory and the bytes each
+# rank communicated per step (metrics.jsonl). Logs and metrics under $OUT (or ./out).
+#   scripts/device_dist.sh [STEPS]        (default 40)
+set -uo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+out="${OUT:-$root/out}"
+mkdir -p "$out"
+steps="${1:-40}"
+ngpu=$(nvidia-smi -L | wc -l)
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1 | tee "$out/gpu.txt"
+build="$root/build-device"
+if ! { cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DORTHOGPT_CUDA_ARCH=90 >"$out/cmake.log" 2>&1 &&
+       cmake --build "$build" -j "$(nproc)" --target orthogpt >"$out/build.log" 2>&1; }; then
+  tail -30 "$out/build.log"; exit 1
+fi
+bin=$(find "$build" -name orthogpt -type f -perm -u+x | head -1)
+declare -a rows
+declare -A one_gpu
+rows+=("$(printf '%-26s %5s %12s %12s %8s %10s %14s %s' run gpus 'tok/s' 'tok/s/GPU' scaling 'peak GiB' 'comm MB/step' rc)")
+run() {  # run NAME NP CONFIG [overrides...]
+  local name=$1 np=$2 cfg=$3; shift 3
+  local dir="$out/run_$name" log="$out/$name.log" rc
+  local args=(train --config "$cfg" --train.steps "$steps" --train.val_every 100000 --log.every 10 --log.dir "$dir" "$@")
+  if [ "$np" -gt 1 ]; then
+    timeout 300 mpirun --allow-run-as-root --oversubscribe -np "$np" --bind-to none -x NCCL_NVLS_ENABLE \
+      "$bin" "${args[@]}" >"$log" 2>&1
+  else
+    timeout 300 "$bin" "${args[@]}" >"$log" 2>&1
+  fi
+  rc=$?
+  local tok; tok=$(grep -Eo '\| [0-9.]+[kM]? tok/s' "$log" | tail -1 | grep -Eo '[0-9.]+[kM]?')
+  local n; n=$(awk -v t="$tok" 'BEGIN{m=1; if (t ~ /k$/) m=1e3; if (t ~ /M$/) m=1e6; sub(/[kM]$/, "", t); printf "%.0f", t*m}')
+  local per=$(( ${n:-0} / np )) key=${name%%_*}
+  [ "$np" = 1 ] && one_gpu[$key]=$per
+  local eff="-"
+  [ "$np" -gt 1 ] && [ -n "${one_gpu[$key]:-}" ] && [ "${one_gpu[$key]}" -gt 0 ] &&
+    eff=$(awk -v a="$per" -v b="${one_gpu[$key]}" 'BEGIN{printf "%.0f%%", 100*a/b}')
+  local mem; mem=$(grep -Eo 'peak [0-9.]+ GiB' "$log" | tail -1 | grep -Eo '[0-9.]+')
+  local bytes; bytes=$(grep -Eo '"comm_bytes": ?[0-9.e+]+' "$dir/metrics.jsonl" 2>/dev/null | tail -1 | grep -Eo '[0-9.e+]+$')
+  local mb="-"; [ -n "$bytes" ] && mb=$(awk -v b="$bytes" 'BEGIN{printf "%.1f", b/1e6}')
+  rows+=("$(printf '%-26s %5s %12s %12s %8s %10s %14s %s' "$name" "$np" "${n:-?}" "$per" "$eff" "${mem:--}" "$mb" "$rc")")
+  [ "$rc" = 0 ] || tail -15 "$log"
+}
+run muon_1gpu 1 configs/repro/muon.yaml
+run muon_ddp "$ngpu" configs/repro/muon.yaml --dist.mode ddp
+run dion2_1gpu 1 configs/repro/dion2_a0.25_l1.yaml
+run dion2_ddp "$ngpu" configs/repro/dion2_a0.25_l1.yaml --dist.mode ddp
+run adamw_1gpu 1 configs/repro/base.yaml --optim.matrix.algorithm adamw
+run adamw_fsdp "$ngpu" configs/repro/base.yaml --optim.matrix.algorithm adamw --dist.mode fsdp
+printf '%s\n' "${rows[@]}" | tee "$out/dist_table.txt"
