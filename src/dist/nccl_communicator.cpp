@@ -143,7 +143,10 @@ class NcclCommunicator final : public Communicator {
   // ncclGroupEnd reports for the whole group.
   void check(ncclResult_t r, const char* what) {
     if (r == ncclSuccess) return;
-    if (r == ncclInProgress) return wait_ready(what);
+    if (r == ncclInProgress) {
+      wait_ready(what);
+      return;
+    }
     fail("rank {}: {} failed: {} ({})", rank_, what, ncclGetErrorString(r), ncclGetLastError(comm_));
   }
   void poll_async(const char* what) {
