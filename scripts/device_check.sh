@@ -4,10 +4,7 @@
 # print a short table last. Logs go to $OUT (or ./out) when set.
 #   scripts/device_check.sh [--all] [--sanitize] [--bench-only]
 set -uo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$root"
-out="${OUT:-$root/out}"
-mkdir -p "$out"
+source "$(dirname "${BASH_SOURCE[0]}")/device_lib.sh"
 all=0; sanitize=0; bench_only=0
 for a in "$@"; do
   case "$a" in
@@ -21,13 +18,11 @@ declare -a rows
 row() { rows+=("$(printf '%-34s %s' "$1" "$2")"); }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-build="$root/build-device"
 t0=$(date +%s)
-if cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DORTHOGPT_CUDA_ARCH=90 >"$out/cmake.log" 2>&1 &&
-   cmake --build "$build" -j "$(nproc)" >"$out/build.log" 2>&1; then
+if device_build; then
   row "build" "ok ($(( $(date +%s) - t0 ))s)"
 else
-  row "build" "FAILED (see build.log)"; tail -40 "$out/build.log"
+  row "build" "FAILED (see build.log)"
   printf '%s\n' "${rows[@]}"; exit 1
 fi
 

@@ -7,18 +7,11 @@
 # rank communicated per step (metrics.jsonl). Logs and metrics under $OUT (or ./out).
 #   scripts/device_dist.sh [STEPS]        (default 40)
 set -uo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$root"
-out="${OUT:-$root/out}"
-mkdir -p "$out"
+source "$(dirname "${BASH_SOURCE[0]}")/device_lib.sh"
 steps="${1:-40}"
 ngpu=$(nvidia-smi -L | wc -l)
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1 | tee "$out/gpu.txt"
-build="$root/build-device"
-if ! { cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DORTHOGPT_CUDA_ARCH=90 >"$out/cmake.log" 2>&1 &&
-       cmake --build "$build" -j "$(nproc)" --target orthogpt >"$out/build.log" 2>&1; }; then
-  tail -30 "$out/build.log"; exit 1
-fi
+device_build orthogpt || exit 1
 bin=$(find "$build" -name orthogpt -type f -perm -u+x | head -1)
 declare -a rows
 declare -A one_gpu

@@ -4,10 +4,7 @@
 # with Nsight Compute, and run `orthogpt bench` on the 160M model. Short table last; logs in $OUT.
 #   scripts/device_perf.sh [--profile] [-- extra orthogpt bench arguments]
 set -uo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$root"
-out="${OUT:-$root/out}"
-mkdir -p "$out"
+source "$(dirname "${BASH_SOURCE[0]}")/device_lib.sh"
 profile=0
 bench_args=()
 while [ $# -gt 0 ]; do
@@ -22,14 +19,12 @@ declare -a rows
 row() { rows+=("$(printf '%-34s %s' "$1" "$2")"); }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-build="$root/build-device"
 tests=(gpu_test_cuda_ops gpu_test_cuda_ops_attention gpu_test_cuda_model)
 t0=$(date +%s)
-if cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DORTHOGPT_CUDA_ARCH=90 >"$out/cmake.log" 2>&1 &&
-   cmake --build "$build" -j "$(nproc)" --target orthogpt gpu_test_cuda_ops_timing "${tests[@]}" >"$out/build.log" 2>&1; then
+if device_build orthogpt gpu_test_cuda_ops_timing "${tests[@]}"; then
   row "build" "ok ($(( $(date +%s) - t0 ))s)"
 else
-  row "build" "FAILED (see build.log)"; tail -40 "$out/build.log"
+  row "build" "FAILED (see build.log)"
   printf '%s\n' "${rows[@]}"; exit 1
 fi
 

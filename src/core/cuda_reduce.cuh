@@ -12,9 +12,10 @@
 
 namespace og::gpu {
 
-template <typename T> __device__ __forceinline__ T warp_sum(T v) {
+// kLanes < 32: the sum over each aligned group of kLanes lanes (a power of two), in every lane of it.
+template <typename T, int kLanes = 32> __device__ __forceinline__ T warp_sum(T v) {
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  for (int o = kLanes / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
 

@@ -7,6 +7,9 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <type_traits>
 #include <utility>
 
 #include "core/error.h"
@@ -33,6 +36,25 @@ namespace og {
 
 // True if a CUDA device is usable (cached).
 bool cuda_available();
+
+// True if p is aligned to `bytes`; all_aligned_to: every non-null pointer is (the condition of a
+// kernel's vector path).
+inline bool aligned_to(const void* p, size_t bytes) { return ((uintptr_t)p % bytes) == 0; }
+inline bool all_aligned_to(std::initializer_list<const void*> ptrs, size_t bytes) {
+  for (const void* p : ptrs)
+    if (p && !aligned_to(p, bytes)) return false;
+  return true;
+}
+
+// Calls f(std::integral_constant<int, V>{}) for the V among Vs that equals v, or for the last V if
+// none does: a runtime choice among a kernel's instantiated template values, as a compile-time
+// constant (the callers check v first).
+template <int... Vs, typename F> void with_constant(int v, F&& f) {
+  constexpr int values[] = {Vs...};
+  bool done = false;
+  ((done = done || (v == Vs && (f(std::integral_constant<int, Vs>{}), true))), ...);
+  if (!done) f(std::integral_constant<int, values[sizeof...(Vs) - 1]>{});
+}
 
 // Owning device allocation (cudaMalloc / cudaFree). An allocation failure is an og::Error that
 // says how many bytes were asked for (out-of-memory must be a clear error).

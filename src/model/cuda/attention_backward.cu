@@ -115,7 +115,7 @@ __global__ void __launch_bounds__(32 * W)
   float* const stats0 = reinterpret_cast<float*>(stage0 + kStages * 2 * kStep * LD);  // stage s: lse, delta at 2s·kStep
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
-  const BlockCoords bc = block_coords((T + 16 * W - 1) / (16 * W));
+  const BlockCoords bc = block_coords(row_blocks(T, W));
   const int bh_index = bc.bh;
   const int b = bh_index / H, h = bh_index % H;
   const int kb = bc.rank;  // heaviest (early keys: every query sees them) first
@@ -206,7 +206,7 @@ __global__ void __launch_bounds__(32 * W)
   bf16* const stage0 = reinterpret_cast<bf16*>(smem_raw);  // stage s: K at 2s·kStep·LD, V after it
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
-  const int nqb = (T + 16 * W - 1) / (16 * W);
+  const int nqb = row_blocks(T, W);
   const BlockCoords bc = block_coords(nqb);
   const int bh_index = bc.bh;
   const int b = bh_index / H, h = bh_index % H;
@@ -287,7 +287,7 @@ template <int HD, int W>
 void launch_dkdv(bf16* dk, bf16* dv, const bf16* dout, const float* lse, const float* delta, const bf16* q,
                  const bf16* k, const bf16* v, int B, int T, int H, cudaStream_t stream) {
   const float scale = 1.0f / sqrtf((float)HD), scale_log2 = scale * kLog2e;
-  const dim3 grid((unsigned)(B * H * ((T + 16 * W - 1) / (16 * W))));
+  const dim3 grid(flash_grid(B, H, T, W));
   const size_t smem = dkdv_smem_bytes<HD, W>();
   allow_dynamic_smem(flash_dkdv_kernel<HD, W>, smem);
   flash_dkdv_kernel<HD, W><<<grid, 32 * W, smem, stream>>>(dk, dv, dout, lse, delta, q, k, v, T, H, scale, scale_log2);
@@ -298,25 +298,11 @@ template <int HD, int W>
 void launch_dq(bf16* dq, const bf16* dout, const float* lse, const float* delta, const bf16* q, const bf16* k,
                const bf16* v, int B, int T, int H, cudaStream_t stream) {
   const float scale = 1.0f / sqrtf((float)HD), scale_log2 = scale * kLog2e;
-  const dim3 grid((unsigned)(B * H * ((T + 16 * W - 1) / (16 * W))));
+  const dim3 grid(flash_grid(B, H, T, W));
   const size_t smem = dq_smem_bytes<HD>();
   allow_dynamic_smem(flash_dq_kernel<HD, W>, smem);
   flash_dq_kernel<HD, W><<<grid, 32 * W, smem, stream>>>(dq, dout, lse, delta, q, k, v, T, H, scale, scale_log2);
   CUDA_CHECK_LAUNCH();
-}
-
-template <int HD>
-void launch_flash_backward(bf16* dq, bf16* dk, bf16* dv, const float* delta, const bf16* dout, const float* lse,
-                           const bf16* q, const bf16* k, const bf16* v, int B, int T, int H, int dkdv_warps,
-                           int dq_warps, cudaStream_t stream) {
-  if (dkdv_warps == 4)
-    launch_dkdv<HD, 4>(dk, dv, dout, lse, delta, q, k, v, B, T, H, stream);
-  else
-    launch_dkdv<HD, 8>(dk, dv, dout, lse, delta, q, k, v, B, T, H, stream);
-  if (dq_warps == 4)
-    launch_dq<HD, 4>(dq, dout, lse, delta, q, k, v, B, T, H, stream);
-  else
-    launch_dq<HD, 8>(dq, dout, lse, delta, q, k, v, B, T, H, stream);
 }
 
 }  // namespace
@@ -329,10 +315,13 @@ void attention_backward_flash(bf16* dq, bf16* dk, bf16* dv, float* delta, const 
   OG_CHECK((hd == 64 || hd == 128) && (dkdv_warps == 4 || dkdv_warps == 8) && (dq_warps == 4 || dq_warps == 8),
            "attention_backward_flash: hd {} / warps {}, {} unsupported", hd, dkdv_warps, dq_warps);
   launch_delta(delta, dout, out, B, T, H, hd, stream);
-  if (hd == 64)
-    launch_flash_backward<64>(dq, dk, dv, delta, dout, lse, q, k, v, B, T, H, dkdv_warps, dq_warps, stream);
-  else
-    launch_flash_backward<128>(dq, dk, dv, delta, dout, lse, q, k, v, B, T, H, dkdv_warps, dq_warps, stream);
+  with_constant<64, 128>(hd, [&](auto HD) {
+    with_constant<4, 8>(dkdv_warps, [&](auto W) {
+      launch_dkdv<HD.value, W.value>(dk, dv, dout, lse, delta, q, k, v, B, T, H, stream);
+    });
+    with_constant<4, 8>(dq_warps,
+                        [&](auto W) { launch_dq<HD.value, W.value>(dq, dout, lse, delta, q, k, v, B, T, H, stream); });
+  });
 }
 
 }  // namespace attn

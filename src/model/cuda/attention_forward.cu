@@ -44,7 +44,7 @@ __global__ void __launch_bounds__(32 * W)
   bf16* const smem = reinterpret_cast<bf16*>(smem_raw);  // stage s: K at (2s)·kBc·LD, V at (2s+1)·kBc·LD
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
-  const int nqb = (T + 16 * W - 1) / (16 * W);
+  const int nqb = row_blocks(T, W);
   const BlockCoords bc = block_coords(nqb);
   const int bh_index = bc.bh;  // b·H + h
   const int b = bh_index / H, h = bh_index % H;
@@ -177,7 +177,7 @@ void launch_flash_forward(bf16* out, float* lse, const bf16* q, const bf16* k, c
                           cudaStream_t stream) {
   const size_t smem = forward_smem_bytes<HD>();
   allow_dynamic_smem(flash_forward_kernel<HD, W>, smem);
-  const dim3 grid((unsigned)(B * H * ((T + 16 * W - 1) / (16 * W))));
+  const dim3 grid(flash_grid(B, H, T, W));
   const float scale_log2 = kLog2e / sqrtf((float)HD);
   flash_forward_kernel<HD, W><<<grid, 32 * W, smem, stream>>>(out, lse, q, k, v, T, H, scale_log2);
   CUDA_CHECK_LAUNCH();
@@ -191,19 +191,14 @@ void attention_forward_flash(bf16* out, float* lse, const bf16* q, const bf16* k
                              int hd, int warps, cudaStream_t stream) {
   OG_CHECK((hd == 64 || hd == 128) && (warps == 4 || warps == 8),
            "attention_forward_flash: hd {} / warps {} unsupported", hd, warps);
-  if (hd == 64)
-    warps == 4 ? launch_flash_forward<64, 4>(out, lse, q, k, v, B, T, H, stream)
-               : launch_flash_forward<64, 8>(out, lse, q, k, v, B, T, H, stream);
-  else
-    warps == 4 ? launch_flash_forward<128, 4>(out, lse, q, k, v, B, T, H, stream)
-               : launch_flash_forward<128, 8>(out, lse, q, k, v, B, T, H, stream);
+  with_constant<64, 128>(hd, [&](auto HD) {
+    with_constant<4, 8>(warps,
+                        [&](auto W) { launch_flash_forward<HD.value, W.value>(out, lse, q, k, v, B, T, H, stream); });
+  });
 }
 
 bool tensor_core_eligible(int hd, std::initializer_list<const void*> ptrs) {
-  if (hd != 64 && hd != 128) return false;
-  for (const void* p : ptrs)
-    if ((reinterpret_cast<uintptr_t>(p) & 15) != 0) return false;
-  return true;
+  return (hd == 64 || hd == 128) && all_aligned_to(ptrs, 16);
 }
 
 void check_attention_sizes(const char* what, int B, int T, int H, int hd) {

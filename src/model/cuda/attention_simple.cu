@@ -6,10 +6,10 @@
 // head-dim elements d = lane + 32·i. Forward: online softmax over keys 0..t (streaming, no T×T
 // memory). Backward: one kernel per query row for dQ (keys 0..t), one per key row for dK/dV
 // (queries t..T−1), both recomputing P from the saved logsumexp; no atomics.
+#include "core/cuda_reduce.cuh"
 #include "core/cuda_utils.h"
 #include "model/cuda/attention_internal.h"
 #include "model/cuda/kernels.h"
-#include "core/cuda_reduce.cuh"
 
 namespace og::gpu {
 namespace {

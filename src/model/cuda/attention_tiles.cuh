@@ -87,6 +87,9 @@ __device__ __forceinline__ void store_c_fragments(bf16* bh, const float acc[HD /
 // first. (Ordered by pair first, the blocks in flight at once would span ~130 pairs and their
 // streams would not fit in L2.)
 constexpr int kBlockGroupBH = 16;
+// Row blocks of one (b, h) pair for a kernel of W warps (16 rows each), and the 1-D grid size.
+__host__ __device__ constexpr int row_blocks(int T, int W) { return (T + 16 * W - 1) / (16 * W); }
+inline unsigned flash_grid(int B, int H, int T, int W) { return (unsigned)((int64_t)B * H * row_blocks(T, W)); }
 struct BlockCoords {
   int bh, rank;
 };

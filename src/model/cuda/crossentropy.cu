@@ -6,10 +6,10 @@
 // logits per step (one 16-byte access when V % 8 == 0 and the buffer is 16-byte aligned).
 #include <cstdint>
 
+#include "core/cuda_reduce.cuh"
 #include "core/cuda_utils.h"
 #include "model/cuda/dtype.cuh"
 #include "model/cuda/kernels.h"
-#include "core/cuda_reduce.cuh"
 
 namespace og::gpu {
 namespace {

@@ -6,10 +6,6 @@
 //    lane l holds the 8-element chunks l, l+32, l+64, ... of its row in registers, loaded and
 //    stored as 16-byte words, so every input is read from memory exactly once;
 //  - scalar (any C): lanes stride over the columns and the second pass re-reads the row.
-#include <cstdint>
-#include <initializer_list>
-#include <type_traits>
-
 #include "core/cuda_reduce.cuh"
 #include "core/cuda_utils.h"
 #include "model/cuda/dtype.cuh"
@@ -207,24 +203,15 @@ void check_sizes(const char* what, int64_t N, int C) {
 }
 
 // Chunks per lane of the vector path for rows of C (0: take the scalar path). Rounded up to one
-// of the instantiated bounds 1, 2, 3, 4, 8.
+// of the instantiated bounds 1, 2, 3, 4, 8 (with_chunks).
 int vector_chunks(int C, std::initializer_list<const void*> ptrs) {
-  if (C % 8 != 0 || C > 8 * 32 * kMaxChunks) return 0;
-  for (const void* p : ptrs)
-    if (p && (reinterpret_cast<uintptr_t>(p) & 15) != 0) return 0;
+  if (C % 8 != 0 || C > 8 * 32 * kMaxChunks || !all_aligned_to(ptrs, 16)) return 0;
   const int nc = (C / 8 + 31) / 32;
-  return nc <= 4 ? nc : 8;
+  return nc <= 4 ? nc : kMaxChunks;
 }
 
-// Calls launch(std::integral_constant<int, NC>{}) for the instantiated bound nc.
 template <typename Launch> void with_chunks(int nc, Launch&& launch) {
-  switch (nc) {
-    case 1: launch(std::integral_constant<int, 1>{}); break;
-    case 2: launch(std::integral_constant<int, 2>{}); break;
-    case 3: launch(std::integral_constant<int, 3>{}); break;
-    case 4: launch(std::integral_constant<int, 4>{}); break;
-    default: launch(std::integral_constant<int, kMaxChunks>{}); break;
-  }
+  with_constant<1, 2, 3, 4, kMaxChunks>(nc, launch);
 }
 
 }  // namespace

@@ -13,14 +13,10 @@
 //    computed once per lane and reused for all H heads. 256-thread blocks, 256/G positions each;
 //  - scalar (any even hd): one warp per head vector, 8 per 256-thread block, angles recomputed in
 //    both passes.
-#include <cstdint>
-#include <initializer_list>
-#include <type_traits>
-
+#include "core/cuda_reduce.cuh"
 #include "core/cuda_utils.h"
 #include "model/cuda/dtype.cuh"
 #include "model/cuda/kernels.h"
-#include "core/cuda_reduce.cuh"
 
 namespace og::gpu {
 namespace {
@@ -94,13 +90,6 @@ __global__ void rotary_qknorm_backward_kernel(bf16* dinp, const bf16* dout, cons
 
 constexpr int kVecThreads = 256;
 
-// Sum over the G lanes of a group (G a power of two <= 32, groups aligned within the warp).
-template <int G> __device__ __forceinline__ float group_sum(float v) {
-#pragma unroll
-  for (int o = G / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 // The partner lane's eight values (lane j <-> j ± G/2 within the group).
 template <int G> __device__ __forceinline__ void swap_halves(float (&other)[8], const float (&mine)[8]) {
 #pragma unroll
@@ -147,7 +136,7 @@ __global__ void __launch_bounds__(kVecThreads)
       z[e] = L.first ? x[e] * L.c[e] + xp[e] * L.s[e] : -xp[e] * L.s[e] + x[e] * L.c[e];
       ss += z[e] * z[e];
     }
-    const float r = rsqrtf(group_sum<G>(ss) / (float)HD + eps);
+    const float r = rsqrtf(warp_sum<float, G>(ss) / (float)HD + eps);
 #pragma unroll
     for (int e = 0; e < 8; ++e) z[e] *= r;
     if (L.valid) {
@@ -172,7 +161,7 @@ __global__ void __launch_bounds__(kVecThreads)
     float dot = 0.0f;
 #pragma unroll
     for (int e = 0; e < 8; ++e) dot += dy[e] * y[e];
-    const float mean_dot = group_sum<G>(dot) / (float)HD;
+    const float mean_dot = warp_sum<float, G>(dot) / (float)HD;
     const float r = rstd[row];
 #pragma unroll
     for (int e = 0; e < 8; ++e) dz[e] = r * (dy[e] - y[e] * mean_dot);
@@ -187,21 +176,10 @@ __global__ void __launch_bounds__(kVecThreads)
 // Lanes per head of the vector path for these arguments (0: take the scalar path).
 int vector_group(int hd, std::initializer_list<const void*> ptrs) {
   if (hd != 16 && hd != 32 && hd != 64 && hd != 128 && hd != 256) return 0;
-  for (const void* p : ptrs)
-    if ((reinterpret_cast<uintptr_t>(p) & 15) != 0) return 0;
-  return hd / 8;
+  return all_aligned_to(ptrs, 16) ? hd / 8 : 0;
 }
 
-// Calls launch(std::integral_constant<int, G>{}) for G in {2, 4, 8, 16, 32}.
-template <typename Launch> void with_group(int g, Launch&& launch) {
-  switch (g) {
-    case 2: launch(std::integral_constant<int, 2>{}); break;
-    case 4: launch(std::integral_constant<int, 4>{}); break;
-    case 8: launch(std::integral_constant<int, 8>{}); break;
-    case 16: launch(std::integral_constant<int, 16>{}); break;
-    default: launch(std::integral_constant<int, 32>{}); break;
-  }
-}
+template <typename Launch> void with_group(int g, Launch&& launch) { with_constant<2, 4, 8, 16, 32>(g, launch); }
 
 template <int G> unsigned vec_blocks(int64_t positions) {
   return (unsigned)((positions + kVecThreads / G - 1) / (kVecThreads / G));

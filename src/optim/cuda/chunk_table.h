@@ -47,7 +47,4 @@ template <typename T> void upload(DeviceBuffer<T>& dst, const std::vector<T>& sr
   if (!src.empty()) CUDA_CHECK(cudaMemcpy(dst.data(), src.data(), src.size() * sizeof(T), cudaMemcpyHostToDevice));
 }
 
-// True if p is aligned to `bytes`.
-inline bool aligned_to(const void* p, size_t bytes) { return ((uintptr_t)p % bytes) == 0; }
-
 }  // namespace og::cuda
