@@ -1,18 +1,44 @@
 #!/usr/bin/env bash
 # Run on a multi-GPU device kind (e.g. nvidia-h200-x2; carry data/english, .third_party and
-# assets): build orthogpt, then train the reproduction model (configs/repro, 131k tokens per
-# step) for a few steps on one GPU and on every GPU of the machine with mpirun, under DDP
-# (Muon, Dion2 α=0.25) and FSDP (AdamW: the CUDA matrix optimizers do not shard yet); print
-# tokens/s per GPU, the scaling efficiency against one GPU, peak GPU memory and the bytes each
-# rank communicated per step (metrics.jsonl). Logs and metrics under $OUT (or ./out).
-#   scripts/device_dist.sh [STEPS]        (default 40)
+# assets): build orthogpt, the GPU-MPI tests and the DDP optimizer benchmark; run the tests
+# (mpirun -np 2 and 3: NCCL where every rank has a GPU, the host-staged communicator always) and
+# bench_optim_ddp (the optimizer step on 1 GPU vs split over all GPUs, bytes per step); then
+# train the reproduction model (configs/repro, 131k tokens per step) for a few steps on one GPU
+# and on every GPU of the machine with mpirun, under DDP (Muon, Dion2 α ∈ {0.5, 0.25, 0.125})
+# and FSDP (AdamW: the CUDA matrix optimizers do not shard yet); print tokens/s per GPU, the
+# scaling efficiency against one GPU, peak GPU memory and the bytes each rank communicated per
+# step (metrics.jsonl). Logs and metrics under $OUT (or ./out).
+#   scripts/device_dist.sh [STEPS] [--no-tests] [--no-bench] [--no-train]     (default 40 steps)
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/device_lib.sh"
-steps="${1:-40}"
+steps=40; train=1; bench=1; tests=1
+for a in "$@"; do
+  case "$a" in
+    --no-train) train=0 ;;
+    --no-bench) bench=0 ;;
+    --no-tests) tests=0 ;;
+    *) steps="$a" ;;
+  esac
+done
 ngpu=$(nvidia-smi -L | wc -l)
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1 | tee "$out/gpu.txt"
-device_build orthogpt || exit 1
+t0=$(date +%s)
+device_build orthogpt gpu_mpi_test_cuda_ddp_optim bench_optim_ddp || exit 1
+echo "build: $(( $(date +%s) - t0 ))s"
 bin=$(find "$build" -name orthogpt -type f -perm -u+x | head -1)
+mpi=(mpirun --allow-run-as-root --oversubscribe --bind-to none -x NCCL_NVLS_ENABLE)
+declare -a results=()
+for np in 2 3; do
+  [ "$tests" = 1 ] || break
+  GTEST_COLOR=no timeout 400 "${mpi[@]}" -np "$np" -x GTEST_COLOR "$build/tests/gpu_mpi_test_cuda_ddp_optim" \
+    >"$out/gpu_mpi_np$np.log" 2>&1
+  results+=("$(printf 'gpu_mpi_test_cuda_ddp_optim -np %s: rc %s, %s' "$np" "$?" \
+    "$(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/gpu_mpi_np$np.log" | tr '\n' ' ')")")
+done
+if [ "$bench" = 1 ]; then
+  timeout 500 "${mpi[@]}" -np "$ngpu" "$build/bench/bench_optim_ddp" --steps 20 >"$out/bench_optim_ddp.log" 2>&1
+  echo "bench_optim_ddp rc $?"
+fi
 declare -a rows
 declare -A one_gpu
 rows+=("$(printf '%-26s %5s %12s %12s %8s %10s %14s %s' run gpus 'tok/s' 'tok/s/GPU' scaling 'peak GiB' 'comm MB/step' rc)")
@@ -40,10 +66,16 @@ run() {  # run NAME NP CONFIG [overrides...]
   rows+=("$(printf '%-26s %5s %12s %12s %8s %10s %14s %s' "$name" "$np" "${n:-?}" "$per" "$eff" "${mem:--}" "$mb" "$rc")")
   [ "$rc" = 0 ] || tail -15 "$log"
 }
-run muon_1gpu 1 configs/repro/muon.yaml
-run muon_ddp "$ngpu" configs/repro/muon.yaml --dist.mode ddp
-run dion2_1gpu 1 configs/repro/dion2_a0.25_l1.yaml
-run dion2_ddp "$ngpu" configs/repro/dion2_a0.25_l1.yaml --dist.mode ddp
-run adamw_1gpu 1 configs/repro/base.yaml --optim.matrix.algorithm adamw
-run adamw_fsdp "$ngpu" configs/repro/base.yaml --optim.matrix.algorithm adamw --dist.mode fsdp
+if [ "$train" = 1 ]; then
+  run muon_1gpu 1 configs/repro/muon.yaml
+  run muon_ddp "$ngpu" configs/repro/muon.yaml --dist.mode ddp
+  for a in 0.5 0.25 0.125; do
+    run "dion2a${a}_1gpu" 1 "configs/repro/dion2_a${a}_l1.yaml"
+    run "dion2a${a}_ddp" "$ngpu" "configs/repro/dion2_a${a}_l1.yaml" --dist.mode ddp
+  done
+  run adamw_1gpu 1 configs/repro/base.yaml --optim.matrix.algorithm adamw
+  run adamw_fsdp "$ngpu" configs/repro/base.yaml --optim.matrix.algorithm adamw --dist.mode fsdp
+fi
+[ "$bench" = 1 ] && sed -n '/==== summary/,$p' "$out/bench_optim_ddp.log"
+[ "$tests" = 1 ] && printf '%s\n' "${results[@]}"
 printf '%s\n' "${rows[@]}" | tee "$out/dist_table.txt"

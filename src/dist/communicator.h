@@ -35,6 +35,11 @@ class Communicator {
   // than `seconds` (dist.timeout_s): a dead or hanging peer must not hang the others forever.
   // <= 0: wait forever. Only the MPI backend needs it (self never waits; NCCL has its own).
   virtual void set_timeout(double seconds) { (void)seconds; }
+  // Device backends (NCCL, staged) take device pointers, and their collectives are ordered on
+  // device_stream() (a cudaStream_t; nullptr is the legacy default stream), so that a caller
+  // working on another stream can order itself with them. Host backends: false.
+  virtual bool device_buffers() const { return false; }
+  virtual void* device_stream() const { return nullptr; }
 
   // Variable-size blocks (FSDP shards of uneven row splits): counts[r] elements from / to rank r,
   // block r at element offset counts[0] + ... + counts[r-1] of the concatenated buffer.

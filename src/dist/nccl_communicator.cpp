@@ -57,6 +57,8 @@ class NcclCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   std::string backend() const override { return "nccl"; }
+  bool device_buffers() const override { return true; }
+  void* device_stream() const override { return stream_; }
 
   void all_reduce(void* data, size_t count, DType t, ReduceOp op) override {
     check(ncclAllReduce(data, data, count, nccl_type(t), nccl_op(op), comm_, stream_), "ncclAllReduce");

@@ -6,6 +6,10 @@
 #include "optim/cpu_optimizers.h"
 #include "optim/dion.h"
 #include "optim/distributed_cpu.h"
+#include "optim/distributed_plan.h"
+#ifdef ORTHOGPT_CUDA
+#include "optim/cuda/cuda_optimizer.h"
+#endif
 
 namespace og {
 namespace {
@@ -47,6 +51,8 @@ std::unique_ptr<Optimizer> make_distributed_optimizer(const OptimHParams& hp, st
   const bool selective = a == Algorithm::Dion2 || a == Algorithm::NorDion2;
   OG_CHECK(opt.select_scope == "local" || opt.select_scope == "global",
            "dist.select_scope: '{}' is not one of: local, global", opt.select_scope);
+  OG_CHECK(opt.owner_split == "auto" || opt.owner_split == "on" || opt.owner_split == "off",
+           "dist.owner_split: '{}' is not one of: auto, on, off", opt.owner_split);
   if (opt.compressed_sync) {
     OG_CHECK(!opt.row_sharded, "dist.compressed_sync: only for replicated parameters (dist.mode ddp), not fsdp");
     OG_CHECK(a == Algorithm::Dion2 && hp.select == Select::Random,
@@ -78,13 +84,24 @@ std::unique_ptr<Optimizer> make_distributed_optimizer(const OptimHParams& hp, st
     return make_dion_cpu(hp, std::move(params), opt.comm);
   }
   if (device == Device::CUDA) {
-    // The CUDA path: replicated parameters run the single-GPU optimizer on every rank (identical
-    // results: averaged gradients, deterministic kernels); the work split is CPU-only so far.
+    // The CUDA path: replicated parameters; each matrix orthonormalized by one owner rank, the
+    // results all-gathered over the device communicator (optim/cuda/owner_split.h).
     OG_CHECK(!opt.row_sharded, "{} with {} ranks under fsdp on cuda is not supported yet", name_of(a), W);
     OG_CHECK(!opt.compressed_sync, "dist.compressed_sync on cuda is not supported yet");
-    return make_optimizer(hp, std::move(params), device);
+    if (opt.owner_split == "off" || (opt.owner_split == "auto" && !owner_split_pays(hp, params)))
+      return make_optimizer(hp, std::move(params), device);
+#ifdef ORTHOGPT_CUDA
+    OG_CHECK(opt.comm->device_buffers(), "{} on cuda across {} ranks needs a device communicator (nccl), got '{}'",
+             name_of(a), W, opt.comm->backend());
+    CudaOptimOptions o;
+    o.ddp_comm = opt.comm;
+    return make_cuda_optimizer(hp, std::move(params), o);
+#else
+    fail("{}: this build has no CUDA support", name_of(a));
+#endif
   }
   if (opt.row_sharded) return make_sharded_matrix_cpu(hp, std::move(params), *opt.comm, opt.select_scope == "global");
+  if (opt.owner_split == "off" && !opt.compressed_sync) return make_optimizer(hp, std::move(params), device);
   return make_replicated_matrix_cpu(hp, std::move(params), *opt.comm, opt.compressed_sync);
 }
 

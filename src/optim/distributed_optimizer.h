@@ -14,6 +14,10 @@
 //                       every result. Dion2 / NorDion2 ship only the k selected slices. NorMuon's /
 //                       NorDion2's neuron-wise normalization is elementwise-cheap and runs on every
 //                       rank after the all-gather, so V stays identical without shipping it.
+//                       CPU: replicated_matrix_cpu.cpp; CUDA: the single-GPU optimizers with
+//                       CudaOptimOptions::ddp_comm (optim/cuda/owner_split.h). owner_split "off"
+//                       (or "auto" on the GPU where owner_split_pays says no): make_optimizer on
+//                       every rank, the whole step replicated, no optimizer traffic.
 //   compressed_sync     (replicated dion2, select random) the trainer does not average the
 //                       matrix gradients; momenta accumulate local gradients and only the selected
 //                       slices of the momentum are all-reduced (averaged) before NS; see
@@ -36,7 +40,8 @@
 //                       sketch product and Gram matrices of the orthonormalization (optim/dion.cpp).
 //
 // The CPU path uses host buffers and the host (MPI) communicator; CUDA parameters need a device
-// (NCCL) communicator. stats()["comm_bytes"]: bytes this rank sent in the last step, by the ring
+// communicator (NCCL, or the host-staged one of dist/staged_communicator.h). On CUDA, FSDP with a
+// matrix algorithm and compressed sync are not implemented yet (clear errors). stats()["comm_bytes"]: bytes this rank sent in the last step, by the ring
 // formulas of dist/counting_communicator.h.
 #pragma once
 #include <memory>
@@ -53,6 +58,13 @@ struct DistributedOptions {
   bool row_sharded = false;            // FSDP: slots are row shards (row0/local_rows); else replicated (DDP)
   bool compressed_sync = false;        // dist.compressed_sync (Dion2, random selection, replicated only)
   std::string select_scope = "local";  // dist.select_scope: "local" | "global" (row-sharded Dion2)
+  // dist.owner_split, replicated Muon / NorMuon / Dion2 / NorDion2 (DDP): "on" — each matrix
+  // orthonormalized by one owner rank, results all-gathered; "off" — every rank runs the whole
+  // single-process step (no optimizer traffic); "auto" — on for CPU parameters, and for CUDA ones
+  // where owner_split_pays (distributed_plan.h) says the Newton–Schulz work outweighs the
+  // memory-bound passes (small NS batches are hidden behind those passes by the single-GPU step's
+  // concurrent groups, so splitting them only adds the all-gather).
+  std::string owner_split = "auto";
 };
 
 std::unique_ptr<Optimizer> make_distributed_optimizer(const OptimHParams& hp, std::vector<ParamSlot> params,

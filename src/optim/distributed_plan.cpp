@@ -15,6 +15,24 @@ double ns_cost(int64_t rows, int64_t cols) {
   return 5.0 * (4.0 * m * m * n + 2.0 * m * m * m);
 }
 
+bool owner_split_pays(const OptimHParams& hp, const std::vector<ParamSlot>& params) {
+  const bool selective = hp.algorithm == Algorithm::Dion2 || hp.algorithm == Algorithm::NorDion2;
+  double flops = 0.0, bytes = 0.0;
+  for (const ParamSlot& p : params) {
+    int64_t k = p.rows, len = p.cols;
+    if (selective) {
+      const bool by_rows =
+          hp.algorithm == Algorithm::NorDion2 || selection_axis(hp.select_dim, p.rows, p.cols) == SliceAxis::Rows;
+      const int64_t n = by_rows ? p.rows : p.cols;
+      len = by_rows ? p.cols : p.rows;
+      k = select_count(hp.fraction, n);
+    }
+    flops += ns_cost(k, len);
+    bytes += 20.0 * (double)p.rows * (double)p.cols;
+  }
+  return bytes > 0.0 && flops >= kOwnerSplitFlopsPerByte * bytes;
+}
+
 OwnerPlan plan_owners(const std::vector<double>& cost, const std::vector<size_t>& payload, int world) {
   OG_CHECK(world >= 1 && cost.size() == payload.size(), "internal: plan_owners with {} costs, {} payloads, world {}",
            cost.size(), payload.size(), world);

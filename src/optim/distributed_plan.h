@@ -16,6 +16,18 @@ namespace og {
 // the wide orientation, m = min, n = max: 5·(4m²n + 2m³)); the owner balance weight.
 double ns_cost(int64_t rows, int64_t cols);
 
+// Whether the DDP owner split pays for a CUDA matrix optimizer on these (replicated) matrices:
+// the step's Newton–Schulz FLOPs (ns_cost, on the k selected slices for Dion2 / NorDion2) per byte
+// of its memory passes (20 B per element) reach kOwnerSplitFlopsPerByte. Below that, the
+// single-GPU step runs the NS concurrently with the memory passes of the other shape groups and
+// hides most of it; splitting it then saves little, and the all-gather and the barrier before the
+// updates cost more. Measured on 2×H200 (bench_optim_ddp, docs/DISTRIBUTED.md), FLOP/B and the
+// split's speed-up: 160M Muon 960, 1.33×; Dion2 α=0.5 216, 1.07×; α=0.25 51, 0.84× (slower);
+// α=0.125 12, 0.73×; 1B Muon 2560, 1.70×; Dion2 α=0.5 576, 1.41×; α=0.25 136, 1.05×; α=0.125 33,
+// 0.98×. The threshold sits between the slowest win (136) and the mildest loss (51).
+inline constexpr double kOwnerSplitFlopsPerByte = 100.0;
+bool owner_split_pays(const OptimHParams& hp, const std::vector<ParamSlot>& params);
+
 // Owners and buffer layout of one collective: matrix p (cost cost[p], payload[p] elements) is
 // orthonormalized by owner[p]; rank j's matrices sit one after another in a block of `block`
 // elements (the largest rank's total; smaller ranks pad), at offset[p] inside the owner's block.

@@ -256,6 +256,10 @@ class Schema {
     add_string("dist.mode", OG_ACC(dist.mode), "data-parallel mode", {"ddp", "fsdp"});
     add_bool("dist.compressed_sync", OG_ACC(dist.compressed_sync), "Dion2 random: all-reduce selected rows only");
     add_string("dist.select_scope", OG_ACC(dist.select_scope), "Dion2 selection under sharding", {"local", "global"});
+    add_string("dist.owner_split", OG_ACC(dist.owner_split),
+               "DDP: orthonormalize each matrix on one rank and all-gather (auto: where the NS work outweighs the "
+               "memory passes)",
+               {"auto", "on", "off"});
     add_float("dist.bucket_mb", OG_ACC(dist.bucket_mb), "gradient all-reduce bucket size (MB)");
     add_float("dist.timeout_s", OG_ACC(dist.timeout_s), "abort a collective after this many seconds");
 

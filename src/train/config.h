@@ -93,6 +93,7 @@ struct DistSection {
   std::string mode = "ddp";            // ddp | fsdp
   bool compressed_sync = false;        // Dion2 + random selection: all-reduce only selected rows
   std::string select_scope = "local";  // local | global
+  std::string owner_split = "auto";    // DDP matrix optimizers: auto | on | off (optim/distributed_optimizer.h)
   double bucket_mb = 25.0;             // gradient all-reduce bucket size
   double timeout_s = 600.0;            // abort a collective that takes longer than this
 };

@@ -178,6 +178,7 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
       o.comm = &averager->optimizer_comm();
       o.compressed_sync = cfg.dist.compressed_sync && spec.name == "matrix";
       o.select_scope = cfg.dist.select_scope;
+      o.owner_split = cfg.dist.owner_split;
       return make_distributed_optimizer(spec.hp, std::move(slots), dev, o);
     };
     if (cfg.dist.compressed_sync) averager->exclude_role(ParamRole::Matrix);

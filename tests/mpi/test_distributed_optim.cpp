@@ -95,10 +95,12 @@ void expect_same_on_all_ranks(const std::vector<float>& v, const char* what) {
 }
 
 // DDP: the distributed optimizer on averaged gradients == make_optimizer on the same gradients.
-void check_replicated(og::OptimHParams hp) {
+// owner_split "off": every rank runs the whole single-process step (bit-identical, no traffic).
+void check_replicated(og::OptimHParams hp, const std::string& owner_split = "on") {
   Matrices dist(1), ref(1);
   og::DistributedOptions o;
   o.comm = &comm();
+  o.owner_split = owner_split;
   auto opt = og::make_distributed_optimizer(hp, dist.slots(), og::Device::CPU, o);
   auto single = og::make_optimizer(hp, ref.slots());
   for (int t = 1; t <= kSteps; ++t) {
@@ -123,7 +125,12 @@ void check_replicated(og::OptimHParams hp) {
     EXPECT_EQ(st[i].name, st_ref[i].name);
     EXPECT_LT(rel_diff((float*)st[i].data, (float*)st_ref[i].data, st[i].count), kTol) << st[i].name;
   }
-  if (hp.algorithm != og::Algorithm::Dion) EXPECT_GT(opt->stats().at("comm_bytes"), 0.0);
+  if (owner_split == "off") {
+    for (size_t p = 0; p < kShapes.size(); ++p) EXPECT_EQ(dist.w[p], ref.w[p]) << "owner_split off, matrix " << p;
+    EXPECT_EQ(opt->stats().count("comm_bytes"), 0u);
+  } else if (hp.algorithm != og::Algorithm::Dion) {
+    EXPECT_GT(opt->stats().at("comm_bytes"), 0.0);
+  }
 }
 
 // Row split of `rows` over W ranks: the first rows % W ranks get one more (uneven when W ∤ rows).
@@ -264,9 +271,14 @@ void for_each_dion2_variant(const std::function<void(const og::OptimHParams&)>& 
     }
 }
 
-TEST(DistOptimDDP, Dion2) { for_each_dion2_variant(check_replicated); }
+TEST(DistOptimDDP, Dion2) {
+  for_each_dion2_variant([](const og::OptimHParams& hp) { check_replicated(hp); });
+}
 TEST(DistOptimDDP, NorDion2) { check_replicated(hparams(og::Algorithm::NorDion2)); }
 TEST(DistOptimDDP, DionRunsReplicated) { check_replicated(hparams(og::Algorithm::Dion)); }
+TEST(DistOptimDDP, OwnerSplitOffRunsTheSingleProcessStep) {
+  for (og::Algorithm a : {og::Algorithm::Muon, og::Algorithm::Dion2}) check_replicated(hparams(a), "off");
+}
 
 TEST(DistOptimFSDP, Muon) { check_sharded(hparams(og::Algorithm::Muon), "local"); }
 TEST(DistOptimFSDP, NorMuon) { check_sharded(hparams(og::Algorithm::NorMuon), "local"); }

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "dist/communicator.h"
 #include "optim/optimizer.h"
 
 namespace og {
@@ -68,6 +69,12 @@ struct CudaOptimOptions {
   // report them (CudaOptimizer::last_phase_ms). Runs the groups in sequence on the step stream
   // (and Dion2's weight decay inline), without a graph: for the benchmark's breakdown only.
   bool profile_phases = false;
+  // Muon / NorMuon / Dion2 / NorDion2 on replicated parameters across data-parallel ranks (DDP,
+  // gradients already averaged): with a device communicator of two or more ranks, each matrix is
+  // orthonormalized by one owner rank and the results are all-gathered (owner_split.h); the
+  // elementwise work runs on every rank, so the state stays identical. nullptr: one process.
+  // make_distributed_optimizer sets it; the communicator must outlive the optimizer.
+  Communicator* ddp_comm = nullptr;
 };
 
 class CudaOptimizer : public Optimizer {

@@ -18,6 +18,11 @@
 // selected rows.
 // Submatrices are always stored k×L (slices as rows), so a wide 768×3072 (rows selected) and a
 // tall 3072×768 (columns selected) land in the same NS batch.
+// Across DDP ranks (CudaOptimOptions::ddp_comm, owner_split.h): pass 1, selection and the
+// updates run on every matrix; gather and NS only on the matrices this rank owns, whose k×L
+// results land in its block of the gather buffer; one all-gather (bytes ∝ α) between the NS and
+// the NorDion2 factors / updates. The selective decay is then always the lazy one (the gather no
+// longer visits every matrix).
 #include <cmath>
 #include <map>
 #include <memory>
@@ -31,6 +36,7 @@
 #include "optim/cuda/matrix_rules.h"
 #include "optim/cuda/neuron_norm.h"
 #include "optim/cuda/newton_schulz.h"
+#include "optim/cuda/owner_split.h"
 #include "optim/cuda/phase_timer.h"
 #include "optim/cuda/state_arena.h"
 #include "optim/cuda/step_graph.h"
@@ -54,9 +60,10 @@ class CudaDion2 final : public CudaOptimizer {
     overlap_decay_ = opt.dion2_decay == CudaOptimOptions::Dion2Decay::Overlapped;
     decay_in_pass1_ = opt.dion2_decay == CudaOptimOptions::Dion2Decay::InPass1;
     decay_in_scatter_ = opt.dion2_decay == CudaOptimOptions::Dion2Decay::InScatter && hp_.weight_decay != 0.0f;
-    lazy_decay_ = opt.dion2_lazy_decay && hp_.ef;
+    const bool split = opt.ddp_comm && opt.ddp_comm->size() > 1;
+    lazy_decay_ = (opt.dion2_lazy_decay || split) && hp_.ef;
     profile_ = opt.profile_phases;
-    use_graph_ = opt.cuda_graph && !profile_;
+    use_graph_ = opt.cuda_graph && !profile_ && !split;  // no collectives inside a captured graph
     scalars_.resize(1);
     int prio_low = 0, prio_high = 0;  // numerically: low ≥ high
     CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&prio_low, &prio_high));
@@ -132,22 +139,41 @@ class CudaDion2 final : public CudaOptimizer {
       (geo[i].by_cols ? g.col_members : g.row_members) += 1;
       g.max_tiles = std::max(g.max_tiles, dion2_tiles(params_[i].rows, params_[i].cols));
     }
+    if (split) {
+      std::vector<std::vector<int32_t>> lists;
+      std::vector<int64_t> ks, ls;
+      for (auto& g : groups_) {
+        lists.push_back(g->members);
+        ks.push_back(g->shape.rows);
+        ls.push_back(g->shape.cols);
+      }
+      split_ = std::make_unique<OwnerSplit>(*opt.ddp_comm, lists, ks, ls);
+    }
     // Each group has its own workspace and cuBLAS context; with concurrent_groups, the groups
     // after the first run on their own streams (fork after select, join before the step ends).
     for (size_t gi = 0; gi < groups_.size(); ++gi) {
       Group& g = *groups_[gi];
-      g.shape.count = (int)g.members.size();
+      g.size = (int)g.members.size();
+      g.shape.count = g.size;
+      if (split_) {
+        g.members = split_->members((int)gi);
+        g.mine_first = split_->first((int)gi, split_->rank());
+        g.shape.count = split_->count((int)gi, split_->rank());
+      }
+      for (int j = 0; j < g.size; ++j) slot[g.members[j]] = j;
+      for (int j = g.mine_first; j < g.mine_first + g.shape.count; ++j)
+        (geo[g.members[j]].by_cols ? g.mine_col_members : g.mine_row_members) += 1;
       for (auto* b : {&g.x[0], &g.x[1]}) {
         b->resize((size_t)g.shape.x_elems());
-        CUDA_CHECK(cudaMemset(b->data(), 0, b->bytes()));  // autotuning reads them
+        if (b->bytes()) CUDA_CHECK(cudaMemset(b->data(), 0, b->bytes()));  // autotuning reads them
       }
       for (auto* b : {&g.a, &g.b}) {
         b->resize((size_t)g.shape.gram_elems());
-        CUDA_CHECK(cudaMemset(b->data(), 0, b->bytes()));
+        if (b->bytes()) CUDA_CHECK(cudaMemset(b->data(), 0, b->bytes()));
       }
       if (nordion2_) {
-        g.rowsq.resize((size_t)g.shape.count * g.shape.rows);
-        g.factors.resize((size_t)g.shape.count * g.shape.rows);
+        g.rowsq.resize((size_t)g.size * g.shape.rows);
+        g.factors.resize((size_t)g.size * g.shape.rows);
       }
       g.blas = std::make_unique<BlasContext>();
       if (concurrent_ && gi > 0) {
@@ -162,7 +188,10 @@ class CudaDion2 final : public CudaOptimizer {
       buf.x[1] = g.x[1].data();
       buf.a = g.a.data();
       buf.b = g.b.data();
-      g.ns.plan(*g.blas, hp_.ortho, g.shape, buf, opt);
+      if (split_)  // the result goes straight into this rank's run of the gather buffer
+        buf.x[NsBatch::result_in_input(g.shape, opt) ? 0 : 1] = split_->run((int)gi, split_->rank());
+      g.input = buf.x[0];
+      if (g.shape.count > 0) g.ns.plan(*g.blas, hp_.ortho, g.shape, buf, opt);
     }
     if (concurrent_ && groups_.size() > 1) CUDA_CHECK(cudaEventCreateWithFlags(&fork_.e, cudaEventDisableTiming));
     if (overlap_decay_) {
@@ -201,8 +230,9 @@ class CudaDion2 final : public CudaOptimizer {
       d.scale = scale_.data() + i;
       d.mass = mass_.data() + i;
       Group& grp = *groups_[group_of[i]];
-      d.s = grp.x[0].data() + (int64_t)slot[i] * per;
-      d.o = grp.ns.result() + (int64_t)slot[i] * per;
+      const int64_t mine = (int64_t)slot[i] - grp.mine_first;  // position in this rank's NS sub-batch
+      d.s = mine >= 0 && mine < grp.shape.count ? grp.input + mine * per : nullptr;
+      d.o = split_ ? split_->result((int)group_of[i], slot[i]) : grp.ns.result() + (int64_t)slot[i] * per;
       d.row_factor = nordion2_ ? grp.factors.data() + (int64_t)slot[i] * g.k : nullptr;
       if (!g.by_cols) {
         for (int64_t r0 = 0; r0 < p.rows; r0 += kRowsPerBlock) row_blocks.push_back({(int32_t)i, 0, r0, 0});
@@ -296,14 +326,17 @@ class CudaDion2 final : public CudaOptimizer {
   }
 
   std::map<std::string, double> stats() const override {
-    if (!hp_.diagnostics || params_.empty()) return {};
+    std::map<std::string, double> out;
+    if (split_) out["comm_bytes"] = split_->last_bytes();
+    if (!hp_.diagnostics || params_.empty()) return out;
     std::vector<float> mass(params_.size());
     CUDA_CHECK(cudaMemcpyAsync(mass.data(), mass_.data(), mass.size() * sizeof(float), cudaMemcpyDeviceToHost, main_));
     CUDA_CHECK(cudaStreamSynchronize(main_));
     const double np = (double)params_.size();
-    return {{"select_mass", std::accumulate(mass.begin(), mass.end(), 0.0) / np},
-            {"select_k", k_sum_ / np},
-            {"select_fraction", frac_sum_ / np}};
+    out["select_mass"] = std::accumulate(mass.begin(), mass.end(), 0.0) / np;
+    out["select_k"] = k_sum_ / np;
+    out["select_fraction"] = frac_sum_ / np;
+    return out;
   }
 
   std::vector<std::vector<int32_t>> last_selection() override {
@@ -317,6 +350,7 @@ class CudaDion2 final : public CudaOptimizer {
   }
 
  private:
+  struct Group;
   // Apply the lazy selective decay still owed by the last selection (see dion2_lazy_decay).
   void settle_pending_decay() {
     if (!decay_pending_) return;
@@ -350,29 +384,27 @@ class CudaDion2 final : public CudaOptimizer {
     if (timer) timer->mark(s, "select");
     const bool fork = fork_.e && !timer;
     if (fork) CUDA_CHECK(cudaEventRecord(fork_.e, s));
-    for (auto& g : groups_) {
+    for (size_t gi = 0; gi < groups_.size(); ++gi) {
+      Group* g = groups_[gi].get();
       const bool own = g->own_stream.s && !timer;
       cudaStream_t gs = own ? g->own_stream.s : s;
       if (own) CUDA_CHECK(cudaStreamWaitEvent(gs, fork_.e, 0));
       if (g->own_stream.s && timer) g->blas->set_stream(s);
-      const int64_t k = g->shape.rows, L = g->shape.cols;
-      dion2_gather(gs, mats_.data(), g->members_dev.data(), g->shape.count, k, L, g->max_tiles, g->row_members > 0,
-                   g->col_members > 0, vec4_, hp_.state_dtype, hp_.ef && !lazy_decay_, ef_decay_);
+      // this rank's NS sub-batch (every member without a split)
+      dion2_gather(gs, mats_.data(), g->members_dev.data() + g->mine_first, g->shape.count, g->shape.rows,
+                   g->shape.cols, g->max_tiles, g->mine_row_members > 0, g->mine_col_members > 0, vec4_,
+                   hp_.state_dtype, hp_.ef && !lazy_decay_, ef_decay_);
       if (timer) timer->mark(s, "gather");
-      bf16* out = g->ns.run(*g->blas);
-      OG_CHECK(out == g->ns.result(), "internal: NS result not where planned");
-      if (nordion2_)
-        neuron_norm_factors(gs, out, g->shape.count, k, L, g->ndescs.data(), hp_.state_dtype, hp_.beta2,
-                            g->rowsq.data(), g->factors.data());
-      if (timer) timer->mark(s, "newton-schulz");
-      if (overlap) CUDA_CHECK(cudaStreamWaitEvent(gs, decay_done_.e, 0));
-      if (decay_in_scatter_) {
-        dion2_decay_update(gs, mats_.data(), g->members_dev.data(), g->shape.count, g->max_tiles, g->row_members > 0,
-                           g->col_members > 0, vec4_, sc);
-        if (timer) timer->mark(s, "decay + update");
-      } else {
-        dion2_update(gs, mats_.data(), g->members_dev.data(), g->shape.count, k, L, sc);
-        if (timer) timer->mark(s, "scatter update");
+      if (g->shape.count > 0) {
+        bf16* out = g->ns.run(*g->blas);
+        OG_CHECK(out == g->ns.result(), "internal: NS result not where planned");
+      }
+      if (!split_) {
+        neuron_factors(*g, (int)gi, gs);
+        if (timer) timer->mark(s, "newton-schulz");
+        update(*g, gs, overlap, timer);
+      } else if (timer) {
+        timer->mark(s, "newton-schulz");
       }
       if (own) {  // join
         CUDA_CHECK(cudaEventRecord(g->done.e, gs));
@@ -380,11 +412,46 @@ class CudaDion2 final : public CudaOptimizer {
       }
       if (g->own_stream.s && timer) g->blas->set_stream(g->own_stream.s);
     }
+    if (split_) {
+      split_->all_gather(s);
+      if (timer) timer->mark(s, "all-gather");
+      for (size_t gi = 0; gi < groups_.size(); ++gi) {
+        neuron_factors(*groups_[gi], (int)gi, s);
+        update(*groups_[gi], s, overlap, nullptr);
+      }
+      if (timer) timer->mark(s, decay_in_scatter_ ? "decay + update" : "scatter update");
+    }
     // The decay stream is joined through the groups already; joining it into s directly as well
     // keeps graph capture happy even with no group.
     if (overlap) CUDA_CHECK(cudaStreamWaitEvent(s, decay_done_.e, 0));
     if (!hp_.ef) scale_state(s, momentum_.base(), momentum_.total(), hp_.state_dtype, ef_decay_);
     if (timer && !hp_.ef) timer->mark(s, "ef decay");
+  }
+
+  // NorDion2: the neuron-wise factors of every member of g, from the NS results in place (this
+  // rank's, or every rank's after the all-gather).
+  void neuron_factors(Group& g, int gi, cudaStream_t s) {
+    if (!nordion2_) return;
+    const bf16* all = split_ ? nullptr : g.ns.result();
+    for_each_result_run(split_.get(), gi, g.size, all, [&](int first, int count, const bf16* o) {
+      const int64_t row0 = (int64_t)first * g.shape.rows;
+      neuron_norm_factors(s, o, count, g.shape.rows, g.shape.cols, g.ndescs.data() + first, hp_.state_dtype, hp_.beta2,
+                          g.rowsq.data() + row0, g.factors.data() + row0);
+    });
+  }
+
+  // The update of every member of g (with the weight decay where it runs in the scatter).
+  void update(Group& g, cudaStream_t s, bool overlap, PhaseTimer* timer) {
+    const Dion2Scalars* sc = scalars_.data();
+    if (overlap) CUDA_CHECK(cudaStreamWaitEvent(s, decay_done_.e, 0));
+    if (decay_in_scatter_) {
+      dion2_decay_update(s, mats_.data(), g.members_dev.data(), g.size, g.max_tiles, g.row_members > 0,
+                         g.col_members > 0, vec4_, sc);
+      if (timer) timer->mark(s, "decay + update");
+    } else {
+      dion2_update(s, mats_.data(), g.members_dev.data(), g.size, g.shape.rows, g.shape.cols, sc);
+      if (timer) timer->mark(s, "scatter update");
+    }
   }
 
   struct OwnedStream {
@@ -403,10 +470,14 @@ class CudaDion2 final : public CudaOptimizer {
   struct Group {
     OwnedStream own_stream;  // set only for concurrent groups after the first
     OwnedEvent done;
-    NsShape shape;  // rows = k, cols = L
-    std::vector<int32_t> members;
-    int row_members = 0, col_members = 0;  // members with row / column slices
-    int64_t max_tiles = 0;                 // the most dion2_tiles of any member
+    NsShape shape;                 // rows = k, cols = L; count: this rank's NS sub-batch (all members without a split)
+    std::vector<int32_t> members;  // owner split: ordered by owner
+    int size = 0;                  // members
+    int mine_first = 0;            // position of this rank's first member (owner split)
+    bf16* input = nullptr;         // the NS input of this rank's sub-batch
+    int row_members = 0, col_members = 0;            // members with row / column slices
+    int mine_row_members = 0, mine_col_members = 0;  // the same among this rank's
+    int64_t max_tiles = 0;                           // the most dion2_tiles of any member
     DeviceBuffer<int32_t> members_dev;
     DeviceBuffer<NeuronNormDesc> ndescs;
     DeviceBuffer<bf16> x[2], a, b;       // NS input (gathered submatrices) / output, Gram products
@@ -437,6 +508,7 @@ class CudaDion2 final : public CudaOptimizer {
   bool decay_vec4_ = false;
   StateArena momentum_, variance_;
   std::vector<std::unique_ptr<Group>> groups_;
+  std::unique_ptr<OwnerSplit> split_;  // DDP owner split (CudaOptimOptions::ddp_comm), or nullptr
   DeviceBuffer<Dion2Mat> mats_;
   DeviceBuffer<Pass1Block> row_blocks_, col_blocks_;
   DeviceBuffer<int32_t> col_mats_, sel_, slot_;

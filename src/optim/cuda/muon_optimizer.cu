@@ -11,6 +11,9 @@
 // stream (forked from and joined into the step stream) with its own workspace, so one group's
 // memory-bound passes overlap another's GEMMs; otherwise the groups run in sequence and share
 // one workspace.
+// Across DDP ranks (CudaOptimOptions::ddp_comm, owner_split.h): step 1 runs on every matrix but
+// writes X₀ only for the matrices this rank owns; 2 and 3 run on those only, the NS result lands
+// in this rank's block of the gather buffer; one all-gather; then 4 and 5 on every matrix.
 #include <cmath>
 #include <map>
 #include <memory>
@@ -24,6 +27,7 @@
 #include "optim/cuda/muon_optimizer.h"
 #include "optim/cuda/neuron_norm.h"
 #include "optim/cuda/newton_schulz.h"
+#include "optim/cuda/owner_split.h"
 #include "optim/cuda/phase_timer.h"
 #include "optim/cuda/state_arena.h"
 #include "optim/cuda/step_graph.h"
@@ -38,6 +42,7 @@ struct MuonDesc {
   bf16* x;                  // this matrix's slot in the NS input buffer
   const bf16* o;            // its slot in the NS output buffer
   const float* row_factor;  // NorMuon: one factor per row; Muon: nullptr
+  // x is nullptr for a matrix another rank orthonormalizes (DDP owner split): momentum only
   int64_t numel, cols;
   int64_t first_chunk, end_chunk;  // its chunks in the group's table
 };
@@ -60,6 +65,7 @@ __global__ void muon_momentum_kernel(const ChunkRef* __restrict__ chunks, const 
     sq += x * x;
     return x;
   };
+  const bool owned = d.x != nullptr;
   for (int64_t i = c.start + (int64_t)threadIdx.x * VEC; i < end; i += (int64_t)blockDim.x * VEC) {
     if (i + VEC <= end) {
       float g[VEC], mm[VEC], x[VEC];
@@ -68,13 +74,13 @@ __global__ void muon_momentum_kernel(const ChunkRef* __restrict__ chunks, const 
 #pragma unroll
       for (int e = 0; e < VEC; ++e) x[e] = one(g[e], mm[e]);
       store_vec<VEC>(m + i, mm);
-      store_vec<VEC>(d.x + i, x);
+      if (owned) store_vec<VEC>(d.x + i, x);
     } else {
       for (int64_t j = i; j < end; ++j) {
         float mm = to_f32(m[j]);
         const float x = one(d.g[j], mm);
         m[j] = from_f32<S>(mm);
-        d.x[j] = __float2bfloat16_rn(x);
+        if (owned) d.x[j] = __float2bfloat16_rn(x);
       }
     }
   }
@@ -174,24 +180,45 @@ class CudaMuon final : public CudaOptimizer {
       }
       groups_[it->second]->members.push_back((int)i);
     }
+    if (opt.ddp_comm && opt.ddp_comm->size() > 1) {
+      std::vector<std::vector<int32_t>> lists;
+      std::vector<int64_t> grows, gcols;
+      for (auto& g : groups_) {
+        lists.emplace_back(g->members.begin(), g->members.end());
+        grows.push_back(g->shape.rows);
+        gcols.push_back(g->shape.cols);
+      }
+      split_ = std::make_unique<OwnerSplit>(*opt.ddp_comm, lists, grows, gcols);
+      use_graph_ = false;  // collectives inside the step (and the staged backend synchronizes)
+    }
+    for (size_t gi = 0; gi < groups_.size(); ++gi) {
+      Group& g = *groups_[gi];
+      g.size = (int)g.members.size();
+      if (split_) {
+        g.members.assign(split_->members((int)gi).begin(), split_->members((int)gi).end());
+        g.mine_first = split_->first((int)gi, split_->rank());
+        g.shape.count = split_->count((int)gi, split_->rank());
+      } else {
+        g.shape.count = g.size;
+      }
+    }
     concurrent_ = opt.concurrent_groups && groups_.size() > 1;
     scalars_.resize(1 + groups_.size());
     // Workspaces: one per group (concurrent) or one of the largest size shared in sequence.
     int64_t max_x = 0, max_gram = 0, max_rows = 0;
     for (auto& g : groups_) {
-      g->shape.count = (int)g->members.size();
       max_x = std::max(max_x, g->shape.x_elems());
       max_gram = std::max(max_gram, g->shape.gram_elems());
-      max_rows = std::max(max_rows, (int64_t)g->shape.count * g->shape.rows);
+      max_rows = std::max(max_rows, (int64_t)g->size * g->shape.rows);
     }
     auto alloc_ws = [&](Workspace& w, int64_t x, int64_t gram, int64_t nrows) {
       for (auto* b : {&w.x[0], &w.x[1]}) {
         b->resize((size_t)x);
-        CUDA_CHECK(cudaMemset(b->data(), 0, b->bytes()));  // autotuning reads them
+        if (b->bytes()) CUDA_CHECK(cudaMemset(b->data(), 0, b->bytes()));  // autotuning reads them
       }
       for (auto* b : {&w.a, &w.b}) {
         b->resize((size_t)gram);
-        CUDA_CHECK(cudaMemset(b->data(), 0, b->bytes()));
+        if (b->bytes()) CUDA_CHECK(cudaMemset(b->data(), 0, b->bytes()));
       }
       if (normuon_) {
         w.rowsq.resize((size_t)nrows);
@@ -203,7 +230,7 @@ class CudaMuon final : public CudaOptimizer {
     for (size_t gi = 0; gi < groups_.size(); ++gi) {
       Group* g = groups_[gi].get();
       if (concurrent_) {
-        alloc_ws(g->own_ws, g->shape.x_elems(), g->shape.gram_elems(), (int64_t)g->shape.count * g->shape.rows);
+        alloc_ws(g->own_ws, g->shape.x_elems(), g->shape.gram_elems(), (int64_t)g->size * g->shape.rows);
         g->ws = &g->own_ws;
       } else {
         g->ws = &shared_ws_;
@@ -222,7 +249,9 @@ class CudaMuon final : public CudaOptimizer {
       buf.x[1] = ws.x[1].data();
       buf.a = ws.a.data();
       buf.b = ws.b.data();
-      g->ns.plan(*g->blas, hp_.ortho, g->shape, buf, opt);
+      if (split_)  // the result goes straight into this rank's run of the gather buffer
+        buf.x[NsBatch::result_in_input(g->shape, opt) ? 0 : 1] = split_->run((int)gi, split_->rank());
+      if (g->shape.count > 0) g->ns.plan(*g->blas, hp_.ortho, g->shape, buf, opt);
 
       const int64_t per = g->shape.rows * g->shape.cols;
       std::vector<int64_t> gnumel;
@@ -234,12 +263,14 @@ class CudaMuon final : public CudaOptimizer {
       for (size_t j = 0; j < g->members.size(); ++j) {
         const int q = g->members[j];
         const ParamSlot& p = params_[q];
+        const int64_t mine = (int64_t)j - g->mine_first;  // position in this rank's NS sub-batch
+        const bool owned = mine >= 0 && mine < g->shape.count;
         MuonDesc d{};
         d.w = p.w;
         d.g = p.g;
         d.m = momentum_.ptr(q);
-        d.x = ws.x[0].data() + (int64_t)j * per;
-        d.o = g->ns.result() + (int64_t)j * per;
+        d.x = owned ? buf.x[0] + mine * per : nullptr;
+        d.o = split_ ? split_->result((int)gi, (int)j) : g->ns.result() + (int64_t)j * per;
         d.row_factor = normuon_ ? ws.factors.data() + (int64_t)j * g->shape.rows : nullptr;
         d.numel = (int64_t)p.numel();
         d.cols = p.cols;
@@ -247,9 +278,12 @@ class CudaMuon final : public CudaOptimizer {
         d.end_chunk = g->chunks.first_chunk[j + 1];
         descs.push_back(d);
         if (normuon_) ndescs.push_back({variance_.ptr(q), nullptr});
-        g->vec4 = g->vec4 && aligned_to(p.w, 16) && aligned_to(p.g, 16) && aligned_to(d.x, 8);
+        g->vec4 =
+            g->vec4 && aligned_to(p.w, 16) && aligned_to(p.g, 16) && (!d.x || aligned_to(d.x, 8)) && aligned_to(d.o, 8);
       }
       upload(g->descs, descs);
+      g->mine_chunks[0] = g->chunks.first_chunk[g->mine_first];
+      g->mine_chunks[1] = g->chunks.first_chunk[g->mine_first + g->shape.count];
       if (normuon_) upload(g->ndescs, ndescs);
       g->partials.resize((size_t)std::max<int64_t>(g->chunks.count(), 1));
     }
@@ -292,6 +326,12 @@ class CudaMuon final : public CudaOptimizer {
     return timer_.results();
   }
 
+  // Owner split: the bytes this rank sent in the last step (all-gather of the NS results).
+  std::map<std::string, double> stats() const override {
+    if (!split_) return {};
+    return {{"comm_bytes", split_->last_bytes()}};
+  }
+
   // Per parameter, as the CPU reference: momentum, and for NorMuon variance_neuron (rows).
   std::vector<StateTensor> state() override {
     std::vector<StateTensor> out;
@@ -303,11 +343,12 @@ class CudaMuon final : public CudaOptimizer {
   }
 
  private:
+  struct Group;
   // The step after the scalars are written, on stream s and the group streams forked from it
   // (joined back into s). With a timer: the groups in sequence on s, marks between the phases.
+  // Owner split: each group's momentum, normalize and NS on its stream, join, one all-gather,
+  // then the NorMuon factors and updates on s.
   void enqueue_step(cudaStream_t s0, PhaseTimer* timer) {
-    const bool bf16_state = hp_.state_dtype == StateDtype::BF16;
-    const float mult = ns_norm_multiplier(hp_.ortho);
     if (timer) timer->begin(s0);
     const bool fork = fork_.e && !timer;
     if (fork) CUDA_CHECK(cudaEventRecord(fork_.e, s0));
@@ -317,49 +358,78 @@ class CudaMuon final : public CudaOptimizer {
       cudaStream_t s = own ? g->own_stream.s : s0;
       if (own) CUDA_CHECK(cudaStreamWaitEvent(s, fork_.e, 0));
       if (g->own_stream.s && timer) g->blas->set_stream(s0);
-      const unsigned nblocks = (unsigned)g->chunks.count();
-      const ChunkRef* ch = g->chunks.chunks.data();
-      const MuonDesc* ds = g->descs.data();
-      Workspace& ws = *g->ws;
-      float* partials = g->partials.data();
-      if (g->vec4) {
-        if (bf16_state)
-          muon_momentum_kernel<4, bf16><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, hp_.mu, hp_.nesterov, partials);
-        else
-          muon_momentum_kernel<4, float><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, hp_.mu, hp_.nesterov, partials);
-        CUDA_CHECK_LAUNCH();
-        muon_normalize_kernel<4><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, partials, mult, hp_.eps);
-      } else {
-        if (bf16_state)
-          muon_momentum_kernel<1, bf16><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, hp_.mu, hp_.nesterov, partials);
-        else
-          muon_momentum_kernel<1, float><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, hp_.mu, hp_.nesterov, partials);
-        CUDA_CHECK_LAUNCH();
-        muon_normalize_kernel<1><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, partials, mult, hp_.eps);
-      }
-      CUDA_CHECK_LAUNCH();
+      launch_momentum(*g, s);
       if (timer) timer->mark(s, "momentum+normalize");
-
-      bf16* out = g->ns.run(*g->blas);
-      OG_CHECK(out == g->ns.result(), "internal: NS result not where planned");
-
-      if (normuon_)
-        neuron_norm_factors(s, out, g->shape.count, g->shape.rows, g->shape.cols, g->ndescs.data(), hp_.state_dtype,
-                            hp_.beta2, ws.rowsq.data(), ws.factors.data());
+      if (g->shape.count > 0) {
+        bf16* out = g->ns.run(*g->blas);
+        OG_CHECK(out == g->ns.result(), "internal: NS result not where planned");
+      }
+      if (!split_) neuron_factors(*g, (int)gi, s);
       if (timer) timer->mark(s, "newton-schulz");
-
-      if (g->vec4)
-        muon_update_kernel<4><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, scalars_.data(), (int)gi);
-      else
-        muon_update_kernel<1><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, scalars_.data(), (int)gi);
-      CUDA_CHECK_LAUNCH();
-      if (timer) timer->mark(s, "update");
+      if (!split_) {
+        update(*g, (int)gi, s);
+        if (timer) timer->mark(s, "update");
+      }
       if (own) {  // join
         CUDA_CHECK(cudaEventRecord(g->done.e, s));
         CUDA_CHECK(cudaStreamWaitEvent(s0, g->done.e, 0));
       }
       if (g->own_stream.s && timer) g->blas->set_stream(g->own_stream.s);
     }
+    if (!split_) return;
+    split_->all_gather(s0);
+    if (timer) timer->mark(s0, "all-gather");
+    for (size_t gi = 0; gi < groups_.size(); ++gi) {
+      neuron_factors(*groups_[gi], (int)gi, s0);
+      update(*groups_[gi], (int)gi, s0);
+    }
+    if (timer) timer->mark(s0, "update");
+  }
+
+  // Step 1 on every member, step 2 on this rank's NS sub-batch (all members without a split).
+  void launch_momentum(Group& g, cudaStream_t s) {
+    const bool bf16_state = hp_.state_dtype == StateDtype::BF16;
+    const unsigned nblocks = (unsigned)g.chunks.count();
+    const ChunkRef* ch = g.chunks.chunks.data();
+    const MuonDesc* ds = g.descs.data();
+    float* partials = g.partials.data();
+    const unsigned c0 = (unsigned)g.mine_chunks[0], c1 = (unsigned)g.mine_chunks[1];
+    with_constant<1, 4>(g.vec4 ? 4 : 1, [&](auto vec) {
+      constexpr int V = decltype(vec)::value;
+      if (bf16_state)
+        muon_momentum_kernel<V, bf16><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, hp_.mu, hp_.nesterov, partials);
+      else
+        muon_momentum_kernel<V, float><<<nblocks, kChunkThreads, 0, s>>>(ch, ds, hp_.mu, hp_.nesterov, partials);
+      CUDA_CHECK_LAUNCH();
+      if (c1 > c0) {
+        muon_normalize_kernel<V>
+            <<<c1 - c0, kChunkThreads, 0, s>>>(ch + c0, ds, partials, ns_norm_multiplier(hp_.ortho), hp_.eps);
+        CUDA_CHECK_LAUNCH();
+      }
+    });
+  }
+
+  // Step 4 (NorMuon) on every member; the NS results are in place (this rank's, or all after the
+  // all-gather).
+  void neuron_factors(Group& g, int gi, cudaStream_t s) {
+    if (!normuon_) return;
+    const bf16* all = split_ ? nullptr : g.ns.result();
+    for_each_result_run(split_.get(), gi, g.size, all, [&](int first, int count, const bf16* o) {
+      const int64_t row0 = (int64_t)first * g.shape.rows;
+      neuron_norm_factors(s, o, count, g.shape.rows, g.shape.cols, g.ndescs.data() + first, hp_.state_dtype, hp_.beta2,
+                          g.ws->rowsq.data() + row0, g.ws->factors.data() + row0);
+    });
+  }
+
+  // Step 5 on every member.
+  void update(Group& g, int gi, cudaStream_t s) {
+    const unsigned nblocks = (unsigned)g.chunks.count();
+    with_constant<1, 4>(g.vec4 ? 4 : 1, [&](auto vec) {
+      constexpr int V = decltype(vec)::value;
+      muon_update_kernel<V>
+          <<<nblocks, kChunkThreads, 0, s>>>(g.chunks.chunks.data(), g.descs.data(), scalars_.data(), gi);
+      CUDA_CHECK_LAUNCH();
+    });
   }
 
   struct OwnedStream {
@@ -383,8 +453,11 @@ class CudaMuon final : public CudaOptimizer {
   struct Group {
     OwnedStream own_stream;  // set only for concurrent groups after the first
     OwnedEvent done;
-    NsShape shape;
-    std::vector<int> members;  // indices into params_
+    NsShape shape;                    // count: this rank's NS sub-batch (all members without a split)
+    std::vector<int> members;         // indices into params_ (owner split: ordered by owner)
+    int size = 0;                     // members
+    int mine_first = 0;               // position of this rank's first member (owner split)
+    int64_t mine_chunks[2] = {0, 0};  // the chunks of this rank's members
     ChunkTable chunks;
     DeviceBuffer<MuonDesc> descs;
     DeviceBuffer<NeuronNormDesc> ndescs;
@@ -410,6 +483,7 @@ class CudaMuon final : public CudaOptimizer {
   StateArena momentum_, variance_;
   Workspace shared_ws_;
   std::vector<std::unique_ptr<Group>> groups_;
+  std::unique_ptr<OwnerSplit> split_;  // DDP owner split (CudaOptimOptions::ddp_comm), or nullptr
 };
 
 }  // namespace

@@ -109,7 +109,7 @@ void NsBatch::plan(BlasContext& ctx, Ortho ortho, const NsShape& shape, const Ns
   const int count = shape.count;
 
   // Gram variant: full products only (the m×m GEMMs all reuse the plan of A·A).
-  gram_ = opt.gram_ns && n >= 2 * m;
+  gram_ = result_in_input(shape, opt);
   if (gram_) {
     gram_q_.resize((size_t)shape.gram_elems());
     gram_t_.resize((size_t)shape.gram_elems());

@@ -57,6 +57,11 @@ class NsBatch {
   bf16* run(BlasContext& ctx);
   // Where run() leaves the result: buf.x[1], or buf.x[0] for the Gram variant (known at plan time).
   bf16* result() const { return gram_ ? buf_.x[0] : buf_.x[1]; }
+  // Whether a batch of this shape under these options will leave its result in buf.x[0] (the
+  // Gram variant) rather than buf.x[1]: lets a caller place the result buffer before planning.
+  static bool result_in_input(const NsShape& shape, const CudaOptimOptions& opt) {
+    return opt.gram_ns && shape.n() >= 2 * shape.m();
+  }
   const NsShape& shape() const { return shape_; }
   bool symmetric_xxt() const { return sym_xxt_; }
   bool symmetric_aa() const { return sym_aa_; }

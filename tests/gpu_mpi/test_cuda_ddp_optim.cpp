@@ -1,0 +1,257 @@
+// The CUDA matrix optimizers across DDP ranks (optim/cuda/owner_split.h), run under mpirun with 2
+// and 3 ranks: every rank builds the same random matrices and per-step gradients (the trainer's
+// averaged gradient is the same on every rank), runs make_distributed_optimizer on the GPU and
+// the single-process make_optimizer on the same inputs, and compares.
+//  - weights: bit-identical on all ranks (every rank applies the same all-gathered results), and
+//    equal to one process within max|Δw| / max|w| < 1e-4. Not bit-identical to one process: each
+//    owner runs Newton–Schulz on a smaller batch, for which cuBLASLt may pick another kernel (bf16
+//    results one rounding apart); one bf16 ulp of O moves w by ~lr·|O|·2⁻⁸ ≈ 1e-5 of max|w|,
+//    while a missing or misplaced update would be ~lr·|O| ≈ 5e-3 of it.
+//  - momentum: bit-identical to one process (elementwise, the same kernels on every matrix).
+//  - bytes: the all-gather's, > 0, and for Dion2 smaller with a smaller fraction.
+// Communicators: the host-staged one (any number of ranks on one GPU), and NCCL when every rank
+// has a GPU of its own. Without a GPU every test skips.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/bf16.h"
+#include "core/cuda_utils.h"
+#include "cpu/optim_test_group.h"
+#include "dist/staged_communicator.h"
+#include "optim/cuda/cuda_optimizer.h"
+#include "optim/cuda/owner_split.h"
+#include "optim/distributed_optimizer.h"
+#include "optim/distributed_plan.h"
+#include "tests/mpi/mpi_env.h"
+#ifdef ORTHOGPT_NCCL
+#include "dist/nccl_communicator.h"
+#endif
+
+using namespace og;
+using og::test::TestGroup;
+using og_test::comm;
+
+namespace {
+
+// Same-shape groups whose counts do not divide 2 or 3, wide and tall of one slice shape (Dion2
+// batches them together), the Gram NS path (long side ≥ 2× the short one), columns not a
+// multiple of 4 (scalar kernels).
+const std::vector<std::pair<int64_t, int64_t>> kShapes = {{64, 96},   {64, 96},  {96, 64},  {64, 96}, {96, 64},
+                                                          {128, 128}, {48, 160}, {128, 40}, {30, 50}};
+constexpr int kSteps = 3;
+constexpr double kTol = 1e-4;
+
+bool gpu_ready() {
+  if (!cuda_available()) return false;
+  int n = 0;
+  CUDA_CHECK(cudaGetDeviceCount(&n));
+  CUDA_CHECK(cudaSetDevice(og_test::g_dist->local_rank % n));
+  return true;
+}
+
+// The device communicators this machine allows: "staged" always, "nccl" with a GPU per rank.
+std::vector<std::string> backends() {
+  std::vector<std::string> out{"staged"};
+#ifdef ORTHOGPT_NCCL
+  int n = 0;
+  CUDA_CHECK(cudaGetDeviceCount(&n));
+  int enough = n >= og_test::g_dist->local_world ? 1 : 0;
+  comm().all_reduce(&enough, 1, DType::I32, ReduceOp::Min);
+  if (enough) out.push_back("nccl");
+#endif
+  return out;
+}
+
+std::unique_ptr<Communicator> device_comm(const std::string& backend) {
+#ifdef ORTHOGPT_NCCL
+  if (backend == "nccl") return make_nccl_communicator(comm(), nullptr, 120.0);
+#endif
+  return make_staged_communicator(comm(), nullptr);
+}
+
+struct Result {
+  std::vector<std::vector<float>> w, momentum;
+  double comm_bytes = 0.0;
+};
+
+std::vector<float> download_f32(const void* p, size_t n, StateDtype t) {
+  std::vector<float> out(n);
+  if (t == StateDtype::F32) {
+    CUDA_CHECK(cudaMemcpy(out.data(), p, n * 4, cudaMemcpyDeviceToHost));
+  } else {
+    std::vector<uint16_t> b(n);
+    CUDA_CHECK(cudaMemcpy(b.data(), p, n * 2, cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < n; ++i) out[i] = float_from_bf16_bits(b[i]);
+  }
+  return out;
+}
+
+// kSteps steps of the distributed (dc != nullptr) or single-process optimizer on the GPU.
+Result run(const OptimHParams& hp, Communicator* dc) {
+  TestGroup h(kShapes, 11);
+  std::vector<DeviceBuffer<float>> w, g;
+  std::vector<ParamSlot> slots;
+  for (size_t i = 0; i < h.slots.size(); ++i) {
+    w.emplace_back(h.w[i].size());
+    g.emplace_back(h.g[i].size());
+    CUDA_CHECK(cudaMemcpy(w.back().data(), h.w[i].data(), w.back().bytes(), cudaMemcpyHostToDevice));
+    ParamSlot s = h.slots[i];
+    s.w = w.back().data();
+    s.g = g.back().data();
+    slots.push_back(s);
+  }
+  std::unique_ptr<Optimizer> opt;
+  if (dc) {
+    DistributedOptions o;
+    o.comm = dc;
+    o.owner_split = "on";  // auto would keep these small matrices replicated (owner_split_pays)
+    opt = make_distributed_optimizer(hp, slots, Device::CUDA, o);
+  } else {
+    opt = make_optimizer(hp, slots, Device::CUDA);
+  }
+  Result r;
+  for (int t = 1; t <= kSteps; ++t) {
+    h.new_grads(100 + t);  // the same on every rank: the averaged gradient
+    for (size_t i = 0; i < g.size(); ++i)
+      CUDA_CHECK(cudaMemcpy(g[i].data(), h.g[i].data(), g[i].bytes(), cudaMemcpyHostToDevice));
+    opt->step({t, 0.02f});
+    CUDA_CHECK(cudaDeviceSynchronize());
+    const auto st = opt->stats();
+    if (st.count("comm_bytes")) r.comm_bytes = st.at("comm_bytes");
+  }
+  for (auto& b : w) r.w.push_back(download_f32(b.data(), b.size(), StateDtype::F32));
+  for (const StateTensor& s : opt->state())
+    if (s.name.find("/momentum") != std::string::npos) r.momentum.push_back(download_f32(s.data, s.count, s.dtype));
+  return r;
+}
+
+double max_rel(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num = std::max(num, (double)std::fabs(a[i] - b[i]));
+    den = std::max(den, (double)std::fabs(b[i]));
+  }
+  return num / den;
+}
+
+void expect_same_on_all_ranks(const std::vector<float>& v, const std::string& what) {
+  std::vector<float> mx = v, mn = v;
+  comm().all_reduce(mx.data(), mx.size(), DType::F32, ReduceOp::Max);
+  comm().all_reduce(mn.data(), mn.size(), DType::F32, ReduceOp::Min);
+  EXPECT_EQ(mx, mn) << what << " differs between ranks";
+}
+
+OptimHParams hparams(Algorithm a) {
+  OptimHParams hp;
+  hp.algorithm = a;
+  hp.weight_decay = 0.1f;
+  hp.fraction = 0.5f;
+  hp.seed = 7;
+  return hp;
+}
+
+// One configuration against one process, on every available backend.
+double check_against_single(const OptimHParams& hp, const std::string& what) {
+  const Result ref = run(hp, nullptr);
+  double bytes = 0.0;
+  for (const std::string& b : backends()) {
+    auto dc = device_comm(b);
+    const Result got = run(hp, dc.get());
+    const std::string tag = what + " over " + b + " on " + std::to_string(comm().size()) + " ranks";
+    EXPECT_EQ(got.momentum.size(), ref.momentum.size()) << tag;
+    if (got.momentum.size() != ref.momentum.size()) return 0.0;
+    for (size_t i = 0; i < ref.w.size(); ++i) {
+      EXPECT_LT(max_rel(got.w[i], ref.w[i]), kTol) << tag << ", matrix " << i;
+      expect_same_on_all_ranks(got.w[i], tag + ": weights of matrix " + std::to_string(i));
+      EXPECT_EQ(got.momentum[i], ref.momentum[i]) << tag << ": momentum of matrix " << i;
+    }
+    EXPECT_GT(got.comm_bytes, 0.0) << tag;
+    EXPECT_EQ(ref.comm_bytes, 0.0) << tag;
+    bytes = got.comm_bytes;
+  }
+  return bytes;
+}
+
+}  // namespace
+
+TEST(CudaDdpOptim, OwnerSplitCoversEveryMatrixOnce) {
+  if (!gpu_ready()) GTEST_SKIP() << "no CUDA device";
+  const int W = comm().size();
+  // three groups: 5 of one shape, 1 of another, 3 of a third (matrix indices interleaved)
+  const std::vector<std::vector<int32_t>> groups = {{0, 2, 4, 6, 8}, {1}, {3, 5, 7}};
+  const std::vector<int64_t> rows = {64, 128, 48}, cols = {96, 128, 160};
+  auto dc = make_staged_communicator(comm(), nullptr);
+  cuda::OwnerSplit split(*dc, groups, rows, cols);
+  std::vector<double> load(W, 0.0);
+  double max_cost = 0.0;
+  std::set<const cuda::bf16*> results;
+  std::vector<int> owners;
+  for (size_t g = 0; g < groups.size(); ++g) {
+    const auto& m = split.members((int)g);
+    ASSERT_EQ(std::multiset<int32_t>(m.begin(), m.end()), std::multiset<int32_t>(groups[g].begin(), groups[g].end()));
+    int covered = 0;
+    for (int r = 0; r < W; ++r) {
+      EXPECT_EQ(split.first((int)g, r), covered) << "group " << g << " rank " << r;
+      for (int q = 0; q < split.count((int)g, r); ++q) EXPECT_EQ(split.owner(m[covered + q]), r);
+      covered += split.count((int)g, r);
+      EXPECT_TRUE(aligned_to(split.run((int)g, r), 256));
+      load[r] += split.count((int)g, r) * ns_cost(rows[g], cols[g]);
+    }
+    EXPECT_EQ(covered, (int)m.size());
+    max_cost = std::max(max_cost, ns_cost(rows[g], cols[g]));
+    for (int pos = 0; pos < (int)m.size(); ++pos) EXPECT_TRUE(results.insert(split.result((int)g, pos)).second);
+  }
+  for (int32_t p = 0; p < 9; ++p) owners.push_back(split.owner(p));
+  std::vector<float> fo(owners.begin(), owners.end());
+  expect_same_on_all_ranks(fo, "owners");
+  // greedy longest-processing-time: the loads differ by at most the largest single cost
+  EXPECT_LE(*std::max_element(load.begin(), load.end()) - *std::min_element(load.begin(), load.end()),
+            max_cost * (1 + 1e-12));
+}
+
+TEST(CudaDdpOptim, MuonAndNorMuonMatchOneProcess) {
+  if (!gpu_ready()) GTEST_SKIP() << "no CUDA device";
+  for (Algorithm a : {Algorithm::Muon, Algorithm::NorMuon}) {
+    OptimHParams hp = hparams(a);
+    check_against_single(hp, name_of(a));
+    hp.state_dtype = StateDtype::BF16;
+    hp.nesterov = false;
+    check_against_single(hp, std::string(name_of(a)) + " bf16 state, no nesterov");
+  }
+}
+
+TEST(CudaDdpOptim, Dion2AndNorDion2MatchOneProcess) {
+  if (!gpu_ready()) GTEST_SKIP() << "no CUDA device";
+  for (Algorithm a : {Algorithm::Dion2, Algorithm::NorDion2}) {
+    for (Select sel : {Select::L1, Select::Random})
+      for (bool ef : {true, false}) {
+        OptimHParams hp = hparams(a);
+        hp.select = sel;
+        hp.ef = ef;
+        check_against_single(hp, fmt::format("{} select {} ef {}", name_of(a), name_of(sel), ef));
+      }
+    OptimHParams hp = hparams(a);
+    hp.state_dtype = StateDtype::BF16;
+    hp.fraction = 0.25f;
+    check_against_single(hp, fmt::format("{} bf16 state, fraction 0.25", name_of(a)));
+  }
+}
+
+TEST(CudaDdpOptim, Dion2BytesScaleWithFraction) {
+  if (!gpu_ready()) GTEST_SKIP() << "no CUDA device";
+  const double muon = check_against_single(hparams(Algorithm::Muon), "muon");
+  double last = muon;
+  for (float f : {0.5f, 0.25f, 0.125f}) {
+    OptimHParams hp = hparams(Algorithm::Dion2);
+    hp.fraction = f;
+    const double b = check_against_single(hp, fmt::format("dion2 fraction {}", f));
+    EXPECT_LT(b, last) << "fraction " << f;
+    last = b;
+  }
+}
