@@ -11,27 +11,20 @@
 #include "core/cuda_utils.h"
 #include "cpu/optim_test_group.h"
 #include "dist/communicator.h"
+#include "gpu/device_test_group.h"
 #include "optim/distributed_optimizer.h"
 
 using namespace og;
+using og::test::DeviceTestGroup;
 using og::test::TestGroup;
 
 namespace {
 
 std::vector<std::vector<float>> run_steps(const OptimHParams& hp, const TestGroup& h, bool distributed, bool sharded) {
-  std::vector<DeviceBuffer<float>> w, g;
-  std::vector<ParamSlot> slots;
-  for (size_t i = 0; i < h.slots.size(); ++i) {
-    w.emplace_back(h.w[i].size());
-    g.emplace_back(h.g[i].size());
-    CUDA_CHECK(cudaMemcpy(w.back().data(), h.w[i].data(), w.back().bytes(), cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(g.back().data(), h.g[i].data(), g.back().bytes(), cudaMemcpyHostToDevice));
-    ParamSlot s = h.slots[i];
-    s.w = w.back().data();
-    s.g = g.back().data();
-    if (sharded) s.local_rows = s.rows;
-    slots.push_back(s);
-  }
+  DeviceTestGroup d(h);
+  std::vector<ParamSlot> slots = d.slots;
+  if (sharded)
+    for (ParamSlot& s : slots) s.local_rows = s.rows;
   auto self = make_self_communicator();
   DistributedOptions o;
   o.comm = self.get();
@@ -40,12 +33,7 @@ std::vector<std::vector<float>> run_steps(const OptimHParams& hp, const TestGrou
       distributed ? make_distributed_optimizer(hp, slots, Device::CUDA, o) : make_optimizer(hp, slots, Device::CUDA);
   for (int t = 1; t <= 3; ++t) opt->step({t, 0.02f});
   CUDA_CHECK(cudaDeviceSynchronize());
-  std::vector<std::vector<float>> out;
-  for (auto& b : w) {
-    out.emplace_back(b.size());
-    CUDA_CHECK(cudaMemcpy(out.back().data(), b.data(), b.bytes(), cudaMemcpyDeviceToHost));
-  }
-  return out;
+  return d.weights();
 }
 
 }  // namespace

@@ -24,6 +24,7 @@
 #include "core/cuda_utils.h"
 #include "cpu/optim_test_group.h"
 #include "dist/staged_communicator.h"
+#include "gpu/device_test_group.h"
 #include "optim/cuda/cuda_optimizer.h"
 #include "optim/cuda/owner_split.h"
 #include "optim/distributed_optimizer.h"
@@ -34,6 +35,7 @@
 #endif
 
 using namespace og;
+using og::test::DeviceTestGroup;
 using og::test::TestGroup;
 using og_test::comm;
 
@@ -95,17 +97,8 @@ std::vector<float> download_f32(const void* p, size_t n, StateDtype t) {
 // kSteps steps of the distributed (dc != nullptr) or single-process optimizer on the GPU.
 Result run(const OptimHParams& hp, Communicator* dc) {
   TestGroup h(kShapes, 11);
-  std::vector<DeviceBuffer<float>> w, g;
-  std::vector<ParamSlot> slots;
-  for (size_t i = 0; i < h.slots.size(); ++i) {
-    w.emplace_back(h.w[i].size());
-    g.emplace_back(h.g[i].size());
-    CUDA_CHECK(cudaMemcpy(w.back().data(), h.w[i].data(), w.back().bytes(), cudaMemcpyHostToDevice));
-    ParamSlot s = h.slots[i];
-    s.w = w.back().data();
-    s.g = g.back().data();
-    slots.push_back(s);
-  }
+  DeviceTestGroup d(h);
+  const std::vector<ParamSlot>& slots = d.slots;
   std::unique_ptr<Optimizer> opt;
   if (dc) {
     DistributedOptions o;
@@ -118,14 +111,13 @@ Result run(const OptimHParams& hp, Communicator* dc) {
   Result r;
   for (int t = 1; t <= kSteps; ++t) {
     h.new_grads(100 + t);  // the same on every rank: the averaged gradient
-    for (size_t i = 0; i < g.size(); ++i)
-      CUDA_CHECK(cudaMemcpy(g[i].data(), h.g[i].data(), g[i].bytes(), cudaMemcpyHostToDevice));
+    d.upload_grads(h);
     opt->step({t, 0.02f});
     CUDA_CHECK(cudaDeviceSynchronize());
     const auto st = opt->stats();
     if (st.count("comm_bytes")) r.comm_bytes = st.at("comm_bytes");
   }
-  for (auto& b : w) r.w.push_back(download_f32(b.data(), b.size(), StateDtype::F32));
+  r.w = d.weights();
   for (const StateTensor& s : opt->state())
     if (s.name.find("/momentum") != std::string::npos) r.momentum.push_back(download_f32(s.data, s.count, s.dtype));
   return r;

@@ -432,12 +432,9 @@ class CudaDion2 final : public CudaOptimizer {
   // rank's, or every rank's after the all-gather).
   void neuron_factors(Group& g, int gi, cudaStream_t s) {
     if (!nordion2_) return;
-    const bf16* all = split_ ? nullptr : g.ns.result();
-    for_each_result_run(split_.get(), gi, g.size, all, [&](int first, int count, const bf16* o) {
-      const int64_t row0 = (int64_t)first * g.shape.rows;
-      neuron_norm_factors(s, o, count, g.shape.rows, g.shape.cols, g.ndescs.data() + first, hp_.state_dtype, hp_.beta2,
-                          g.rowsq.data() + row0, g.factors.data() + row0);
-    });
+    neuron_norm_factors_by_run(split_.get(), gi, g.size, split_ ? nullptr : g.ns.result(), s, g.shape.rows,
+                               g.shape.cols, g.ndescs.data(), hp_.state_dtype, hp_.beta2, g.rowsq.data(),
+                               g.factors.data());
   }
 
   // The update of every member of g (with the weight decay where it runs in the scatter).

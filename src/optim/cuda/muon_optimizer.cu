@@ -413,12 +413,9 @@ class CudaMuon final : public CudaOptimizer {
   // all-gather).
   void neuron_factors(Group& g, int gi, cudaStream_t s) {
     if (!normuon_) return;
-    const bf16* all = split_ ? nullptr : g.ns.result();
-    for_each_result_run(split_.get(), gi, g.size, all, [&](int first, int count, const bf16* o) {
-      const int64_t row0 = (int64_t)first * g.shape.rows;
-      neuron_norm_factors(s, o, count, g.shape.rows, g.shape.cols, g.ndescs.data() + first, hp_.state_dtype, hp_.beta2,
-                          g.ws->rowsq.data() + row0, g.ws->factors.data() + row0);
-    });
+    neuron_norm_factors_by_run(split_.get(), gi, g.size, split_ ? nullptr : g.ns.result(), s, g.shape.rows,
+                               g.shape.cols, g.ndescs.data(), hp_.state_dtype, hp_.beta2, g.ws->rowsq.data(),
+                               g.ws->factors.data());
   }
 
   // Step 5 on every member.

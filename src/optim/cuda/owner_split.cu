@@ -83,4 +83,19 @@ void OwnerSplit::all_gather(cudaStream_t s) {
   }
 }
 
+void neuron_norm_factors_by_run(OwnerSplit* split, int g, int size, const bf16* all, cudaStream_t s, int64_t k,
+                                int64_t L, const NeuronNormDesc* descs, StateDtype v_dtype, float beta2, float* rowsq,
+                                float* factors) {
+  auto one = [&](int first, int count, const bf16* o) {
+    const int64_t row0 = (int64_t)first * k;
+    neuron_norm_factors(s, o, count, k, L, descs + first, v_dtype, beta2, rowsq + row0, factors + row0);
+  };
+  if (!split) {
+    one(0, size, all);
+    return;
+  }
+  for (int r = 0; r < split->world(); ++r)
+    if (split->count(g, r) > 0) one(split->first(g, r), split->count(g, r), split->run(g, r));
+}
+
 }  // namespace og::cuda

@@ -21,6 +21,7 @@
 #include "core/cuda_utils.h"
 #include "dist/counting_communicator.h"
 #include "optim/cuda/blas.h"
+#include "optim/cuda/neuron_norm.h"
 
 namespace og::cuda {
 
@@ -64,16 +65,12 @@ class OwnerSplit {
   cudaEvent_t before_ = nullptr, after_ = nullptr;
 };
 
-// Calls f(first, count, results) for every owner's run of group g's NS results: positions
-// [first, first + count) of members(g), `results` their contiguous outputs. Without a split
-// (split == nullptr): once, for the whole batch of `size` results at `all`.
-template <typename F> void for_each_result_run(OwnerSplit* split, int g, int size, const bf16* all, F&& f) {
-  if (!split) {
-    f(0, size, all);
-    return;
-  }
-  for (int r = 0; r < split->world(); ++r)
-    if (split->count(g, r) > 0) f(split->first(g, r), split->count(g, r), (const bf16*)split->run(g, r));
-}
+// NorMuon's / NorDion2's neuron-wise factors (neuron_norm.h) of every member of NS group g, whose
+// k×L results lie in one contiguous run per owner rank: one neuron_norm_factors call per run,
+// with descs, rowsq and factors indexed by the member's position in members(g). Without a split
+// (split == nullptr): one call for the whole batch of `size` results at `all`.
+void neuron_norm_factors_by_run(OwnerSplit* split, int g, int size, const bf16* all, cudaStream_t s, int64_t k,
+                                int64_t L, const NeuronNormDesc* descs, StateDtype v_dtype, float beta2, float* rowsq,
+                                float* factors);
 
 }  // namespace og::cuda
