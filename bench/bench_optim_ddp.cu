@@ -1,4 +1,4 @@
-// The DDP optimizer step across GPUs: `mpirun -np W bench_optim_ddp`, one rank per GPU, NCCL.
+// The DDP and FSDP optimizer step across GPUs: `mpirun -np W bench_optim_ddp`, one rank per GPU, NCCL.
 // Every rank holds the whole matrix set (replicated parameters, as under DDP after the gradient
 // all-reduce). Per case, on every rank at once:
 //   1 GPU    the single-process step (make_cuda_optimizer, no communicator): every rank does all
@@ -8,6 +8,9 @@
 //            the bf16 results;
 //   auto     what dist.owner_split auto picks for the case (owner_split_pays): split or the
 //            replicated single-GPU step.
+//   FSDP     the row-shard step (make_distributed_optimizer with row_sharded, NCCL;
+//            optim/cuda/sharded_matrix_cuda.h): each rank holds rows [row0, row0 + n) of every
+//            matrix (dist/shard_plan.h's split) and its momentum; two bf16 all-to-alls per step.
 // A step's time is the slowest rank's (CUDA events on the optimizer stream; the ranks line up on
 // a host barrier before every step); the table shows the median over --steps steps after 3
 // warm-up steps, the speed-up, and the bytes each rank sends per step (the all-gather, by the
@@ -27,6 +30,7 @@
 #include "core/error.h"
 #include "dist/bootstrap.h"
 #include "dist/nccl_communicator.h"
+#include "dist/shard_plan.h"
 #include "matrix_set.cuh"
 #include "optim/cuda/cuda_optimizer.h"
 #include "optim/distributed_optimizer.h"
@@ -126,8 +130,9 @@ int main(int argc, char** argv) {
     }
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, ctx.local_rank));
-    const std::string header = fmt::format("{:<28} {:>10} {:>10} {:>8} {:>12} {:>10}\n", "case", "1 GPU ms",
-                                           fmt::format("{} GPUs ms", W), "speedup", "MB/step/rank", "auto");
+    const std::string header =
+        fmt::format("{:<28} {:>10} {:>10} {:>8} {:>12} {:>10} {:>10} {:>8} {:>12}\n", "case", "1 GPU ms",
+                    fmt::format("{} GPUs ms", W), "speedup", "MB/step/rank", "auto", "FSDP ms", "speedup", "FSDP MB");
     if (ctx.rank == 0) {
       fmt::print("devices: {} x {}; {} timed steps per case; slowest rank per step, median\n\n{}", W, prop.name, steps,
                  header);
@@ -153,9 +158,29 @@ int main(int argc, char** argv) {
         const auto st = opt->stats();
         bytes = st.count("comm_bytes") ? st.at("comm_bytes") : 0.0;
       }
+      double fsdp = 0.0, fsdp_bytes = 0.0;
+      {
+        std::vector<ParamSlot> shards = c.set->slots;
+        for (ParamSlot& s : shards) {
+          const RowRange rr = split_rows(s.rows, W, ctx.rank);
+          s.w += rr.row0 * s.cols;
+          s.g += rr.row0 * s.cols;
+          s.row0 = rr.row0;
+          s.local_rows = rr.rows;
+        }
+        DistributedOptions o;
+        o.comm = nccl.get();
+        o.host_comm = &*ctx.host_comm;
+        o.row_sharded = true;
+        auto opt = make_distributed_optimizer(c.hp, shards, Device::CUDA, o);
+        dynamic_cast<CudaOptimizer&>(*opt).set_stream(stream);
+        fsdp = time_steps(*opt, stream, steps, *ctx.host_comm);
+        fsdp_bytes = opt->stats().at("comm_bytes");
+      }
       const std::string row =
-          fmt::format("{:<28} {:>10.3f} {:>10.3f} {:>7.2f}x {:>12.1f} {:>10}\n", c.label, one, many, one / many,
-                      bytes / 1e6, owner_split_pays(c.hp, c.set->slots) ? "split" : "replicated");
+          fmt::format("{:<28} {:>10.3f} {:>10.3f} {:>7.2f}x {:>12.1f} {:>10} {:>10.3f} {:>7.2f}x {:>12.1f}\n", c.label,
+                      one, many, one / many, bytes / 1e6, owner_split_pays(c.hp, c.set->slots) ? "split" : "replicated",
+                      fsdp, one / fsdp, fsdp_bytes / 1e6);
       rows.push_back(row);
       if (ctx.rank == 0) {
         fmt::print("{}", row);

@@ -5,7 +5,7 @@
 # bench_optim_ddp (the optimizer step on 1 GPU vs split over all GPUs, bytes per step); then
 # train the reproduction model (configs/repro, 131k tokens per step) for a few steps on one GPU
 # and on every GPU of the machine with mpirun, under DDP (Muon, Dion2 α ∈ {0.5, 0.25, 0.125})
-# and FSDP (AdamW: the CUDA matrix optimizers do not shard yet); print tokens/s per GPU, the
+# and FSDP (the same, and AdamW for the matrices too); print tokens/s per GPU, the
 # scaling efficiency against one GPU, peak GPU memory and the bytes each rank communicated per
 # step (metrics.jsonl). Logs and metrics under $OUT (or ./out).
 #   scripts/device_dist.sh [STEPS] [--no-tests] [--no-bench] [--no-train]     (default 40 steps)
@@ -23,17 +23,19 @@ done
 ngpu=$(nvidia-smi -L | wc -l)
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1 | tee "$out/gpu.txt"
 t0=$(date +%s)
-device_build orthogpt gpu_mpi_test_cuda_ddp_optim bench_optim_ddp || exit 1
+gpu_mpi_tests=(gpu_mpi_test_cuda_ddp_optim gpu_mpi_test_cuda_fsdp_optim)
+device_build orthogpt "${gpu_mpi_tests[@]}" bench_optim_ddp || exit 1
 echo "build: $(( $(date +%s) - t0 ))s"
 bin=$(find "$build" -name orthogpt -type f -perm -u+x | head -1)
 mpi=(mpirun --allow-run-as-root --oversubscribe --bind-to none -x NCCL_NVLS_ENABLE)
 declare -a results=()
-for np in 2 3; do
-  [ "$tests" = 1 ] || break
-  GTEST_COLOR=no timeout 400 "${mpi[@]}" -np "$np" -x GTEST_COLOR "$build/tests/gpu_mpi_test_cuda_ddp_optim" \
-    >"$out/gpu_mpi_np$np.log" 2>&1
-  results+=("$(printf 'gpu_mpi_test_cuda_ddp_optim -np %s: rc %s, %s' "$np" "$?" \
-    "$(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/gpu_mpi_np$np.log" | tr '\n' ' ')")")
+for t in "${gpu_mpi_tests[@]}"; do
+  for np in 2 3; do
+    [ "$tests" = 1 ] || break
+    GTEST_COLOR=no timeout 400 "${mpi[@]}" -np "$np" -x GTEST_COLOR "$build/tests/$t" >"$out/${t}_np$np.log" 2>&1
+    results+=("$(printf '%s -np %s: rc %s, %s' "$t" "$np" "$?" \
+      "$(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/${t}_np$np.log" | tr '\n' ' ')")")
+  done
 done
 if [ "$bench" = 1 ]; then
   timeout 500 "${mpi[@]}" -np "$ngpu" "$build/bench/bench_optim_ddp" --steps 20 >"$out/bench_optim_ddp.log" 2>&1
@@ -69,9 +71,11 @@ run() {  # run NAME NP CONFIG [overrides...]
 if [ "$train" = 1 ]; then
   run muon_1gpu 1 configs/repro/muon.yaml
   run muon_ddp "$ngpu" configs/repro/muon.yaml --dist.mode ddp
+  run muon_fsdp "$ngpu" configs/repro/muon.yaml --dist.mode fsdp
   for a in 0.5 0.25 0.125; do
     run "dion2a${a}_1gpu" 1 "configs/repro/dion2_a${a}_l1.yaml"
     run "dion2a${a}_ddp" "$ngpu" "configs/repro/dion2_a${a}_l1.yaml" --dist.mode ddp
+    run "dion2a${a}_fsdp" "$ngpu" "configs/repro/dion2_a${a}_l1.yaml" --dist.mode fsdp
   done
   run adamw_1gpu 1 configs/repro/base.yaml --optim.matrix.algorithm adamw
   run adamw_fsdp "$ngpu" configs/repro/base.yaml --optim.matrix.algorithm adamw --dist.mode fsdp

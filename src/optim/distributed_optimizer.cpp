@@ -9,6 +9,7 @@
 #include "optim/distributed_plan.h"
 #ifdef ORTHOGPT_CUDA
 #include "optim/cuda/cuda_optimizer.h"
+#include "optim/cuda/sharded_matrix_cuda.h"
 #endif
 
 namespace og {
@@ -84,10 +85,21 @@ std::unique_ptr<Optimizer> make_distributed_optimizer(const OptimHParams& hp, st
     return make_dion_cpu(hp, std::move(params), opt.comm);
   }
   if (device == Device::CUDA) {
-    // The CUDA path: replicated parameters; each matrix orthonormalized by one owner rank, the
-    // results all-gathered over the device communicator (optim/cuda/owner_split.h).
-    OG_CHECK(!opt.row_sharded, "{} with {} ranks under fsdp on cuda is not supported yet", name_of(a), W);
+    // The CUDA path. Row shards: optim/cuda/sharded_matrix_cuda.h. Replicated parameters: each
+    // matrix orthonormalized by one owner rank, the results all-gathered over the device
+    // communicator (optim/cuda/owner_split.h).
     OG_CHECK(!opt.compressed_sync, "dist.compressed_sync on cuda is not supported yet");
+#ifdef ORTHOGPT_CUDA
+    if (opt.row_sharded) {
+      // Row shards: all-to-all to the owners and back (optim/cuda/sharded_matrix_cuda.h).
+      OG_CHECK(!selective || opt.select_scope == "local",
+               "dist.select_scope: global under fsdp on cuda is not supported yet (use local, or train.device cpu)");
+      OG_CHECK(opt.comm->device_buffers(), "{} under fsdp on cuda needs a device communicator (nccl), got '{}'",
+               name_of(a), opt.comm->backend());
+      OG_CHECK(opt.host_comm != nullptr, "internal: {} under fsdp on cuda without a host communicator", name_of(a));
+      return cuda::make_cuda_sharded_matrix(hp, std::move(params), *opt.comm, *opt.host_comm);
+    }
+#endif
     if (opt.owner_split == "off" || (opt.owner_split == "auto" && !owner_split_pays(hp, params)))
       return make_optimizer(hp, std::move(params), device);
 #ifdef ORTHOGPT_CUDA

@@ -40,9 +40,11 @@
 //                       sketch product and Gram matrices of the orthonormalization (optim/dion.cpp).
 //
 // The CPU path uses host buffers and the host (MPI) communicator; CUDA parameters need a device
-// communicator (NCCL, or the host-staged one of dist/staged_communicator.h). On CUDA, FSDP with a
-// matrix algorithm and compressed sync are not implemented yet (clear errors). stats()["comm_bytes"]: bytes this rank sent in the last step, by the ring
-// formulas of dist/counting_communicator.h.
+// communicator (NCCL, or the host-staged one of dist/staged_communicator.h); on CUDA, row-sharded
+// Muon / NorMuon / Dion2 / NorDion2 are optim/cuda/sharded_matrix_cuda.h (Dion2 with the local
+// scope), and the global scope, Dion under FSDP and compressed sync are not implemented yet (clear
+// errors). stats()["comm_bytes"]: bytes this rank sent in the last step, by the ring formulas of
+// dist/counting_communicator.h.
 #pragma once
 #include <memory>
 #include <string>
@@ -55,6 +57,8 @@ namespace og {
 
 struct DistributedOptions {
   Communicator* comm = nullptr;        // host (MPI) comm for CPU params, a device (NCCL) comm for CUDA params
+  Communicator* host_comm = nullptr;   // CUDA row shards: the host comm for the construction-time exchange of
+                                       // every rank's row ranges (nullptr: comm, which must then be a host comm)
   bool row_sharded = false;            // FSDP: slots are row shards (row0/local_rows); else replicated (DDP)
   bool compressed_sync = false;        // dist.compressed_sync (Dion2, random selection, replicated only)
   std::string select_scope = "local";  // dist.select_scope: "local" | "global" (row-sharded Dion2)

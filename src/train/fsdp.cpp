@@ -152,7 +152,7 @@ ParamGroups Fsdp::make_groups(const std::vector<GroupSpec>& specs) {
         return s;
       },
       [&](const GroupSpec& spec, std::vector<ParamSlot> slots) {
-        return make_sharded_group_optimizer(spec.hp, std::move(slots), model_.device(), comm, cfg_);
+        return make_sharded_group_optimizer(spec.hp, std::move(slots), model_.device(), comm, host_, cfg_);
       });
 }
 

@@ -25,7 +25,8 @@ bool whole(const ParamSlot& s) { return s.row0 == 0 && s.shard_rows() == s.rows;
 }  // namespace
 
 std::unique_ptr<Optimizer> make_sharded_group_optimizer(const OptimHParams& hp, std::vector<ParamSlot> slots,
-                                                        Device device, Communicator& comm, const DistSection& dist) {
+                                                        Device device, Communicator& comm, Communicator& host_comm,
+                                                        const DistSection& dist) {
   bool all_whole = true;
   for (const ParamSlot& s : slots) all_whole = all_whole && whole(s);
   if (all_whole) return make_optimizer(hp, std::move(slots), device);  // a world of one: nothing is split
@@ -35,6 +36,7 @@ std::unique_ptr<Optimizer> make_sharded_group_optimizer(const OptimHParams& hp, 
     // selected rows), owner-computed, back to shards (optim/distributed_optimizer.h).
     DistributedOptions o;
     o.comm = &comm;
+    o.host_comm = &host_comm;
     o.row_sharded = true;
     o.compressed_sync = false;  // a DDP option (validate_config)
     o.select_scope = dist.select_scope;

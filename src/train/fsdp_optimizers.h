@@ -17,9 +17,11 @@
 
 namespace og {
 
-// comm: the communicator over the shards' memory (MPI for host buffers, NCCL for device ones).
+// comm: the communicator over the shards' memory (MPI for host buffers, NCCL for device ones);
+// host_comm: the host (MPI) one, for the construction-time exchanges on host memory.
 std::unique_ptr<Optimizer> make_sharded_group_optimizer(const OptimHParams& hp, std::vector<ParamSlot> slots,
-                                                        Device device, Communicator& comm, const DistSection& dist);
+                                                        Device device, Communicator& comm, Communicator& host_comm,
+                                                        const DistSection& dist);
 
 // True for the optimizer of a group of which this rank holds no row at all (it steps nothing
 // and has no state; it is no CudaOptimizer, so it is not bound to a stream).

@@ -148,7 +148,7 @@ TEST(ShardPlan, ScalarOptimizersOnShardsEqualWhole) {
         s.local_rows = rr.rows;
         slots.push_back(s);
       }
-      ranks.push_back(og::make_sharded_group_optimizer(hp, slots, og::Device::CPU, *self, og::DistSection{}));
+      ranks.push_back(og::make_sharded_group_optimizer(hp, slots, og::Device::CPU, *self, *self, og::DistSection{}));
     }
     for (int64_t step = 1; step <= 3; ++step) {
       whole->step({step, 0.01f});
@@ -165,13 +165,13 @@ TEST(ShardPlan, MatrixAlgorithmOnShardsGoesToTheDistributedOptimizer) {
   og::OptimHParams hp;
   hp.algorithm = og::Algorithm::Muon;
   // A whole parameter (one rank) steps with the ordinary optimizer.
-  EXPECT_NO_THROW(og::make_sharded_group_optimizer(hp, {s}, og::Device::CPU, *self, og::DistSection{}));
+  EXPECT_NO_THROW(og::make_sharded_group_optimizer(hp, {s}, og::Device::CPU, *self, *self, og::DistSection{}));
   // Half of the rows in a world of one do not tile the matrix: the distributed optimizer's shard
   // map check refuses it, naming the parameter (the R-rank cases run in tests/mpi/test_fsdp.cpp).
   s.row0 = 20;
   s.local_rows = 20;
   const std::string e =
-      error_of([&] { og::make_sharded_group_optimizer(hp, {s}, og::Device::CPU, *self, og::DistSection{}); });
+      error_of([&] { og::make_sharded_group_optimizer(hp, {s}, og::Device::CPU, *self, *self, og::DistSection{}); });
   EXPECT_NE(e.find("h.0.attn.q"), std::string::npos) << e;
 }
 

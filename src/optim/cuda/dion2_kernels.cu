@@ -203,7 +203,7 @@ __device__ void bitonic_sort_in_registers(uint64_t* keys, uint32_t* vals, int N)
 
 // One block (kSelectThreads) per matrix; dynamic smem: npow2 keys (u64) + npow2 vals (u32).
 // Keys: ℓ1 → (~orderable(norm) << 32 | i), i.e. norm descending then index ascending;
-// random → hash_u64(seed, step, p, i) with the index as tie-break. Sort, keep the first k, sort
+// random → hash_u64(seed, step, p, key0 + i) with the index as tie-break. Sort, keep the first k, sort
 // those by index, write them, the scale of the selected submatrix and the ℓ1 mass share.
 __global__ void __launch_bounds__(kSelectThreads)
     select_kernel(const Dion2Mat* __restrict__ mats, bool random, uint64_t seed, const Dion2Scalars* __restrict__ sc,
@@ -219,7 +219,7 @@ __global__ void __launch_bounds__(kSelectThreads)
   uint32_t* vals = reinterpret_cast<uint32_t*>(smem_keys + N);
   for (int i = threadIdx.x; i < N; i += blockDim.x) {
     if (i < n) {
-      keys[i] = random ? hash_u64(seed, (uint64_t)step, (uint64_t)d.p, (uint64_t)i)
+      keys[i] = random ? hash_u64(seed, (uint64_t)step, (uint64_t)d.p, (uint64_t)(d.key0 + i))
                        : ((uint64_t)(~orderable_bits(d.part_l1[i])) << 32) | (uint64_t)i;
       vals[i] = (uint32_t)i;
     } else {

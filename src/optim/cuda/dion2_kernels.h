@@ -30,6 +30,7 @@ struct Dion2Mat {
   int32_t n, k;             // slices available, slices selected
   int32_t nparts;           // rows of partial norms (column slices: one per kColChunkRows rows)
   int32_t p;                // index of the parameter in the group (random selection key)
+  int32_t key0;             // random selection: slice i draws the key of slice key0 + i (FSDP: the shard's first row)
   float lr_factor;          // lr_eff / lr from the whole shape
   float* part_l1;           // nparts × n partial ℓ1 norms; row 0 holds the totals after reduce
   float* part_l2;           // nparts × n partial squared ℓ2 norms

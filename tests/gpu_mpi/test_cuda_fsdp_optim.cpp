@@ -1,0 +1,264 @@
+// The CUDA matrix optimizers on row shards (FSDP; optim/cuda/sharded_matrix_cuda.h), run under
+// mpirun with 2 and 3 ranks, against the CPU row-shard optimizer (sharded_matrix_cpu.cpp, itself
+// checked against one process by tests/mpi) on the same shards. Every rank builds the same random
+// matrices and per-step averaged gradients and takes its rows of them (uneven splits, and one
+// matrix with fewer rows than 3 ranks, so one shard is empty).
+// Protocol (as tests/gpu/test_cuda_optim.cpp): before each step the GPU shard's weights are set to
+// the CPU's, and the step's update ΔW of each shard is compared by ‖ΔW_gpu − ΔW_cpu‖ / ‖ΔW_cpu‖:
+//   ≤ 5e-2  Newton–Schulz in bf16 on the GPU vs the CPU's fp64 (a missing, misplaced or
+//           wrongly-owned row block gives ~1)
+// State after the steps: momentum 1e-5 (fp32; elementwise on both sides, and for Dion2 with ef
+// only if the same rows were selected and decayed), 1e-2 with bf16 state; NorMuon's / NorDion2's
+// variance_neuron 1e-1 (a function of the bf16 NS output).
+// Communicators: the host-staged one (any number of ranks on one GPU), and NCCL when every rank
+// has a GPU of its own. Without a GPU every test skips.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/bf16.h"
+#include "core/cuda_utils.h"
+#include "cpu/optim_test_group.h"
+#include "dist/shard_plan.h"
+#include "dist/staged_communicator.h"
+#include "optim/distributed_optimizer.h"
+#include "optim/distributed_plan.h"
+#include "tests/mpi/mpi_env.h"
+#ifdef ORTHOGPT_NCCL
+#include "dist/nccl_communicator.h"
+#endif
+
+using namespace og;
+using og::test::rel_diff;
+using og::test::TestGroup;
+using og_test::comm;
+
+namespace {
+
+// Uneven row splits over 2 and 3 ranks, wide and tall, the Gram NS path, columns not a multiple
+// of 4 (scalar kernels), a 2-row matrix (an empty shard on 3 ranks).
+const std::vector<std::pair<int64_t, int64_t>> kShapes = {{64, 96},  {64, 96},   {96, 64}, {37, 48},
+                                                          {130, 40}, {128, 128}, {2, 32},  {31, 50}};
+constexpr int kSteps = 3;
+constexpr double kUpdateTol = 5e-2;
+
+bool gpu_ready() {
+  if (!cuda_available()) return false;
+  int n = 0;
+  CUDA_CHECK(cudaGetDeviceCount(&n));
+  CUDA_CHECK(cudaSetDevice(og_test::g_dist->local_rank % n));
+  return true;
+}
+
+std::vector<std::string> backends() {
+  std::vector<std::string> out{"staged"};
+#ifdef ORTHOGPT_NCCL
+  int n = 0;
+  CUDA_CHECK(cudaGetDeviceCount(&n));
+  int enough = n >= og_test::g_dist->local_world ? 1 : 0;
+  comm().all_reduce(&enough, 1, DType::I32, ReduceOp::Min);
+  if (enough) out.push_back("nccl");
+#endif
+  return out;
+}
+
+std::unique_ptr<Communicator> device_comm(const std::string& backend) {
+#ifdef ORTHOGPT_NCCL
+  if (backend == "nccl") return make_nccl_communicator(comm(), nullptr, 120.0);
+#endif
+  return make_staged_communicator(comm(), nullptr);
+}
+
+std::vector<float> download_f32(const void* p, size_t n, StateDtype t) {
+  std::vector<float> out(n);
+  if (n == 0) return out;
+  if (t == StateDtype::F32) {
+    CUDA_CHECK(cudaMemcpy(out.data(), p, n * 4, cudaMemcpyDeviceToHost));
+  } else {
+    std::vector<uint16_t> b(n);
+    CUDA_CHECK(cudaMemcpy(b.data(), p, n * 2, cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < n; ++i) out[i] = float_from_bf16_bits(b[i]);
+  }
+  return out;
+}
+std::vector<float> host_f32(const StateTensor& s) {
+  std::vector<float> out(s.count);
+  for (size_t i = 0; i < s.count; ++i)
+    out[i] = s.dtype == StateDtype::F32 ? static_cast<const float*>(s.data)[i]
+                                        : float_from_bf16_bits(static_cast<const uint16_t*>(s.data)[i]);
+  return out;
+}
+
+OptimHParams hparams(Algorithm a) {
+  OptimHParams hp;
+  hp.algorithm = a;
+  hp.weight_decay = 0.1f;
+  hp.fraction = 0.5f;
+  hp.seed = 7;
+  return hp;
+}
+
+// This rank's rows of every matrix, on the host (CPU optimizer) and on the GPU.
+struct Shards {
+  std::vector<RowRange> rr;
+  std::vector<std::vector<float>> w, g;  // host
+  std::vector<DeviceBuffer<float>> dw, dg;
+  std::vector<ParamSlot> host_slots, dev_slots;
+
+  explicit Shards(const TestGroup& h) {
+    for (size_t p = 0; p < kShapes.size(); ++p) {
+      const auto [R, C] = kShapes[p];
+      rr.push_back(split_rows(R, comm().size(), comm().rank()));
+      const size_t n = (size_t)rr[p].rows * C;
+      w.emplace_back(h.w[p].begin() + rr[p].row0 * C, h.w[p].begin() + rr[p].row0 * C + n);
+      g.emplace_back(n);
+      dw.emplace_back(std::max<size_t>(n, 1));
+      dg.emplace_back(std::max<size_t>(n, 1));
+    }
+    for (size_t p = 0; p < kShapes.size(); ++p) {
+      ParamSlot s = h.slots[p];
+      s.row0 = rr[p].row0;
+      s.local_rows = rr[p].rows;
+      s.w = w[p].data();
+      s.g = g[p].data();
+      host_slots.push_back(s);
+      s.w = dw[p].data();
+      s.g = dg[p].data();
+      dev_slots.push_back(s);
+    }
+  }
+  // The averaged gradient's rows (host and device); the GPU weights ← the CPU's.
+  void prepare_step(const TestGroup& h) {
+    for (size_t p = 0; p < kShapes.size(); ++p) {
+      const int64_t C = kShapes[p].second;
+      std::copy(h.g[p].begin() + rr[p].row0 * C, h.g[p].begin() + rr[p].end() * C, g[p].begin());
+      if (g[p].empty()) continue;
+      CUDA_CHECK(cudaMemcpy(dg[p].data(), g[p].data(), g[p].size() * 4, cudaMemcpyHostToDevice));
+      CUDA_CHECK(cudaMemcpy(dw[p].data(), w[p].data(), w[p].size() * 4, cudaMemcpyHostToDevice));
+    }
+  }
+  std::vector<float> device_w(size_t p) const { return download_f32(dw[p].data(), w[p].size(), StateDtype::F32); }
+};
+
+// kSteps steps of the CUDA and the CPU row-shard optimizer; returns the GPU's comm bytes.
+double check_against_cpu(const OptimHParams& hp, const std::string& what) {
+  double bytes = 0.0;
+  for (const std::string& b : backends()) {
+    const std::string tag =
+        what + " over " + b + " on " + std::to_string(comm().size()) + " ranks, rank " + std::to_string(comm().rank());
+    auto dc = device_comm(b);
+    TestGroup h(kShapes, 11);
+    Shards sh(h);
+    DistributedOptions o;
+    o.row_sharded = true;
+    o.comm = &comm();
+    auto cpu = make_distributed_optimizer(hp, sh.host_slots, Device::CPU, o);
+    o.comm = dc.get();
+    o.host_comm = &comm();
+    auto gpu = make_distributed_optimizer(hp, sh.dev_slots, Device::CUDA, o);
+    double worst = 0.0;  // the largest ΔW error of this rank
+    for (int t = 1; t <= kSteps; ++t) {
+      h.new_grads(100 + t);  // the same on every rank: the averaged gradient
+      sh.prepare_step(h);
+      const std::vector<std::vector<float>> before = sh.w;
+      gpu->step({t, 0.02f});
+      cpu->step({t, 0.02f});
+      CUDA_CHECK(cudaDeviceSynchronize());
+      for (size_t p = 0; p < kShapes.size(); ++p) {
+        if (sh.w[p].empty()) continue;  // an empty shard
+        const std::vector<float> got = sh.device_w(p);
+        std::vector<float> d_gpu(got.size()), d_cpu(got.size());
+        for (size_t i = 0; i < got.size(); ++i) {
+          d_gpu[i] = got[i] - before[p][i];
+          d_cpu[i] = sh.w[p][i] - before[p][i];
+        }
+        const double e = rel_diff(d_gpu, d_cpu);
+        worst = std::max(worst, e);
+        EXPECT_LE(e, kUpdateTol) << tag << ": step " << t << ", matrix " << p;
+      }
+    }
+    const auto sg = gpu->state(), sc = cpu->state();
+    EXPECT_EQ(sg.size(), sc.size()) << tag;
+    for (size_t i = 0; i < std::min(sg.size(), sc.size()); ++i) {
+      EXPECT_EQ(sg[i].name, sc[i].name) << tag;
+      EXPECT_EQ(sg[i].count, sc[i].count) << tag << ": " << sg[i].name;
+      if (sg[i].count == 0 || sg[i].count != sc[i].count) continue;
+      const bool vn = sg[i].name.find("variance_neuron") != std::string::npos;
+      const double tol = vn ? 1e-1 : hp.state_dtype == StateDtype::F32 ? 1e-5 : 1e-2;
+      EXPECT_LE(rel_diff(download_f32(sg[i].data, sg[i].count, sg[i].dtype), host_f32(sc[i])), tol)
+          << tag << ": " << sg[i].name;
+    }
+    worst = comm().all_reduce_scalar(worst, ReduceOp::Max);
+    if (comm().rank() == 0)
+      std::printf("%-48s %-6s np %d: worst dW error %.2e (tol %.0e)\n", what.c_str(), b.c_str(), comm().size(), worst,
+                  kUpdateTol);
+    bytes = gpu->stats().at("comm_bytes");
+    EXPECT_GT(bytes, 0.0) << tag;
+  }
+  return bytes;
+}
+
+}  // namespace
+
+TEST(CudaFsdpOptim, MuonAndNorMuonMatchTheCpuShards) {
+  if (!gpu_ready()) GTEST_SKIP() << "no CUDA device";
+  for (Algorithm a : {Algorithm::Muon, Algorithm::NorMuon}) {
+    OptimHParams hp = hparams(a);
+    check_against_cpu(hp, name_of(a));
+    hp.state_dtype = StateDtype::BF16;
+    hp.nesterov = !hp.nesterov;
+    check_against_cpu(hp, std::string(name_of(a)) + " bf16 state, nesterov flipped");
+  }
+}
+
+TEST(CudaFsdpOptim, Dion2AndNorDion2MatchTheCpuShards) {
+  if (!gpu_ready()) GTEST_SKIP() << "no CUDA device";
+  for (Algorithm a : {Algorithm::Dion2, Algorithm::NorDion2}) {
+    for (Select sel : {Select::L1, Select::Random})
+      for (bool ef : {true, false}) {
+        OptimHParams hp = hparams(a);
+        hp.select = sel;
+        hp.ef = ef;
+        check_against_cpu(hp, fmt::format("{} select {} ef {}", name_of(a), name_of(sel), ef));
+      }
+    OptimHParams hp = hparams(a);
+    hp.state_dtype = StateDtype::BF16;
+    hp.fraction = 0.25f;
+    check_against_cpu(hp, fmt::format("{} bf16 state, fraction 0.25", name_of(a)));
+  }
+}
+
+TEST(CudaFsdpOptim, Dion2BytesScaleWithFraction) {
+  if (!gpu_ready()) GTEST_SKIP() << "no CUDA device";
+  double last = check_against_cpu(hparams(Algorithm::Muon), "muon");
+  for (float f : {0.5f, 0.25f, 0.125f}) {
+    OptimHParams hp = hparams(Algorithm::Dion2);
+    hp.fraction = f;
+    const double b = check_against_cpu(hp, fmt::format("dion2 fraction {}", f));
+    EXPECT_LT(b, last) << "fraction " << f;
+    last = b;
+  }
+}
+
+TEST(CudaFsdpOptim, GlobalScopeIsAClearError) {
+  if (!gpu_ready()) GTEST_SKIP() << "no CUDA device";
+  TestGroup h(kShapes, 11);
+  Shards sh(h);
+  auto dc = device_comm("staged");
+  DistributedOptions o;
+  o.row_sharded = true;
+  o.comm = dc.get();
+  o.host_comm = &comm();
+  o.select_scope = "global";
+  try {
+    make_distributed_optimizer(hparams(Algorithm::Dion2), sh.dev_slots, Device::CUDA, o);
+    ADD_FAILURE() << "no error";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("select_scope"), std::string::npos) << e.what();
+  }
+}
