@@ -5,6 +5,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,6 +41,11 @@ class Communicator {
   // working on another stream can order itself with them. Host backends: false.
   virtual bool device_buffers() const { return false; }
   virtual void* device_stream() const { return nullptr; }
+  // Collectives called between group_start() and group_end() may be fused into one launch
+  // (NCCL: ncclGroupStart/End; the others run each call as it comes). For many small collectives
+  // in a row, e.g. FSDP's per-parameter gathers. Use CollectiveGroup.
+  virtual void group_start() {}
+  virtual void group_end() {}
 
   // Variable-size blocks (FSDP shards of uneven row splits): counts[r] elements from / to rank r,
   // block r at element offset counts[0] + ... + counts[r-1] of the concatenated buffer.
@@ -59,6 +65,22 @@ class Communicator {
     all_reduce(&v, 1, DType::F64, op);
     return v;
   }
+};
+
+// group_start() on construction, group_end() on destruction (not while an exception from inside
+// the group unwinds: that error is the one to report, and the job aborts on it).
+class CollectiveGroup {
+ public:
+  explicit CollectiveGroup(Communicator& c) : c_(c), unwinding_(std::uncaught_exceptions()) { c_.group_start(); }
+  ~CollectiveGroup() noexcept(false) {
+    if (std::uncaught_exceptions() == unwinding_) c_.group_end();
+  }
+  CollectiveGroup(const CollectiveGroup&) = delete;
+  CollectiveGroup& operator=(const CollectiveGroup&) = delete;
+
+ private:
+  Communicator& c_;
+  int unwinding_;
 };
 
 // A world of one rank: every collective is a copy.

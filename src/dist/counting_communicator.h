@@ -38,6 +38,8 @@ class CountingCommunicator final : public Communicator {
   std::string backend() const override { return inner_.backend(); }
   bool device_buffers() const override { return inner_.device_buffers(); }
   void* device_stream() const override { return inner_.device_stream(); }
+  void group_start() override { inner_.group_start(); }
+  void group_end() override { inner_.group_end(); }
   void all_reduce(void* data, size_t count, DType t, ReduceOp op) override;
   void reduce_scatter(const void* send, void* recv, size_t count, DType t, ReduceOp op) override;
   void all_gather(const void* send, void* recv, size_t count, DType t) override;

@@ -178,16 +178,19 @@ double padded_block_bytes(CollectiveKind kind, const std::vector<size_t>& counts
 
 void Fsdp::gather_params() {
   const auto& params = plan_.layout().params();
-  for (size_t p = 0; p < params.size(); ++p) {
-    float* whole = model_.params() + params[p].offset;
-    const float* mine = buf_->master + plan_.local_offset(p, rank_);
-    if (world_ == 1) {
-      copy_on_device(model_, whole, mine, params[p].numel() * sizeof(float));
-      continue;
+  Communicator& comm = device_comm_ ? *device_comm_ : host_;
+  {
+    CollectiveGroup group(comm);  // NCCL: every parameter's gather in one launch
+    for (size_t p = 0; p < params.size(); ++p) {
+      float* whole = model_.params() + params[p].offset;
+      const float* mine = buf_->master + plan_.local_offset(p, rank_);
+      if (world_ == 1) {
+        copy_on_device(model_, whole, mine, params[p].numel() * sizeof(float));
+        continue;
+      }
+      comm.all_gatherv(mine, whole, plan_.counts(p), DType::F32);
+      last_bytes_ += padded_block_bytes(CollectiveKind::AllGather, plan_.counts(p), world_);
     }
-    Communicator& comm = device_comm_ ? *device_comm_ : host_;
-    comm.all_gatherv(mine, whole, plan_.counts(p), DType::F32);
-    last_bytes_ += padded_block_bytes(CollectiveKind::AllGather, plan_.counts(p), world_);
   }
 #if defined(ORTHOGPT_CUDA) && defined(ORTHOGPT_NCCL)
   if (device_comm_) nccl_synchronize(*device_comm_);  // with the timeout: a dead peer is an error
@@ -198,16 +201,19 @@ void Fsdp::gather_params() {
 void Fsdp::reduce_gradients() {
   last_bytes_ = 0;  // a step's traffic: this reduce-scatter and the all-gather after the optimizer
   const auto& params = plan_.layout().params();
-  for (size_t p = 0; p < params.size(); ++p) {
-    const float* whole = model_.grads() + params[p].offset;
-    float* mine = buf_->grads + plan_.local_offset(p, rank_);
-    if (world_ == 1) {
-      copy_on_device(model_, mine, whole, params[p].numel() * sizeof(float));
-      continue;
+  Communicator& comm = device_comm_ ? *device_comm_ : host_;
+  {
+    CollectiveGroup group(comm);  // NCCL: every parameter's reduce-scatter in one launch
+    for (size_t p = 0; p < params.size(); ++p) {
+      const float* whole = model_.grads() + params[p].offset;
+      float* mine = buf_->grads + plan_.local_offset(p, rank_);
+      if (world_ == 1) {
+        copy_on_device(model_, mine, whole, params[p].numel() * sizeof(float));
+        continue;
+      }
+      comm.reduce_scatterv(whole, mine, plan_.counts(p), DType::F32, ReduceOp::Avg);
+      last_bytes_ += padded_block_bytes(CollectiveKind::ReduceScatter, plan_.counts(p), world_);
     }
-    Communicator& comm = device_comm_ ? *device_comm_ : host_;
-    comm.reduce_scatterv(whole, mine, plan_.counts(p), DType::F32, ReduceOp::Avg);
-    last_bytes_ += padded_block_bytes(CollectiveKind::ReduceScatter, plan_.counts(p), world_);
   }
 #if defined(ORTHOGPT_CUDA) && defined(ORTHOGPT_NCCL)
   if (device_comm_) nccl_synchronize(*device_comm_);
