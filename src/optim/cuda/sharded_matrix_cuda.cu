@@ -10,7 +10,8 @@
 //   2. all-to-all #1 (bf16): every owner receives every rank's rows of its matrices;
 //   3. the owner copies the parts into whole matrices in row order (copy_parts_kernel, with the
 //      per-chunk sums of squares), normalizes them by their Frobenius norm (muon_normalize_kernel)
-//      and orthonormalizes them, one Newton–Schulz batch per shape (newton_schulz.h);
+//      and orthonormalizes them, one Newton–Schulz batch per shape (newton_schulz.h), the batches
+//      concurrently on their own streams (CudaOptimOptions::concurrent_groups);
 //   4. the owner copies every rank's rows of the result into the send buffer; all-to-all #2;
 //   5. local: NorMuon / NorDion2 normalization of the returned rows with the local V, whose two
 //      Frobenius sums are all-reduced (shard_norm_*_kernel), then the update on the shard — Muon:
@@ -296,7 +297,11 @@ class CudaShardedMatrix final : public CudaOptimizer {
         CUDA_CHECK(cudaMemset(b->data(), 0, b->bytes()));
       }
       g.blas = std::make_unique<BlasContext>();
-      g.blas->set_stream(main_);
+      if (opt.concurrent_groups && &gp != &ns_groups_.front()) {  // the first group runs on the step stream
+        CUDA_CHECK(cudaStreamCreateWithFlags(&g.own_stream.s, cudaStreamNonBlocking));
+        g.done = std::make_unique<OwnedEvent>();
+      }
+      g.blas->set_stream(g.own_stream.s ? g.own_stream.s : main_);
       g.ns.plan(*g.blas, hp_.ortho, g.shape, NsBuffers{{g.x[0].data(), g.x[1].data()}, g.a.data(), g.b.data()}, opt);
       const int64_t per = g.shape.rows * g.shape.cols;
       for (size_t pos = 0; pos < g.members.size(); ++pos) {
@@ -382,7 +387,8 @@ class CudaShardedMatrix final : public CudaOptimizer {
   Algorithm algorithm() const override { return hp_.algorithm; }
   void set_stream(cudaStream_t s) override {
     main_ = s;
-    for (auto& g : ns_groups_) g->blas->set_stream(s);
+    for (auto& g : ns_groups_)
+      if (!g->own_stream.s) g->blas->set_stream(s);
   }
   cudaStream_t stream() const override { return main_; }
 
@@ -406,9 +412,16 @@ class CudaShardedMatrix final : public CudaOptimizer {
                                                               partials_.data(), ns_norm_multiplier(hp_.ortho), hp_.eps);
         CUDA_CHECK_LAUNCH();
       });
+    // the shape groups concurrently (forked from and joined back into s)
+    CUDA_CHECK(cudaEventRecord(fork_.e, s));
     for (auto& g : ns_groups_) {
+      if (g->own_stream.s) CUDA_CHECK(cudaStreamWaitEvent(g->own_stream.s, fork_.e, 0));
       bf16* out = g->ns.run(*g->blas);
       OG_CHECK(out == g->ns.result(), "internal: NS result not where planned");
+      if (g->own_stream.s) {
+        CUDA_CHECK(cudaEventRecord(g->done->e, g->own_stream.s));
+        CUDA_CHECK(cudaStreamWaitEvent(s, g->done->e, 0));
+      }
     }
     // 4. every rank's rows of the results back
     scatter_.launch(s, nullptr);
@@ -461,7 +474,16 @@ class CudaShardedMatrix final : public CudaOptimizer {
     bool vec4 = false;
     int64_t max_tiles = 0;  // Dion2: dion2_tiles of the shard
   };
+  struct OwnedStream {
+    cudaStream_t s = nullptr;
+    ~OwnedStream() {
+      if (s) cudaStreamDestroy(s);
+    }
+  };
+  // Members are destroyed in reverse order: the cuBLAS context before its stream.
   struct NsGroup {
+    OwnedStream own_stream;            // CudaOptimOptions::concurrent_groups, groups after the first
+    std::unique_ptr<OwnedEvent> done;  // with own_stream
     NsShape shape;
     std::vector<size_t> members;  // owned matrices, increasing index
     DeviceBuffer<bf16> x[2], a, b;
@@ -694,7 +716,7 @@ class CudaShardedMatrix final : public CudaOptimizer {
   std::vector<int64_t> total_;               // per matrix: the rows its owner orthonormalizes
   size_t block_ = 0;
   DeviceBuffer<bf16> send_, recv_;
-  OwnedEvent before_, after_;
+  OwnedEvent before_, after_, fork_;
   StateArena momentum_, variance_;
   std::vector<std::unique_ptr<NsGroup>> ns_groups_;
   std::vector<std::unique_ptr<UpdateGroup>> ugroups_;
