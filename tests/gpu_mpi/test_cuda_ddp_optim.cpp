@@ -20,24 +20,25 @@
 #include <string>
 #include <vector>
 
-#include "core/bf16.h"
 #include "core/cuda_utils.h"
 #include "cpu/optim_test_group.h"
-#include "dist/staged_communicator.h"
 #include "gpu/device_test_group.h"
+#include "gpu_mpi/gpu_mpi_env.h"
 #include "optim/cuda/cuda_optimizer.h"
 #include "optim/cuda/owner_split.h"
 #include "optim/distributed_optimizer.h"
 #include "optim/distributed_plan.h"
 #include "tests/mpi/mpi_env.h"
-#ifdef ORTHOGPT_NCCL
-#include "dist/nccl_communicator.h"
-#endif
 
 using namespace og;
 using og::test::DeviceTestGroup;
 using og::test::TestGroup;
 using og_test::comm;
+using og_test::device_backends;
+using og_test::device_comm;
+using og_test::download_f32;
+using og_test::gpu_ready;
+using og_test::matrix_hparams;
 
 namespace {
 
@@ -49,50 +50,10 @@ const std::vector<std::pair<int64_t, int64_t>> kShapes = {{64, 96},   {64, 96}, 
 constexpr int kSteps = 3;
 constexpr double kTol = 1e-4;
 
-bool gpu_ready() {
-  if (!cuda_available()) return false;
-  int n = 0;
-  CUDA_CHECK(cudaGetDeviceCount(&n));
-  CUDA_CHECK(cudaSetDevice(og_test::g_dist->local_rank % n));
-  return true;
-}
-
-// The device communicators this machine allows: "staged" always, "nccl" with a GPU per rank.
-std::vector<std::string> backends() {
-  std::vector<std::string> out{"staged"};
-#ifdef ORTHOGPT_NCCL
-  int n = 0;
-  CUDA_CHECK(cudaGetDeviceCount(&n));
-  int enough = n >= og_test::g_dist->local_world ? 1 : 0;
-  comm().all_reduce(&enough, 1, DType::I32, ReduceOp::Min);
-  if (enough) out.push_back("nccl");
-#endif
-  return out;
-}
-
-std::unique_ptr<Communicator> device_comm(const std::string& backend) {
-#ifdef ORTHOGPT_NCCL
-  if (backend == "nccl") return make_nccl_communicator(comm(), nullptr, 120.0);
-#endif
-  return make_staged_communicator(comm(), nullptr);
-}
-
 struct Result {
   std::vector<std::vector<float>> w, momentum;
   double comm_bytes = 0.0;
 };
-
-std::vector<float> download_f32(const void* p, size_t n, StateDtype t) {
-  std::vector<float> out(n);
-  if (t == StateDtype::F32) {
-    CUDA_CHECK(cudaMemcpy(out.data(), p, n * 4, cudaMemcpyDeviceToHost));
-  } else {
-    std::vector<uint16_t> b(n);
-    CUDA_CHECK(cudaMemcpy(b.data(), p, n * 2, cudaMemcpyDeviceToHost));
-    for (size_t i = 0; i < n; ++i) out[i] = float_from_bf16_bits(b[i]);
-  }
-  return out;
-}
 
 // kSteps steps of the distributed (dc != nullptr) or single-process optimizer on the GPU.
 Result run(const OptimHParams& hp, Communicator* dc) {
@@ -139,20 +100,11 @@ void expect_same_on_all_ranks(const std::vector<float>& v, const std::string& wh
   EXPECT_EQ(mx, mn) << what << " differs between ranks";
 }
 
-OptimHParams hparams(Algorithm a) {
-  OptimHParams hp;
-  hp.algorithm = a;
-  hp.weight_decay = 0.1f;
-  hp.fraction = 0.5f;
-  hp.seed = 7;
-  return hp;
-}
-
 // One configuration against one process, on every available backend.
 double check_against_single(const OptimHParams& hp, const std::string& what) {
   const Result ref = run(hp, nullptr);
   double bytes = 0.0;
-  for (const std::string& b : backends()) {
+  for (const std::string& b : device_backends()) {
     auto dc = device_comm(b);
     const Result got = run(hp, dc.get());
     const std::string tag = what + " over " + b + " on " + std::to_string(comm().size()) + " ranks";
@@ -209,41 +161,15 @@ TEST(CudaDdpOptim, OwnerSplitCoversEveryMatrixOnce) {
 
 TEST(CudaDdpOptim, MuonAndNorMuonMatchOneProcess) {
   if (!gpu_ready()) GTEST_SKIP() << "no CUDA device";
-  for (Algorithm a : {Algorithm::Muon, Algorithm::NorMuon}) {
-    OptimHParams hp = hparams(a);
-    check_against_single(hp, name_of(a));
-    hp.state_dtype = StateDtype::BF16;
-    hp.nesterov = false;
-    check_against_single(hp, std::string(name_of(a)) + " bf16 state, no nesterov");
-  }
+  og_test::check_muon_configs(check_against_single);
 }
 
 TEST(CudaDdpOptim, Dion2AndNorDion2MatchOneProcess) {
   if (!gpu_ready()) GTEST_SKIP() << "no CUDA device";
-  for (Algorithm a : {Algorithm::Dion2, Algorithm::NorDion2}) {
-    for (Select sel : {Select::L1, Select::Random})
-      for (bool ef : {true, false}) {
-        OptimHParams hp = hparams(a);
-        hp.select = sel;
-        hp.ef = ef;
-        check_against_single(hp, fmt::format("{} select {} ef {}", name_of(a), name_of(sel), ef));
-      }
-    OptimHParams hp = hparams(a);
-    hp.state_dtype = StateDtype::BF16;
-    hp.fraction = 0.25f;
-    check_against_single(hp, fmt::format("{} bf16 state, fraction 0.25", name_of(a)));
-  }
+  og_test::check_dion2_configs(check_against_single);
 }
 
 TEST(CudaDdpOptim, Dion2BytesScaleWithFraction) {
   if (!gpu_ready()) GTEST_SKIP() << "no CUDA device";
-  const double muon = check_against_single(hparams(Algorithm::Muon), "muon");
-  double last = muon;
-  for (float f : {0.5f, 0.25f, 0.125f}) {
-    OptimHParams hp = hparams(Algorithm::Dion2);
-    hp.fraction = f;
-    const double b = check_against_single(hp, fmt::format("dion2 fraction {}", f));
-    EXPECT_LT(b, last) << "fraction " << f;
-    last = b;
-  }
+  og_test::check_dion2_bytes_fall_with_fraction(check_against_single);
 }

@@ -21,22 +21,23 @@
 #include <string>
 #include <vector>
 
-#include "core/bf16.h"
 #include "core/cuda_utils.h"
 #include "cpu/optim_test_group.h"
 #include "dist/shard_plan.h"
-#include "dist/staged_communicator.h"
+#include "gpu_mpi/gpu_mpi_env.h"
 #include "optim/distributed_optimizer.h"
 #include "optim/distributed_plan.h"
 #include "tests/mpi/mpi_env.h"
-#ifdef ORTHOGPT_NCCL
-#include "dist/nccl_communicator.h"
-#endif
 
 using namespace og;
 using og::test::rel_diff;
 using og::test::TestGroup;
 using og_test::comm;
+using og_test::device_backends;
+using og_test::device_comm;
+using og_test::download_f32;
+using og_test::gpu_ready;
+using og_test::matrix_hparams;
 
 namespace {
 
@@ -47,60 +48,12 @@ const std::vector<std::pair<int64_t, int64_t>> kShapes = {{64, 96},  {64, 96},  
 constexpr int kSteps = 3;
 constexpr double kUpdateTol = 5e-2;
 
-bool gpu_ready() {
-  if (!cuda_available()) return false;
-  int n = 0;
-  CUDA_CHECK(cudaGetDeviceCount(&n));
-  CUDA_CHECK(cudaSetDevice(og_test::g_dist->local_rank % n));
-  return true;
-}
-
-std::vector<std::string> backends() {
-  std::vector<std::string> out{"staged"};
-#ifdef ORTHOGPT_NCCL
-  int n = 0;
-  CUDA_CHECK(cudaGetDeviceCount(&n));
-  int enough = n >= og_test::g_dist->local_world ? 1 : 0;
-  comm().all_reduce(&enough, 1, DType::I32, ReduceOp::Min);
-  if (enough) out.push_back("nccl");
-#endif
-  return out;
-}
-
-std::unique_ptr<Communicator> device_comm(const std::string& backend) {
-#ifdef ORTHOGPT_NCCL
-  if (backend == "nccl") return make_nccl_communicator(comm(), nullptr, 120.0);
-#endif
-  return make_staged_communicator(comm(), nullptr);
-}
-
-std::vector<float> download_f32(const void* p, size_t n, StateDtype t) {
-  std::vector<float> out(n);
-  if (n == 0) return out;
-  if (t == StateDtype::F32) {
-    CUDA_CHECK(cudaMemcpy(out.data(), p, n * 4, cudaMemcpyDeviceToHost));
-  } else {
-    std::vector<uint16_t> b(n);
-    CUDA_CHECK(cudaMemcpy(b.data(), p, n * 2, cudaMemcpyDeviceToHost));
-    for (size_t i = 0; i < n; ++i) out[i] = float_from_bf16_bits(b[i]);
-  }
-  return out;
-}
 std::vector<float> host_f32(const StateTensor& s) {
   std::vector<float> out(s.count);
   for (size_t i = 0; i < s.count; ++i)
     out[i] = s.dtype == StateDtype::F32 ? static_cast<const float*>(s.data)[i]
                                         : float_from_bf16_bits(static_cast<const uint16_t*>(s.data)[i]);
   return out;
-}
-
-OptimHParams hparams(Algorithm a) {
-  OptimHParams hp;
-  hp.algorithm = a;
-  hp.weight_decay = 0.1f;
-  hp.fraction = 0.5f;
-  hp.seed = 7;
-  return hp;
 }
 
 // This rank's rows of every matrix, on the host (CPU optimizer) and on the GPU.
@@ -148,7 +101,7 @@ struct Shards {
 // kSteps steps of the CUDA and the CPU row-shard optimizer; returns the GPU's comm bytes.
 double check_against_cpu(const OptimHParams& hp, const std::string& what) {
   double bytes = 0.0;
-  for (const std::string& b : backends()) {
+  for (const std::string& b : device_backends()) {
     const std::string tag =
         what + " over " + b + " on " + std::to_string(comm().size()) + " ranks, rank " + std::to_string(comm().rank());
     auto dc = device_comm(b);
@@ -207,42 +160,17 @@ double check_against_cpu(const OptimHParams& hp, const std::string& what) {
 
 TEST(CudaFsdpOptim, MuonAndNorMuonMatchTheCpuShards) {
   if (!gpu_ready()) GTEST_SKIP() << "no CUDA device";
-  for (Algorithm a : {Algorithm::Muon, Algorithm::NorMuon}) {
-    OptimHParams hp = hparams(a);
-    check_against_cpu(hp, name_of(a));
-    hp.state_dtype = StateDtype::BF16;
-    hp.nesterov = !hp.nesterov;
-    check_against_cpu(hp, std::string(name_of(a)) + " bf16 state, nesterov flipped");
-  }
+  og_test::check_muon_configs(check_against_cpu);
 }
 
 TEST(CudaFsdpOptim, Dion2AndNorDion2MatchTheCpuShards) {
   if (!gpu_ready()) GTEST_SKIP() << "no CUDA device";
-  for (Algorithm a : {Algorithm::Dion2, Algorithm::NorDion2}) {
-    for (Select sel : {Select::L1, Select::Random})
-      for (bool ef : {true, false}) {
-        OptimHParams hp = hparams(a);
-        hp.select = sel;
-        hp.ef = ef;
-        check_against_cpu(hp, fmt::format("{} select {} ef {}", name_of(a), name_of(sel), ef));
-      }
-    OptimHParams hp = hparams(a);
-    hp.state_dtype = StateDtype::BF16;
-    hp.fraction = 0.25f;
-    check_against_cpu(hp, fmt::format("{} bf16 state, fraction 0.25", name_of(a)));
-  }
+  og_test::check_dion2_configs(check_against_cpu);
 }
 
 TEST(CudaFsdpOptim, Dion2BytesScaleWithFraction) {
   if (!gpu_ready()) GTEST_SKIP() << "no CUDA device";
-  double last = check_against_cpu(hparams(Algorithm::Muon), "muon");
-  for (float f : {0.5f, 0.25f, 0.125f}) {
-    OptimHParams hp = hparams(Algorithm::Dion2);
-    hp.fraction = f;
-    const double b = check_against_cpu(hp, fmt::format("dion2 fraction {}", f));
-    EXPECT_LT(b, last) << "fraction " << f;
-    last = b;
-  }
+  og_test::check_dion2_bytes_fall_with_fraction(check_against_cpu);
 }
 
 TEST(CudaFsdpOptim, GlobalScopeIsAClearError) {
@@ -256,7 +184,7 @@ TEST(CudaFsdpOptim, GlobalScopeIsAClearError) {
   o.host_comm = &comm();
   o.select_scope = "global";
   try {
-    make_distributed_optimizer(hparams(Algorithm::Dion2), sh.dev_slots, Device::CUDA, o);
+    make_distributed_optimizer(matrix_hparams(Algorithm::Dion2), sh.dev_slots, Device::CUDA, o);
     ADD_FAILURE() << "no error";
   } catch (const std::exception& e) {
     EXPECT_NE(std::string(e.what()).find("select_scope"), std::string::npos) << e.what();
