@@ -5,7 +5,7 @@
 # bench_optim_ddp (the optimizer step on 1 GPU vs split over all GPUs, bytes per step); then
 # train the reproduction model (configs/repro, 131k tokens per step) for a few steps on one GPU
 # and on every GPU of the machine with mpirun, under DDP (Muon, Dion2 α ∈ {0.5, 0.25, 0.125})
-# and FSDP (the same, and AdamW for the matrices too); print tokens/s per GPU, the
+# and FSDP (the same, and AdamW for the matrices too), and Dion2 random with dist.compressed_sync; print tokens/s per GPU, the
 # scaling efficiency against one GPU, peak GPU memory and the bytes each rank communicated per
 # step (metrics.jsonl). Logs and metrics under $OUT (or ./out).
 #   scripts/device_dist.sh [STEPS] [--no-tests] [--no-bench] [--no-train]     (default 40 steps)
@@ -79,6 +79,10 @@ if [ "$train" = 1 ]; then
   done
   run adamw_1gpu 1 configs/repro/base.yaml --optim.matrix.algorithm adamw
   run adamw_fsdp "$ngpu" configs/repro/base.yaml --optim.matrix.algorithm adamw --dist.mode fsdp
+  # dist.compressed_sync (Dion2 random): the matrix gradients stay local, only M[K] is all-reduced
+  run dion2rand_1gpu 1 configs/repro/dion2_a0.25_random.yaml
+  run dion2rand_ddp "$ngpu" configs/repro/dion2_a0.25_random.yaml --dist.mode ddp
+  run dion2rand_compressed "$ngpu" configs/repro/dion2_a0.25_random.yaml --dist.mode ddp --dist.compressed_sync true
 fi
 [ "$bench" = 1 ] && sed -n '/==== summary/,$p' "$out/bench_optim_ddp.log"
 [ "$tests" = 1 ] && printf '%s\n' "${results[@]}"

@@ -88,7 +88,6 @@ std::unique_ptr<Optimizer> make_distributed_optimizer(const OptimHParams& hp, st
     // The CUDA path. Row shards: optim/cuda/sharded_matrix_cuda.h. Replicated parameters: each
     // matrix orthonormalized by one owner rank, the results all-gathered over the device
     // communicator (optim/cuda/owner_split.h).
-    OG_CHECK(!opt.compressed_sync, "dist.compressed_sync on cuda is not supported yet");
 #ifdef ORTHOGPT_CUDA
     if (opt.row_sharded) {
       // Row shards: all-to-all to the owners and back (optim/cuda/sharded_matrix_cuda.h).
@@ -100,13 +99,14 @@ std::unique_ptr<Optimizer> make_distributed_optimizer(const OptimHParams& hp, st
       return cuda::make_cuda_sharded_matrix(hp, std::move(params), *opt.comm, *opt.host_comm);
     }
 #endif
-    if (opt.owner_split == "off" || (opt.owner_split == "auto" && !owner_split_pays(hp, params)))
-      return make_optimizer(hp, std::move(params), device);
+    const bool split = opt.owner_split == "on" || (opt.owner_split == "auto" && owner_split_pays(hp, params));
+    if (!split && !opt.compressed_sync) return make_optimizer(hp, std::move(params), device);
 #ifdef ORTHOGPT_CUDA
     OG_CHECK(opt.comm->device_buffers(), "{} on cuda across {} ranks needs a device communicator (nccl), got '{}'",
              name_of(a), W, opt.comm->backend());
     CudaOptimOptions o;
-    o.ddp_comm = opt.comm;
+    if (split) o.ddp_comm = opt.comm;
+    if (opt.compressed_sync) o.compressed_sync_comm = opt.comm;  // Dion2 random (checked above)
     return make_cuda_optimizer(hp, std::move(params), o);
 #else
     fail("{}: this build has no CUDA support", name_of(a));

@@ -42,8 +42,8 @@
 // The CPU path uses host buffers and the host (MPI) communicator; CUDA parameters need a device
 // communicator (NCCL, or the host-staged one of dist/staged_communicator.h); on CUDA, row-sharded
 // Muon / NorMuon / Dion2 / NorDion2 are optim/cuda/sharded_matrix_cuda.h (Dion2 with the local
-// scope), and the global scope, Dion under FSDP and compressed sync are not implemented yet (clear
-// errors). stats()["comm_bytes"]: bytes this rank sent in the last step, by the ring formulas of
+// scope; the global scope and Dion under FSDP are not implemented yet: clear errors), compressed
+// sync is the single-GPU Dion2 with CudaOptimOptions::compressed_sync_comm. stats()["comm_bytes"]: bytes this rank sent in the last step, by the ring formulas of
 // dist/counting_communicator.h.
 #pragma once
 #include <memory>

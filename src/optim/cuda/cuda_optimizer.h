@@ -75,6 +75,12 @@ struct CudaOptimOptions {
   // elementwise work runs on every rank, so the state stays identical. nullptr: one process.
   // make_distributed_optimizer sets it; the communicator must outlive the optimizer.
   Communicator* ddp_comm = nullptr;
+  // Dion2 with random selection across DDP ranks whose matrix gradients were NOT averaged
+  // (dist.compressed_sync, the paper's §3.2): every rank draws the same slices, so after the
+  // selection only M[K] is all-reduced (averaged, fp32) and written back, and the NS input scale
+  // is recomputed from the averaged slices; the unselected momentum stays local until
+  // synchronize_state(). Combines with ddp_comm. nullptr: the gradients were averaged.
+  Communicator* compressed_sync_comm = nullptr;
 };
 
 class CudaOptimizer : public Optimizer {

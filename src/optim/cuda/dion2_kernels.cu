@@ -542,6 +542,51 @@ __global__ void decay_weights_kernel(const ChunkRef* __restrict__ chunks, const 
   }
 }
 
+// grid (ceil(max_len / 256), max_k, n_mats), block 256: element l of selected slice j of matrix z
+// between M and its fp32 buffer slot (PACK: M → buf; else buf → M, rounded as stored).
+template <typename S, bool PACK>
+__global__ void move_selected_kernel(const Dion2Mat* __restrict__ mats, const int64_t* __restrict__ offsets,
+                                     float* __restrict__ buf) {
+  const Dion2Mat& d = mats[blockIdx.z];
+  const int64_t j = blockIdx.y, l = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  const int64_t L = d.by_cols ? d.rows : d.cols;
+  if (j >= d.k || l >= L) return;
+  S* m = static_cast<S*>(d.m) + (d.by_cols ? l * d.cols + d.sel[j] : (int64_t)d.sel[j] * d.cols + l);
+  float* b = buf + offsets[blockIdx.z] + j * L + l;
+  if constexpr (PACK)
+    *b = to_f32(*m);
+  else
+    *m = from_f32<S>(*b);
+}
+
+// One block (256 threads) per matrix: *scale = 1/(mult·‖M[K]‖_F + eps) over its buffer slot, each
+// value rounded as M stores it (fixed-order sum).
+template <typename S>
+__global__ void selected_scale_kernel(const Dion2Mat* __restrict__ mats, const int64_t* __restrict__ offsets,
+                                      const float* __restrict__ buf, float mult, float eps) {
+  __shared__ float scratch[32];
+  const Dion2Mat& d = mats[blockIdx.x];
+  const int64_t n = (int64_t)d.k * (d.by_cols ? d.rows : d.cols);
+  const float* b = buf + offsets[blockIdx.x];
+  float sq = 0.0f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const float v = to_f32(from_f32<S>(b[i]));
+    sq += v * v;
+  }
+  sq = block_sum(sq, scratch);
+  if (threadIdx.x == 0) *d.scale = 1.0f / (mult * sqrtf(sq) + eps);
+}
+
+// Grid-stride: f32[i] = state[i] (TO_F32) or state[i] = rounded f32[i].
+template <typename S, bool TO_F32> __global__ void convert_state_kernel(S* __restrict__ state, float* f32, int64_t n) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    if constexpr (TO_F32)
+      f32[i] = to_f32(state[i]);
+    else
+      state[i] = from_f32<S>(f32[i]);
+  }
+}
+
 // One thread: *dst = v.
 __global__ void set_scalars_kernel(Dion2Scalars* dst, Dion2Scalars v) { *dst = v; }
 
@@ -689,6 +734,46 @@ void dion2_apply_pending_decay(cudaStream_t s, const Dion2Mat* mats, int n_mats,
     apply_pending_decay_kernel<bf16><<<grid, 256, 0, s>>>(mats, f);
   else
     apply_pending_decay_kernel<float><<<grid, 256, 0, s>>>(mats, f);
+  CUDA_CHECK_LAUNCH();
+}
+
+void dion2_pack_selected(cudaStream_t s, const Dion2Mat* mats, int n_mats, const int64_t* offsets, float* buf,
+                         int64_t max_k, int64_t max_len, StateDtype dtype) {
+  if (n_mats == 0 || max_k == 0) return;
+  const dim3 grid((unsigned)((max_len + 255) / 256), (unsigned)max_k, (unsigned)n_mats);
+  if (dtype == StateDtype::BF16)
+    move_selected_kernel<bf16, true><<<grid, 256, 0, s>>>(mats, offsets, buf);
+  else
+    move_selected_kernel<float, true><<<grid, 256, 0, s>>>(mats, offsets, buf);
+  CUDA_CHECK_LAUNCH();
+}
+
+void dion2_unpack_selected(cudaStream_t s, const Dion2Mat* mats, int n_mats, const int64_t* offsets, const float* buf,
+                           int64_t max_k, int64_t max_len, StateDtype dtype, float mult, float eps) {
+  if (n_mats == 0 || max_k == 0) return;
+  const dim3 grid((unsigned)((max_len + 255) / 256), (unsigned)max_k, (unsigned)n_mats);
+  float* b = const_cast<float*>(buf);  // not written when unpacking
+  if (dtype == StateDtype::BF16) {
+    move_selected_kernel<bf16, false><<<grid, 256, 0, s>>>(mats, offsets, b);
+    CUDA_CHECK_LAUNCH();
+    selected_scale_kernel<bf16><<<n_mats, 256, 0, s>>>(mats, offsets, buf, mult, eps);
+  } else {
+    move_selected_kernel<float, false><<<grid, 256, 0, s>>>(mats, offsets, b);
+    CUDA_CHECK_LAUNCH();
+    selected_scale_kernel<float><<<n_mats, 256, 0, s>>>(mats, offsets, buf, mult, eps);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+void convert_state(cudaStream_t s, void* state, float* f32, int64_t n, StateDtype dtype, bool to_f32) {
+  if (n == 0) return;
+  const unsigned grid = (unsigned)std::min<int64_t>((n + 255) / 256, 4096);
+  if (dtype == StateDtype::BF16)
+    to_f32 ? convert_state_kernel<bf16, true><<<grid, 256, 0, s>>>(static_cast<bf16*>(state), f32, n)
+           : convert_state_kernel<bf16, false><<<grid, 256, 0, s>>>(static_cast<bf16*>(state), f32, n);
+  else
+    to_f32 ? convert_state_kernel<float, true><<<grid, 256, 0, s>>>(static_cast<float*>(state), f32, n)
+           : convert_state_kernel<float, false><<<grid, 256, 0, s>>>(static_cast<float*>(state), f32, n);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -113,4 +113,16 @@ void dion2_apply_pending_decay(cudaStream_t s, const Dion2Mat* mats, int n_mats,
 // x ← f·x over `total` state elements.
 void scale_state(cudaStream_t s, void* x, int64_t total, StateDtype dtype, float f);
 
+// Compressed sync (dist.compressed_sync): the selected slices M[K] of every matrix to and from one
+// fp32 buffer (matrix i's k×L, slices as rows, at offsets[i]), so that one all-reduce averages
+// them. grid (ceil(max_len / 256), max_k, n_mats), block 256, one element each.
+void dion2_pack_selected(cudaStream_t s, const Dion2Mat* mats, int n_mats, const int64_t* offsets, float* buf,
+                         int64_t max_k, int64_t max_len, StateDtype dtype);
+// M[K] ← buf (rounded to the state dtype), then each matrix's scale 1/(mult·‖M[K]‖_F + eps) from
+// the stored values (one block per matrix): the select kernel's scale was of the local M[K].
+void dion2_unpack_selected(cudaStream_t s, const Dion2Mat* mats, int n_mats, const int64_t* offsets, const float* buf,
+                           int64_t max_k, int64_t max_len, StateDtype dtype, float mult, float eps);
+// dst[i] = src[i] as fp32 (to_f32) or src[i] = dst[i] rounded to the state dtype (!to_f32), n elements.
+void convert_state(cudaStream_t s, void* state, float* f32, int64_t n, StateDtype dtype, bool to_f32);
+
 }  // namespace og::cuda

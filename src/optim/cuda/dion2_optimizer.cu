@@ -23,6 +23,9 @@
 // results land in its block of the gather buffer; one all-gather (bytes ∝ α) between the NS and
 // the NorDion2 factors / updates. The selective decay is then always the lazy one (the gather no
 // longer visits every matrix).
+// Compressed sync (CudaOptimOptions::compressed_sync_comm; random selection, local gradients):
+// after the select, M[K] of every matrix is packed into one fp32 buffer, all-reduced (averaged)
+// and written back, and the scale recomputed from the averaged slices; the rest is unchanged.
 #include <cmath>
 #include <map>
 #include <memory>
@@ -31,6 +34,7 @@
 
 #include "optim/cpu_optimizers.h"
 #include "optim/cuda/chunk_table.h"
+#include "optim/cuda/comm_order.h"
 #include "optim/cuda/dion2_kernels.h"
 #include "optim/cuda/dion2_optimizer.h"
 #include "optim/cuda/matrix_rules.h"
@@ -61,9 +65,10 @@ class CudaDion2 final : public CudaOptimizer {
     decay_in_pass1_ = opt.dion2_decay == CudaOptimOptions::Dion2Decay::InPass1;
     decay_in_scatter_ = opt.dion2_decay == CudaOptimOptions::Dion2Decay::InScatter && hp_.weight_decay != 0.0f;
     const bool split = opt.ddp_comm && opt.ddp_comm->size() > 1;
+    const bool sync = opt.compressed_sync_comm && opt.compressed_sync_comm->size() > 1;
     lazy_decay_ = (opt.dion2_lazy_decay || split) && hp_.ef;
     profile_ = opt.profile_phases;
-    use_graph_ = opt.cuda_graph && !profile_ && !split;  // no collectives inside a captured graph
+    use_graph_ = opt.cuda_graph && !profile_ && !split && !sync;  // no collectives inside a captured graph
     scalars_.resize(1);
     int prio_low = 0, prio_high = 0;  // numerically: low ≥ high
     CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&prio_low, &prio_high));
@@ -107,6 +112,23 @@ class CudaDion2 final : public CudaOptimizer {
                "supports at most {}",
                name_of(hp_.algorithm), p.name, g.n, kMaxSelectSlices);
       while (npow2_ < g.n) npow2_ <<= 1;
+    }
+    if (sync) {
+      OG_CHECK(hp_.algorithm == Algorithm::Dion2 && hp_.select == Select::Random,
+               "dist.compressed_sync: needs dion2 with select random (got {} with select {}): the ranks must select "
+               "the same slices without seeing each other's momentum",
+               name_of(hp_.algorithm), name_of(hp_.select));
+      OG_CHECK(opt.compressed_sync_comm->device_buffers(),
+               "dist.compressed_sync on cuda needs a device communicator (nccl), got '{}'",
+               opt.compressed_sync_comm->backend());
+      sync_ = std::make_unique<CountingCommunicator>(*opt.compressed_sync_comm);
+      std::vector<int64_t> off;
+      for (const Geo& g : geo) {
+        off.push_back(sync_total_);
+        sync_total_ += g.k * g.L;
+      }
+      upload(sync_offsets_, off);
+      sync_buf_.resize((size_t)std::max<int64_t>(sync_total_, 1));
     }
     part_l1_.resize((size_t)std::max<int64_t>(part_total, 1));
     part_l2_.resize((size_t)std::max<int64_t>(part_total, 1));
@@ -293,6 +315,7 @@ class CudaDion2 final : public CudaOptimizer {
   void step(const StepContext& ctx) override {
     check_step_context(ctx, hp_.algorithm);
     if (params_.empty()) return;
+    if (sync_) sync_->reset();
     dion2_set_scalars(
         main_, scalars_.data(),
         Dion2Scalars{ctx.lr, 1.0f - ctx.lr * hp_.weight_decay, (int64_t)ctx.step, decay_pending_ ? ef_decay_ : 1.0f});
@@ -327,7 +350,8 @@ class CudaDion2 final : public CudaOptimizer {
 
   std::map<std::string, double> stats() const override {
     std::map<std::string, double> out;
-    if (split_) out["comm_bytes"] = split_->last_bytes();
+    if (split_ || sync_)
+      out["comm_bytes"] = (split_ ? split_->last_bytes() : 0.0) + (sync_ ? sync_->total_bytes() : 0.0);
     if (!hp_.diagnostics || params_.empty()) return out;
     std::vector<float> mass(params_.size());
     CUDA_CHECK(cudaMemcpyAsync(mass.data(), mass_.data(), mass.size() * sizeof(float), cudaMemcpyDeviceToHost, main_));
@@ -337,6 +361,23 @@ class CudaDion2 final : public CudaOptimizer {
     out["select_k"] = k_sum_ / np;
     out["select_fraction"] = frac_sum_ / np;
     return out;
+  }
+
+  // Compressed sync: every rank's momentum ← the rank average, which is the fully synced momentum
+  // (each step is linear in the local gradients); bf16 state is averaged in fp32 and rounded.
+  void synchronize_state() override {
+    if (!sync_) return;
+    settle_pending_decay();
+    const int64_t n = momentum_.total();
+    if (hp_.state_dtype == StateDtype::F32) {
+      sync_order_.run(*sync_, main_, [&] { sync_->all_reduce(momentum_.base(), n, DType::F32, ReduceOp::Avg); });
+    } else {
+      DeviceBuffer<float> f32((size_t)n);
+      convert_state(main_, momentum_.base(), f32.data(), n, hp_.state_dtype, true);
+      sync_order_.run(*sync_, main_, [&] { sync_->all_reduce(f32.data(), n, DType::F32, ReduceOp::Avg); });
+      convert_state(main_, momentum_.base(), f32.data(), n, hp_.state_dtype, false);
+      CUDA_CHECK(cudaStreamSynchronize(main_));  // before f32 is freed
+    }
   }
 
   std::vector<std::vector<int32_t>> last_selection() override {
@@ -382,6 +423,14 @@ class CudaDion2 final : public CudaOptimizer {
     dion2_select(s, mats_.data(), (int)params_.size(), npow2_, hp_.select == Select::Random, hp_.seed, sc,
                  ns_norm_multiplier(hp_.ortho), hp_.eps);
     if (timer) timer->mark(s, "select");
+    if (sync_) {  // compressed sync: M[K] ← the rank average, and its scale
+      dion2_pack_selected(s, mats_.data(), (int)params_.size(), sync_offsets_.data(), sync_buf_.data(), max_k_,
+                          max_len_, hp_.state_dtype);
+      sync_order_.run(*sync_, s, [&] { sync_->all_reduce(sync_buf_.data(), sync_total_, DType::F32, ReduceOp::Avg); });
+      dion2_unpack_selected(s, mats_.data(), (int)params_.size(), sync_offsets_.data(), sync_buf_.data(), max_k_,
+                            max_len_, hp_.state_dtype, ns_norm_multiplier(hp_.ortho), hp_.eps);
+      if (timer) timer->mark(s, "compressed sync");
+    }
     const bool fork = fork_.e && !timer;
     if (fork) CUDA_CHECK(cudaEventRecord(fork_.e, s));
     for (size_t gi = 0; gi < groups_.size(); ++gi) {
@@ -506,6 +555,13 @@ class CudaDion2 final : public CudaOptimizer {
   StateArena momentum_, variance_;
   std::vector<std::unique_ptr<Group>> groups_;
   std::unique_ptr<OwnerSplit> split_;  // DDP owner split (CudaOptimOptions::ddp_comm), or nullptr
+  // compressed sync (CudaOptimOptions::compressed_sync_comm): M[K] of every matrix, fp32, at
+  // sync_offsets_[i]
+  std::unique_ptr<CountingCommunicator> sync_;
+  CommOrder sync_order_;
+  DeviceBuffer<int64_t> sync_offsets_;
+  DeviceBuffer<float> sync_buf_;
+  int64_t sync_total_ = 0;
   DeviceBuffer<Dion2Mat> mats_;
   DeviceBuffer<Pass1Block> row_blocks_, col_blocks_;
   DeviceBuffer<int32_t> col_mats_, sel_, slot_;

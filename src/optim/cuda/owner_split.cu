@@ -53,14 +53,9 @@ OwnerSplit::OwnerSplit(Communicator& comm, const std::vector<std::vector<int32_t
   block_ = std::max<size_t>(*std::max_element(used.begin(), used.end()), kAlign);
   buf_.resize((size_t)W * block_);
   CUDA_CHECK(cudaMemset(buf_.data(), 0, buf_.bytes()));  // padding travels too: keep it defined
-  CUDA_CHECK(cudaEventCreateWithFlags(&before_, cudaEventDisableTiming));
-  CUDA_CHECK(cudaEventCreateWithFlags(&after_, cudaEventDisableTiming));
 }
 
-OwnerSplit::~OwnerSplit() {
-  if (before_) cudaEventDestroy(before_);
-  if (after_) cudaEventDestroy(after_);
-}
+OwnerSplit::~OwnerSplit() = default;
 
 bf16* OwnerSplit::result(int g, int pos) {
   const int r = owner_[members_[g][pos]];
@@ -69,18 +64,8 @@ bf16* OwnerSplit::result(int g, int pos) {
 
 void OwnerSplit::all_gather(cudaStream_t s) {
   comm_.reset();
-  auto* cs = static_cast<cudaStream_t>(comm_.device_stream());
-  const bool other = cs != s;
-  if (other) {
-    CUDA_CHECK(cudaEventRecord(before_, s));
-    CUDA_CHECK(cudaStreamWaitEvent(cs, before_, 0));
-  }
   bf16* mine = buf_.data() + (size_t)rank() * block_;
-  comm_.all_gather(mine, buf_.data(), block_, DType::BF16);
-  if (other) {
-    CUDA_CHECK(cudaEventRecord(after_, cs));
-    CUDA_CHECK(cudaStreamWaitEvent(s, after_, 0));
-  }
+  order_.run(comm_, s, [&] { comm_.all_gather(mine, buf_.data(), block_, DType::BF16); });
 }
 
 void neuron_norm_factors_by_run(OwnerSplit* split, int g, int size, const bf16* all, cudaStream_t s, int64_t k,

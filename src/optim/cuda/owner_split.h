@@ -21,6 +21,7 @@
 #include "core/cuda_utils.h"
 #include "dist/counting_communicator.h"
 #include "optim/cuda/blas.h"
+#include "optim/cuda/comm_order.h"
 #include "optim/cuda/neuron_norm.h"
 
 namespace og::cuda {
@@ -62,7 +63,7 @@ class OwnerSplit {
   std::vector<int64_t> per_;  // elements of one result, per group
   size_t block_ = 0;
   DeviceBuffer<bf16> buf_;
-  cudaEvent_t before_ = nullptr, after_ = nullptr;
+  CommOrder order_;
 };
 
 // NorMuon's / NorDion2's neuron-wise factors (neuron_norm.h) of every member of NS group g, whose

@@ -34,6 +34,7 @@
 #include "dist/counting_communicator.h"
 #include "optim/cpu_optimizers.h"
 #include "optim/cuda/chunk_table.h"
+#include "optim/cuda/comm_order.h"
 #include "optim/cuda/device_math.cuh"
 #include "optim/cuda/dion2_kernels.h"
 #include "optim/cuda/muon_kernels.cuh"
@@ -634,24 +635,9 @@ class CudaShardedMatrix final : public CudaOptimizer {
     }
   }
 
-  // A collective of the device communicator, ordered after the work on stream s and s after it
-  // (events, when the communicator's stream is another).
-  template <typename F> void on_comm_stream(cudaStream_t s, F&& collective) {
-    auto* cs = static_cast<cudaStream_t>(comm_.device_stream());
-    const bool other = cs != s;
-    if (other) {
-      CUDA_CHECK(cudaEventRecord(before_.e, s));
-      CUDA_CHECK(cudaStreamWaitEvent(cs, before_.e, 0));
-    }
-    collective();
-    if (other) {
-      CUDA_CHECK(cudaEventRecord(after_.e, cs));
-      CUDA_CHECK(cudaStreamWaitEvent(s, after_.e, 0));
-    }
-  }
   // One all-to-all of the exchange buffers (send → recv).
   void exchange(cudaStream_t s) {
-    on_comm_stream(s, [&] { comm_.all_to_all(send_.data(), recv_.data(), block_, DType::BF16); });
+    order_.run(comm_, s, [&] { comm_.all_to_all(send_.data(), recv_.data(), block_, DType::BF16); });
   }
 
   // NorMuon / NorDion2: the factors of this rank's rows; the two Frobenius sums over all ranks.
@@ -672,7 +658,7 @@ class CudaShardedMatrix final : public CudaOptimizer {
     });
     shard_norm_sums_kernel<<<np, 256, 0, s>>>(norm_partial_.data(), norm_blocks_, norm_sums_.data());
     CUDA_CHECK_LAUNCH();
-    on_comm_stream(s, [&] { comm_.all_reduce(norm_sums_.data(), 2 * (size_t)np, DType::F32, ReduceOp::Sum); });
+    order_.run(comm_, s, [&] { comm_.all_reduce(norm_sums_.data(), 2 * (size_t)np, DType::F32, ReduceOp::Sum); });
     const dim3 rgrid((unsigned)std::max<int64_t>((max_mine_ + 255) / 256, 1), np);
     shard_norm_restore_kernel<<<rgrid, 256, 0, s>>>(norm_rows_descs_.data(), norm_sums_.data());
     CUDA_CHECK_LAUNCH();
@@ -712,7 +698,8 @@ class CudaShardedMatrix final : public CudaOptimizer {
   std::vector<int64_t> total_;               // per matrix: the rows its owner orthonormalizes
   size_t block_ = 0;
   DeviceBuffer<bf16> send_, recv_;
-  OwnedEvent before_, after_, fork_;
+  CommOrder order_;
+  OwnedEvent fork_;
   StateArena momentum_, variance_;
   std::vector<std::unique_ptr<NsGroup>> ns_groups_;
   std::vector<std::unique_ptr<UpdateGroup>> ugroups_;

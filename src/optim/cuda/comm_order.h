@@ -1,0 +1,46 @@
+// Ordering a device communicator's collective with work on another stream: the collective runs
+// on the communicator's own stream (Communicator::device_stream()), after everything enqueued on
+// stream s so far, and s continues only after it (two events; nothing when the streams are one).
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <utility>
+
+#include "core/cuda_utils.h"
+#include "dist/communicator.h"
+
+namespace og::cuda {
+
+class CommOrder {
+ public:
+  CommOrder() {
+    CUDA_CHECK(cudaEventCreateWithFlags(&before_, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventCreateWithFlags(&after_, cudaEventDisableTiming));
+  }
+  ~CommOrder() {
+    cudaEventDestroy(before_);
+    cudaEventDestroy(after_);
+  }
+  CommOrder(const CommOrder&) = delete;
+  CommOrder& operator=(const CommOrder&) = delete;
+
+  // collective(): the calls on comm, enqueued on its stream in order with s.
+  template <typename F> void run(Communicator& comm, cudaStream_t s, F&& collective) {
+    auto* cs = static_cast<cudaStream_t>(comm.device_stream());
+    const bool other = cs != s;
+    if (other) {
+      CUDA_CHECK(cudaEventRecord(before_, s));
+      CUDA_CHECK(cudaStreamWaitEvent(cs, before_, 0));
+    }
+    std::forward<F>(collective)();
+    if (other) {
+      CUDA_CHECK(cudaEventRecord(after_, cs));
+      CUDA_CHECK(cudaStreamWaitEvent(s, after_, 0));
+    }
+  }
+
+ private:
+  cudaEvent_t before_ = nullptr, after_ = nullptr;
+};
+
+}  // namespace og::cuda
