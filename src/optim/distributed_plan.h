@@ -21,10 +21,11 @@ double ns_cost(int64_t rows, int64_t cols);
 // of its memory passes (20 B per element) reach kOwnerSplitFlopsPerByte. Below that, the
 // single-GPU step runs the NS concurrently with the memory passes of the other shape groups and
 // hides most of it; splitting it then saves little, and the all-gather and the barrier before the
-// updates cost more. Measured on 2×H200 (bench_optim_ddp, docs/DISTRIBUTED.md), FLOP/B and the
-// split's speed-up: 160M Muon 960, 1.33×; Dion2 α=0.5 216, 1.07×; α=0.25 51, 0.84× (slower);
-// α=0.125 12, 0.73×; 1B Muon 2560, 1.70×; Dion2 α=0.5 576, 1.41×; α=0.25 136, 1.05×; α=0.125 33,
-// 0.98×. The threshold sits between the slowest win (136) and the mildest loss (51).
+// updates cost more. Measured on 2×H200 (bench_optim_ddp, docs/PERF.md; session 7, after the NCCL
+// wait fix), FLOP/B and the split's speed-up: 160M Muon 960, 1.32×; Dion2 α=0.5 216, 1.07×;
+// α=0.25 51, 0.95× (slower); α=0.125 12, 0.94×; 1B Muon 2560, 1.67×; Dion2 α=0.5 576, 1.38×;
+// α=0.25 136, 1.05×; α=0.125 33, 0.98×. The threshold sits between the slowest win (136) and the
+// mildest loss (51).
 inline constexpr double kOwnerSplitFlopsPerByte = 100.0;
 bool owner_split_pays(const OptimHParams& hp, const std::vector<ParamSlot>& params);
 
