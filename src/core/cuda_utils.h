@@ -104,4 +104,27 @@ template <typename T> class DeviceBuffer {
   size_t n_ = 0;
 };
 
+// An owned CUDA stream / event handle: null until created (create() or a cudaXxxCreate on
+// .s / .e), destroyed with its owner.
+struct OwnedStream {
+  cudaStream_t s = nullptr;
+  OwnedStream() = default;
+  OwnedStream(const OwnedStream&) = delete;
+  OwnedStream& operator=(const OwnedStream&) = delete;
+  ~OwnedStream() {
+    if (s) cudaStreamDestroy(s);
+  }
+};
+struct OwnedEvent {
+  cudaEvent_t e = nullptr;
+  OwnedEvent() = default;
+  OwnedEvent(const OwnedEvent&) = delete;
+  OwnedEvent& operator=(const OwnedEvent&) = delete;
+  ~OwnedEvent() {
+    if (e) cudaEventDestroy(e);
+  }
+  // A timing-free event (for ordering streams).
+  void create() { CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming)); }
+};
+
 }  // namespace og

@@ -90,11 +90,8 @@ std::unique_ptr<Optimizer> make_distributed_optimizer(const OptimHParams& hp, st
     // communicator (optim/cuda/owner_split.h).
 #ifdef ORTHOGPT_CUDA
     if (opt.row_sharded) {
-      // Row shards: all-to-all to the owners and back (optim/cuda/sharded_matrix_cuda.h).
       OG_CHECK(!selective || opt.select_scope == "local",
                "dist.select_scope: global under fsdp on cuda is not supported yet (use local, or train.device cpu)");
-      OG_CHECK(opt.comm->device_buffers(), "{} under fsdp on cuda needs a device communicator (nccl), got '{}'",
-               name_of(a), opt.comm->backend());
       OG_CHECK(opt.host_comm != nullptr, "internal: {} under fsdp on cuda without a host communicator", name_of(a));
       return cuda::make_cuda_sharded_matrix(hp, std::move(params), *opt.comm, *opt.host_comm);
     }

@@ -14,33 +14,27 @@ namespace og::cuda {
 class CommOrder {
  public:
   CommOrder() {
-    CUDA_CHECK(cudaEventCreateWithFlags(&before_, cudaEventDisableTiming));
-    CUDA_CHECK(cudaEventCreateWithFlags(&after_, cudaEventDisableTiming));
+    before_.create();
+    after_.create();
   }
-  ~CommOrder() {
-    cudaEventDestroy(before_);
-    cudaEventDestroy(after_);
-  }
-  CommOrder(const CommOrder&) = delete;
-  CommOrder& operator=(const CommOrder&) = delete;
 
   // collective(): the calls on comm, enqueued on its stream in order with s.
   template <typename F> void run(Communicator& comm, cudaStream_t s, F&& collective) {
     auto* cs = static_cast<cudaStream_t>(comm.device_stream());
     const bool other = cs != s;
     if (other) {
-      CUDA_CHECK(cudaEventRecord(before_, s));
-      CUDA_CHECK(cudaStreamWaitEvent(cs, before_, 0));
+      CUDA_CHECK(cudaEventRecord(before_.e, s));
+      CUDA_CHECK(cudaStreamWaitEvent(cs, before_.e, 0));
     }
     std::forward<F>(collective)();
     if (other) {
-      CUDA_CHECK(cudaEventRecord(after_, cs));
-      CUDA_CHECK(cudaStreamWaitEvent(s, after_, 0));
+      CUDA_CHECK(cudaEventRecord(after_.e, cs));
+      CUDA_CHECK(cudaStreamWaitEvent(s, after_.e, 0));
     }
   }
 
  private:
-  cudaEvent_t before_ = nullptr, after_ = nullptr;
+  OwnedEvent before_, after_;
 };
 
 }  // namespace og::cuda

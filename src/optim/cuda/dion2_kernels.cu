@@ -544,15 +544,15 @@ __global__ void decay_weights_kernel(const ChunkRef* __restrict__ chunks, const 
 
 // grid (ceil(max_len / 256), max_k, n_mats), block 256: element l of selected slice j of matrix z
 // between M and its fp32 buffer slot (PACK: M → buf; else buf → M, rounded as stored).
-template <typename S, bool PACK>
+template <typename S, bool PACK, typename Buf = std::conditional_t<PACK, float*, const float*>>
 __global__ void move_selected_kernel(const Dion2Mat* __restrict__ mats, const int64_t* __restrict__ offsets,
-                                     float* __restrict__ buf) {
+                                     Buf __restrict__ buf) {
   const Dion2Mat& d = mats[blockIdx.z];
   const int64_t j = blockIdx.y, l = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   const int64_t L = d.by_cols ? d.rows : d.cols;
   if (j >= d.k || l >= L) return;
   S* m = static_cast<S*>(d.m) + (d.by_cols ? l * d.cols + d.sel[j] : (int64_t)d.sel[j] * d.cols + l);
-  float* b = buf + offsets[blockIdx.z] + j * L + l;
+  Buf b = buf + offsets[blockIdx.z] + j * L + l;
   if constexpr (PACK)
     *b = to_f32(*m);
   else
@@ -752,13 +752,12 @@ void dion2_unpack_selected(cudaStream_t s, const Dion2Mat* mats, int n_mats, con
                            int64_t max_k, int64_t max_len, StateDtype dtype, float mult, float eps) {
   if (n_mats == 0 || max_k == 0) return;
   const dim3 grid((unsigned)((max_len + 255) / 256), (unsigned)max_k, (unsigned)n_mats);
-  float* b = const_cast<float*>(buf);  // not written when unpacking
   if (dtype == StateDtype::BF16) {
-    move_selected_kernel<bf16, false><<<grid, 256, 0, s>>>(mats, offsets, b);
+    move_selected_kernel<bf16, false><<<grid, 256, 0, s>>>(mats, offsets, buf);
     CUDA_CHECK_LAUNCH();
     selected_scale_kernel<bf16><<<n_mats, 256, 0, s>>>(mats, offsets, buf, mult, eps);
   } else {
-    move_selected_kernel<float, false><<<grid, 256, 0, s>>>(mats, offsets, b);
+    move_selected_kernel<float, false><<<grid, 256, 0, s>>>(mats, offsets, buf);
     CUDA_CHECK_LAUNCH();
     selected_scale_kernel<float><<<n_mats, 256, 0, s>>>(mats, offsets, buf, mult, eps);
   }

@@ -500,18 +500,6 @@ class CudaDion2 final : public CudaOptimizer {
     }
   }
 
-  struct OwnedStream {
-    cudaStream_t s = nullptr;
-    ~OwnedStream() {
-      if (s) cudaStreamDestroy(s);
-    }
-  };
-  struct OwnedEvent {
-    cudaEvent_t e = nullptr;
-    ~OwnedEvent() {
-      if (e) cudaEventDestroy(e);
-    }
-  };
   // Members are destroyed in reverse order: the cuBLAS context before its stream.
   struct Group {
     OwnedStream own_stream;  // set only for concurrent groups after the first

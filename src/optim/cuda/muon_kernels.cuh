@@ -26,7 +26,7 @@ struct MuonDesc {
 };
 
 // One block per chunk (kChunkThreads threads).  M ← mu·M + G;  X₀ ← bf16(nesterov ? mu·M + G : M);
-// partial[chunk] = Σ X₀² over the chunk.
+// partial[chunk] = Σ X₀² over the chunk (unless partial is nullptr).
 template <int VEC, typename S>
 __global__ void muon_momentum_kernel(const ChunkRef* __restrict__ chunks, const MuonDesc* __restrict__ descs, float mu,
                                      bool nesterov, float* __restrict__ partial) {
@@ -62,8 +62,10 @@ __global__ void muon_momentum_kernel(const ChunkRef* __restrict__ chunks, const 
       }
     }
   }
-  sq = block_sum(sq, scratch);
-  if (threadIdx.x == 0) partial[blockIdx.x] = sq;
+  if (partial) {  // uniform over the block; nullptr: the norm is taken elsewhere (FSDP: by the owner)
+    sq = block_sum(sq, scratch);
+    if (threadIdx.x == 0) partial[blockIdx.x] = sq;
+  }
 }
 
 // Same launch shape.  X₀ ← X₀ / (mult·sqrt(Σ partials of the matrix) + eps)

@@ -309,18 +309,6 @@ class CudaMuon final : public CudaOptimizer {
     });
   }
 
-  struct OwnedStream {
-    cudaStream_t s = nullptr;
-    ~OwnedStream() {
-      if (s) cudaStreamDestroy(s);
-    }
-  };
-  struct OwnedEvent {
-    cudaEvent_t e = nullptr;
-    ~OwnedEvent() {
-      if (e) cudaEventDestroy(e);
-    }
-  };
   // The NS batch buffers (input x[0], the other x[1], Gram products a, b) and NorMuon's rows.
   struct Workspace {
     DeviceBuffer<bf16> x[2], a, b;

@@ -26,6 +26,7 @@
 
 #include <algorithm>
 #include <map>
+#include <numeric>
 #include <string>
 #include <utility>
 #include <vector>
@@ -171,21 +172,21 @@ __global__ void shard_norm_restore_kernel(const ShardNormDesc* __restrict__ desc
   d.factors[j] *= restore;
 }
 
-// One thread per value: x[i] = v.
-__global__ void fill_kernel(float* __restrict__ x, int n, float v) {
-  const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < n) x[i] = v;
-}
+using Shape = std::pair<int64_t, int64_t>;  // rows, cols
 
-struct OwnedEvent {
-  cudaEvent_t e = nullptr;
-  OwnedEvent() { CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming)); }
-  ~OwnedEvent() {
-    if (e) cudaEventDestroy(e);
+// items grouped by shape(item), the groups in first-seen order, each keeping the items' order.
+template <typename F>
+std::vector<std::pair<Shape, std::vector<size_t>>> group_by_shape(const std::vector<size_t>& items, F shape) {
+  std::vector<std::pair<Shape, std::vector<size_t>>> groups;
+  std::map<Shape, size_t> index;
+  for (size_t i : items) {
+    const Shape key = shape(i);
+    const auto [it, fresh] = index.emplace(key, groups.size());
+    if (fresh) groups.push_back({key, {}});
+    groups[it->second].second.push_back(i);
   }
-  OwnedEvent(const OwnedEvent&) = delete;
-  OwnedEvent& operator=(const OwnedEvent&) = delete;
-};
+  return groups;
+}
 
 // A ChunkTable over CopyParts, ready to launch.
 struct PartTable {
@@ -228,6 +229,7 @@ class CudaShardedMatrix final : public CudaOptimizer {
       OG_CHECK(hp_.fraction > 0.0f && hp_.fraction <= 1.0f, "{}: fraction must be in (0, 1] (got {})", name_of(a),
                hp_.fraction);
     main_ = opt.stream;
+    fork_.create();
     ef_decay_ = a == Algorithm::NorDion2 ? hp_.mu : hp_.ef_decay;
     const int W = comm_.size(), me = comm_.rank();
     const size_t np = params_.size();
@@ -270,17 +272,13 @@ class CudaShardedMatrix final : public CudaOptimizer {
     if (normalized_) variance_.init(rows, hp_.state_dtype);
 
     // Owner side: one Newton–Schulz batch per (rows, cols) of the assembled matrices it owns.
-    std::map<std::pair<int64_t, int64_t>, size_t> index;
-    for (size_t p : plan_.owned[me]) {
-      const auto key = std::make_pair(total_[p], params_[p].cols);
-      auto it = index.find(key);
-      if (it == index.end()) {
-        it = index.emplace(key, ns_groups_.size()).first;
-        ns_groups_.push_back(std::make_unique<NsGroup>());
-        ns_groups_.back()->shape.rows = key.first;
-        ns_groups_.back()->shape.cols = key.second;
-      }
-      ns_groups_[it->second]->members.push_back(p);
+    for (auto& [key, members] : group_by_shape(plan_.owned[me], [&](size_t p) {
+           return Shape{total_[p], params_[p].cols};
+         })) {
+      ns_groups_.push_back(std::make_unique<NsGroup>());
+      ns_groups_.back()->shape.rows = key.first;
+      ns_groups_.back()->shape.cols = key.second;
+      ns_groups_.back()->members = std::move(members);
     }
     std::vector<CopyPart> assemble, scatter;
     std::vector<MuonDesc> norm_descs;
@@ -300,7 +298,7 @@ class CudaShardedMatrix final : public CudaOptimizer {
       g.blas = std::make_unique<BlasContext>();
       if (opt.concurrent_groups && &gp != &ns_groups_.front()) {  // the first group runs on the step stream
         CUDA_CHECK(cudaStreamCreateWithFlags(&g.own_stream.s, cudaStreamNonBlocking));
-        g.done = std::make_unique<OwnedEvent>();
+        g.done.create();
       }
       g.blas->set_stream(g.own_stream.s ? g.own_stream.s : main_);
       g.ns.plan(*g.blas, hp_.ortho, g.shape, NsBuffers{{g.x[0].data(), g.x[1].data()}, g.a.data(), g.b.data()}, opt);
@@ -351,17 +349,15 @@ class CudaShardedMatrix final : public CudaOptimizer {
     factors_.resize((size_t)std::max<int64_t>(factor_total, 1));
 
     // Update groups: the matrices of one whole shape (one lr_eff; equal shard shapes).
-    std::map<std::pair<int64_t, int64_t>, size_t> uindex;
-    for (size_t p = 0; p < np; ++p) {
-      const auto key = std::make_pair(params_[p].rows, params_[p].cols);
-      auto it = uindex.find(key);
-      if (it == uindex.end()) {
-        it = uindex.emplace(key, ugroups_.size()).first;
-        ugroups_.push_back(std::make_unique<UpdateGroup>());
-        ugroups_.back()->rows = key.first;
-        ugroups_.back()->cols = key.second;
-      }
-      ugroups_[it->second]->members.push_back((int32_t)p);
+    std::vector<size_t> all(np);
+    std::iota(all.begin(), all.end(), size_t{0});
+    for (auto& [key, members] : group_by_shape(all, [&](size_t p) {
+           return Shape{params_[p].rows, params_[p].cols};
+         })) {
+      ugroups_.push_back(std::make_unique<UpdateGroup>());
+      ugroups_.back()->rows = key.first;
+      ugroups_.back()->cols = key.second;
+      ugroups_.back()->members.assign(members.begin(), members.end());
     }
     if (selective_)
       build_dion2(slot, factor_off);
@@ -420,8 +416,8 @@ class CudaShardedMatrix final : public CudaOptimizer {
       bf16* out = g->ns.run(*g->blas);
       OG_CHECK(out == g->ns.result(), "internal: NS result not where planned");
       if (g->own_stream.s) {
-        CUDA_CHECK(cudaEventRecord(g->done->e, g->own_stream.s));
-        CUDA_CHECK(cudaStreamWaitEvent(s, g->done->e, 0));
+        CUDA_CHECK(cudaEventRecord(g->done.e, g->own_stream.s));
+        CUDA_CHECK(cudaStreamWaitEvent(s, g->done.e, 0));
       }
     }
     // 4. every rank's rows of the results back
@@ -471,20 +467,14 @@ class CudaShardedMatrix final : public CudaOptimizer {
     DeviceBuffer<int32_t> members_dev;
     ChunkTable chunks;             // Muon: over the members' shards
     DeviceBuffer<MuonDesc> descs;  // Muon
-    DeviceBuffer<float> partials;  // Muon: written by the momentum kernel, unused
     bool vec4 = false;
     int64_t max_tiles = 0;  // Dion2: dion2_tiles of the shard
-  };
-  struct OwnedStream {
-    cudaStream_t s = nullptr;
-    ~OwnedStream() {
-      if (s) cudaStreamDestroy(s);
-    }
+    int64_t max_k = 0;      // Dion2: the most rows a member selects on this rank
   };
   // Members are destroyed in reverse order: the cuBLAS context before its stream.
   struct NsGroup {
-    OwnedStream own_stream;            // CudaOptimOptions::concurrent_groups, groups after the first
-    std::unique_ptr<OwnedEvent> done;  // with own_stream
+    OwnedStream own_stream;  // CudaOptimOptions::concurrent_groups, groups after the first
+    OwnedEvent done;         // with own_stream
     NsShape shape;
     std::vector<size_t> members;  // owned matrices, increasing index
     DeviceBuffer<bf16> x[2], a, b;
@@ -514,7 +504,6 @@ class CudaShardedMatrix final : public CudaOptimizer {
       }
       ug->chunks.build(numel);
       upload(ug->descs, descs);
-      ug->partials.resize((size_t)std::max<int64_t>(ug->chunks.count(), 1));
     }
     scalars_.resize(1 + ugroups_.size());
   }
@@ -586,7 +575,10 @@ class CudaShardedMatrix final : public CudaOptimizer {
     n_row_blocks_ = (int64_t)blocks.size();
     for (auto& ug : ugroups_) {
       upload(ug->members_dev, ug->members);
-      for (int32_t p : ug->members) ug->max_tiles = std::max(ug->max_tiles, dion2_tiles(mats[p].rows, mats[p].cols));
+      for (int32_t p : ug->members) {
+        ug->max_tiles = std::max(ug->max_tiles, dion2_tiles(mats[p].rows, mats[p].cols));
+        ug->max_k = std::max(ug->max_k, (int64_t)mats[p].k);
+      }
       ug->vec4 = vec4_;
     }
     dion2_scalars_.resize(1);
@@ -604,11 +596,11 @@ class CudaShardedMatrix final : public CudaOptimizer {
       with_constant<1, 4>(ug->vec4 ? 4 : 1, [&](auto vec) {
         constexpr int V = decltype(vec)::value;
         if (bf)
-          muon_momentum_kernel<V, bf16><<<n, kChunkThreads, 0, s>>>(ug->chunks.chunks.data(), ug->descs.data(), hp_.mu,
-                                                                    hp_.nesterov, ug->partials.data());
+          muon_momentum_kernel<V, bf16>
+              <<<n, kChunkThreads, 0, s>>>(ug->chunks.chunks.data(), ug->descs.data(), hp_.mu, hp_.nesterov, nullptr);
         else
-          muon_momentum_kernel<V, float><<<n, kChunkThreads, 0, s>>>(ug->chunks.chunks.data(), ug->descs.data(), hp_.mu,
-                                                                     hp_.nesterov, ug->partials.data());
+          muon_momentum_kernel<V, float>
+              <<<n, kChunkThreads, 0, s>>>(ug->chunks.chunks.data(), ug->descs.data(), hp_.mu, hp_.nesterov, nullptr);
         CUDA_CHECK_LAUNCH();
       });
     }
@@ -623,16 +615,12 @@ class CudaShardedMatrix final : public CudaOptimizer {
     const int np = (int)params_.size();
     if (np == 0) return;
     dion2_pass1(s, mats_.data(), row_blocks_.data(), n_row_blocks_, nullptr, 0, vec4_, hp_.state_dtype, false, sc);
-    dion2_select(s, mats_.data(), np, npow2_, hp_.select == Select::Random, hp_.seed, sc, 1.0f, 0.0f);
-    fill_kernel<<<(np + 255) / 256, 256, 0, s>>>(scale_.data(), np, 1.0f);
-    CUDA_CHECK_LAUNCH();
-    for (auto& ug : ugroups_) {
-      int64_t k = 0;
-      for (int32_t p : ug->members) k = std::max(k, count_[p][comm_.rank()]);
-      if (k == 0) continue;
-      dion2_gather(s, mats_.data(), ug->members_dev.data(), (int)ug->members.size(), k, ug->cols, ug->max_tiles, true,
-                   false, vec4_, hp_.state_dtype, hp_.ef, ef_decay_);
-    }
+    // mult 0, eps 1: the scale 1/(0·‖M[K]‖ + 1) is exactly 1 (the owner normalizes the assembled matrix)
+    dion2_select(s, mats_.data(), np, npow2_, hp_.select == Select::Random, hp_.seed, sc, 0.0f, 1.0f);
+    for (auto& ug : ugroups_)
+      if (ug->max_k > 0)
+        dion2_gather(s, mats_.data(), ug->members_dev.data(), (int)ug->members.size(), ug->max_k, ug->cols,
+                     ug->max_tiles, true, false, vec4_, hp_.state_dtype, hp_.ef, ef_decay_);
   }
 
   // One all-to-all of the exchange buffers (send → recv).
