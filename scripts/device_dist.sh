@@ -8,12 +8,16 @@
 # and FSDP (the same, and AdamW for the matrices too), and Dion2 random with dist.compressed_sync; print tokens/s per GPU, the
 # scaling efficiency against one GPU, peak GPU memory and the bytes each rank communicated per
 # step (metrics.jsonl). Logs and metrics under $OUT (or ./out).
-#   scripts/device_dist.sh [STEPS] [--no-tests] [--no-bench] [--no-train]     (default 40 steps)
+# --160m trains the paper's 160M model instead (configs/gpt160m_*.yaml: Muon and Dion2
+# α ∈ {0.5, 0.25, 0.125} on 1 GPU, DDP and FSDP) on the carried English shards (FineWeb is not
+# on the device), with 512 sequences x 1024 tokens per step and 1M validation tokens.
+#   scripts/device_dist.sh [STEPS] [--no-tests] [--no-bench] [--no-train] [--160m]  (default 40 steps)
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/device_lib.sh"
-steps=40; train=1; bench=1; tests=1
+steps=40; train=1; bench=1; tests=1; model=repro
 for a in "$@"; do
   case "$a" in
+    --160m) model=160m ;;
     --no-train) train=0 ;;
     --no-bench) bench=0 ;;
     --no-tests) tests=0 ;;
@@ -24,11 +28,17 @@ ngpu=$(nvidia-smi -L | wc -l)
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1 | tee "$out/gpu.txt"
 t0=$(date +%s)
 gpu_mpi_tests=(gpu_mpi_test_cuda_ddp_optim gpu_mpi_test_cuda_fsdp_optim)
-device_build orthogpt "${gpu_mpi_tests[@]}" bench_optim_ddp || exit 1
+device_build orthogpt "${gpu_mpi_tests[@]}" gpu_test_cuda_model bench_optim_ddp || exit 1
 echo "build: $(( $(date +%s) - t0 ))s"
 bin=$(find "$build" -name orthogpt -type f -perm -u+x | head -1)
 mpi=(mpirun --allow-run-as-root --oversubscribe --bind-to none -x NCCL_NVLS_ENABLE)
 declare -a results=()
+if [ "$tests" = 1 ]; then  # the model's unit source and FSDP in a world of one (one GPU)
+  GTEST_COLOR=no CUDA_VISIBLE_DEVICES=0 timeout 300 "$build/tests/gpu_test_cuda_model" \
+    --gtest_filter='*UnitSource*:*Fsdp*' >"$out/gpu_test_cuda_model_fsdp.log" 2>&1
+  results+=("$(printf 'gpu_test_cuda_model (unit source, fsdp): rc %s, %s' "$?" \
+    "$(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/gpu_test_cuda_model_fsdp.log" | tr '\n' ' ')")")
+fi
 for t in "${gpu_mpi_tests[@]}"; do
   for np in 2 3; do
     [ "$tests" = 1 ] || break
@@ -43,11 +53,12 @@ if [ "$bench" = 1 ]; then
 fi
 declare -a rows
 declare -A one_gpu
-rows+=("$(printf '%-26s %5s %12s %12s %8s %10s %14s %s' run gpus 'tok/s' 'tok/s/GPU' scaling 'peak GiB' 'comm MB/step' rc)")
+rows+=("$(printf '%-26s %5s %12s %12s %8s %10s %14s %14s %s' run gpus 'tok/s' 'tok/s/GPU' scaling 'peak GiB' 'w+g+opt MiB' 'comm MB/step' rc)")
 run() {  # run NAME NP CONFIG [overrides...]
   local name=$1 np=$2 cfg=$3; shift 3
   local dir="$out/run_$name" log="$out/$name.log" rc
-  local args=(train --config "$cfg" --train.steps "$steps" --train.val_every 100000 --log.every 10 --log.dir "$dir" "$@")
+  local args=(train --config "$cfg" --train.steps "$steps" --train.val_every 100000 --log.every 10 --log.dir "$dir"
+    "${extra[@]}" "$@")
   if [ "$np" -gt 1 ]; then
     timeout 300 mpirun --allow-run-as-root --oversubscribe -np "$np" --bind-to none -x NCCL_NVLS_ENABLE \
       "$bin" "${args[@]}" >"$log" 2>&1
@@ -63,12 +74,30 @@ run() {  # run NAME NP CONFIG [overrides...]
   [ "$np" -gt 1 ] && [ -n "${one_gpu[$key]:-}" ] && [ "${one_gpu[$key]}" -gt 0 ] &&
     eff=$(awk -v a="$per" -v b="${one_gpu[$key]}" 'BEGIN{printf "%.0f%%", 100*a/b}')
   local mem; mem=$(grep -Eo 'peak [0-9.]+ GiB' "$log" | tail -1 | grep -Eo '[0-9.]+')
+  # weights + gradients + optimizer state per GPU (FSDP: its report; else the model's and the state's)
+  local wmem; wmem=$(grep -Eo 'FSDP memory per rank: [0-9.]+ MiB' "$log" | head -1 | grep -Eo '[0-9.]+')
+  if [ -z "$wmem" ]; then
+    wmem=$(grep -Eo 'weights\+grads\+bf16 copy [0-9.]+ GiB.*optimizer state [0-9.]+ GiB' "$log" | tail -1 |
+      sed -E 's/.*copy ([0-9.]+) GiB.*optimizer state ([0-9.]+) GiB/\1 \2/' | awk '{printf "%.0f", ($1 + $2) * 1024}')
+  else
+    wmem=$(printf '%.0f' "$wmem")
+  fi
   local bytes; bytes=$(grep -Eo '"comm_bytes": ?[0-9.e+]+' "$dir/metrics.jsonl" 2>/dev/null | tail -1 | grep -Eo '[0-9.e+]+$')
   local mb="-"; [ -n "$bytes" ] && mb=$(awk -v b="$bytes" 'BEGIN{printf "%.1f", b/1e6}')
-  rows+=("$(printf '%-26s %5s %12s %12s %8s %10s %14s %s' "$name" "$np" "${n:-?}" "$per" "$eff" "${mem:--}" "$mb" "$rc")")
+  rows+=("$(printf '%-26s %5s %12s %12s %8s %10s %14s %14s %s' "$name" "$np" "${n:-?}" "$per" "$eff" "${mem:--}" \
+    "${wmem:--}" "$mb" "$rc")")
   [ "$rc" = 0 ] || tail -15 "$log"
 }
-if [ "$train" = 1 ]; then
+extra=()
+if [ "$train" = 1 ] && [ "$model" = 160m ]; then
+  extra=(--data.train 'data/english/english_train_*.bin' --data.val 'data/english/english_val_*.bin'
+    --data.val_tokens 1048576 --train.batch_size 512)
+  for o in muon dion2_a0.5 dion2_a0.25 dion2_a0.125; do
+    run "${o/_/}_1gpu" 1 "configs/gpt160m_$o.yaml"
+    run "${o/_/}_ddp" "$ngpu" "configs/gpt160m_$o.yaml" --dist.mode ddp
+    run "${o/_/}_fsdp" "$ngpu" "configs/gpt160m_$o.yaml" --dist.mode fsdp
+  done
+elif [ "$train" = 1 ]; then
   run muon_1gpu 1 configs/repro/muon.yaml
   run muon_ddp "$ngpu" configs/repro/muon.yaml --dist.mode ddp
   run muon_fsdp "$ngpu" configs/repro/muon.yaml --dist.mode fsdp

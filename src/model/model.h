@@ -8,6 +8,7 @@
 
 #include "model/gpt_config.h"
 #include "model/param_layout.h"
+#include "model/param_units.h"
 #include "optim/optimizer.h"  // Device
 
 namespace og {
@@ -54,8 +55,21 @@ class Model {
   // Wait until all queued work is done.
   virtual void synchronize() {}
 
+  // ---- sharded weights (train/fsdp.h) ----
+  // The parameter units (model/param_units.h) and the element type of each unit's weights that
+  // the model computes with.
+  virtual const std::vector<ParamUnit>& units() const = 0;
+  virtual WeightType unit_weight_type(int unit) const = 0;
+  // From now on the model takes its weights from, and hands its gradients to, `src` (not owned;
+  // it must outlive the model's use) and frees its own whole buffers: params() and grads()
+  // return nullptr, zero_grad() does nothing (the source owns the gradients), and
+  // upload_params, download_params and grad_norm_sq are errors.
+  virtual void attach_units(UnitSource* src) = 0;
+  bool units_attached() const { return attached_; }
+
  protected:
   double loss_sum_ = 0;
+  bool attached_ = false;
 };
 
 // The fp32 CPU reference model (model/cpu). max_batch: the largest B a call will pass.

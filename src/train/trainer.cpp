@@ -166,7 +166,9 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
     fsdp = std::make_unique<Fsdp>(dist, *model, cfg.dist);
   else
     averager = std::make_unique<GradientAverager>(dist, *model, cfg.dist.timeout_s);
-  if (fsdp) fsdp->shard_params();  // the master shards, before an optimizer may look at them
+  // FSDP: the master shards, before an optimizer may look at them; the model then keeps no whole
+  // copy of its weights or gradients (it gathers each unit as it goes).
+  if (fsdp) fsdp->shard_params();
   const std::vector<GroupSpec> specs = build_group_specs(cfg);
   // DDP: the groups' optimizers across ranks (optim/distributed_optimizer.h). Under
   // dist.compressed_sync the matrix gradients stay local: the matrix optimizer all-reduces only
@@ -288,9 +290,11 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
     spdlog::info("checkpoint: {} ({:.1f}s)", dir, t.seconds());
   };
 
-  // Text samples during training (rank 0 only); built here so a missing tokenizer stops the run now.
+  // Text samples during training (rank 0 logs them); built here so a missing tokenizer stops the
+  // run now. Under FSDP every rank runs the sampler's forward passes, whose unit gathers are
+  // collectives (the same seed and the same gathered weights give every rank the same tokens).
   std::unique_ptr<TrainingSampler> sampler =
-      rank == 0 && cfg.train.sample_every > 0 ? std::make_unique<TrainingSampler>(cfg) : nullptr;
+      (rank == 0 || fsdp) && cfg.train.sample_every > 0 ? std::make_unique<TrainingSampler>(cfg) : nullptr;
   MetricsWriter metrics;
   if (rank == 0) metrics.open((fs::path(cfg.log.dir) / "metrics.jsonl").string(), start_step > 0);
 
@@ -344,18 +348,21 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
     if (step == 0 || (step > start_step && cfg.train.val_every > 0 && step % cfg.train.val_every == 0)) validate(step);
 
     Timer step_timer;
-    model->zero_grad();
+    if (fsdp)
+      fsdp->zero_grads();
+    else
+      model->zero_grad();
     for (int64_t micro = 0; micro < grad_accum; ++micro) {
       train_loader.next_batch(x.data(), y.data());
       model->forward_backward_accumulate(x.data(), y.data(), B, T, 1.0f / (float)grad_accum);
     }
-    // Data parallel: average gradients (and the loss, for the log) over ranks. Fault injection for
-    // tests poisons the gradient; under FSDP before the reduce-scatter, which carries it into a shard.
+    // Data parallel: average gradients (and the loss, for the log) over ranks (FSDP: backward
+    // started the reduce-scatters; wait for them). Fault injection for tests poisons the gradient.
     inject_rank_faults(cfg.train, rank, step);  // fault injection for tests (train.fault_kill_*/hang_*)
     const bool poison = step == cfg.train.fault_nan_step;
     if (fsdp) {
-      if (poison) poison_gradient(*model);
-      fsdp->reduce_gradients();
+      fsdp->finish_gradients();
+      if (poison) fsdp->poison_gradient();
     } else {
       averager->average();
       if (poison) poison_gradient(*model);
@@ -391,9 +398,12 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
     Timer opt_host_timer;
     optim_timer.start();
     groups.step(step + 1, lr);
-    if (!fsdp) model->params_changed();  // CUDA: refresh the bf16 weights from the updated fp32 master weights
+    // CUDA: refresh the bf16 weights (FSDP: the bf16 shards the next gathers send)
+    if (fsdp)
+      fsdp->params_updated();
+    else
+      model->params_changed();
     optim_timer.stop();
-    if (fsdp) fsdp->gather_params();  // the next forward's weights from the updated shards (and bf16 on CUDA)
     const double optim_ms = device == Device::CUDA ? prev_gpu_optim_ms : opt_host_timer.ms();
     const double step_s = step_timer.seconds();
     train_seconds += step_s;
@@ -442,8 +452,10 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
     if (sampler && (step + 1) % cfg.train.sample_every == 0) {
       drain();
       const std::string text = sampler->sample(*model, step + 1);
-      spdlog::info("step {:>6}/{} | sample: {}{}", step + 1, N, cfg.train.sample_prompt, text);
-      metrics.write({{"type", "sample"}, {"step", step + 1}, {"prompt", cfg.train.sample_prompt}, {"text", text}});
+      if (rank == 0) {
+        spdlog::info("step {:>6}/{} | sample: {}{}", step + 1, N, cfg.train.sample_prompt, text);
+        metrics.write({{"type", "sample"}, {"step", step + 1}, {"prompt", cfg.train.sample_prompt}, {"text", text}});
+      }
     }
     if (cfg.checkpoint.enabled &&
         ((cfg.checkpoint.every > 0 && (step + 1) % cfg.checkpoint.every == 0) || step + 1 == N))
@@ -474,7 +486,10 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
   }
   metrics.write(done);
   res.final_params.resize(model->layout().total());
-  model->download_params(res.final_params.data());
+  if (fsdp)
+    fsdp->download_params(res.final_params.data());  // a collective
+  else
+    model->download_params(res.final_params.data());
   spdlog::info("done: {} steps in {}, final train loss {:.4f}, val loss {:.4f} -> {:.4f}{}", res.steps_done,
                fmt_duration(res.seconds), res.final_train_loss, res.first_val_loss, res.final_val_loss,
                res.skipped_steps ? fmt::format(", {} steps skipped", res.skipped_steps) : std::string());

@@ -5,7 +5,9 @@
 //  - the float model's gradient against the double model's (max abs error / max abs < 1e-5 per tensor);
 //  - the loss at the real init is ln(V) + 1/2 (logits ~ N(0, 1) at init: E[logsumexp] = ln V + 1/2);
 //  - grad_scale and accumulation, causality, sampling logits, the Model interface round trips
-//    and its errors.
+//    and its errors;
+//  - a model attached to a UnitSource (as FSDP attaches it) follows the unit protocol and gives
+//    the loss, gradients and logits of the model's own whole buffers.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -23,6 +25,7 @@
 #include "model/cpu/gpt_cpu.h"
 #include "model/cpu/ops.h"
 #include "model/model.h"
+#include "tests/common/unit_call_log.h"
 
 namespace og::test {
 namespace {
@@ -334,6 +337,137 @@ TEST(ModelGrad, ModelInterface) {
   cpu::GptCpu<float> fresh(cfg, 1);
   std::vector<float> g(n, 0.0f);
   EXPECT_THROW(fresh.backward(p1.data(), g.data(), 1.0f), og::Error);  // no forward yet
+}
+
+// A UnitSource over host copies of a whole parameter buffer that logs the calls: every acquire
+// copies the unit into a buffer of its own and every grad_buffer hands out a zeroed one of its
+// own (wrong offsets or a missing call show up as wrong numbers); grads_ready adds the unit's
+// gradient into a whole gradient buffer.
+class RecordingUnits final : public UnitSource {
+ public:
+  RecordingUnits(std::vector<ParamUnit> units, std::vector<float> weights)
+      : units_(std::move(units)),
+        weights_(std::move(weights)),
+        grads_(weights_.size(), 0.0f),
+        held_(units_.size()),
+        out_(units_.size()) {}
+  const void* acquire(int u, int next) override {
+    log.add('a', u, next);
+    held_[u].assign(weights_.begin() + units_[u].offset, weights_.begin() + units_[u].offset + units_[u].floats);
+    return held_[u].data();
+  }
+  void release(int u) override {
+    log.add('r', u);
+    held_[u].assign(units_[u].floats, std::nanf(""));  // a read after release gives NaN
+  }
+  void* grad_buffer(int u) override {
+    log.add('g', u);
+    out_[u].assign(units_[u].floats, 0.0f);
+    return out_[u].data();
+  }
+  void grads_ready(int u) override {
+    log.add('d', u);
+    for (size_t i = 0; i < units_[u].floats; ++i) grads_[units_[u].offset + i] += out_[u][i];
+    out_[u].assign(units_[u].floats, std::nanf(""));
+  }
+  const std::vector<float>& grads() const { return grads_; }
+  og_test::UnitCallLog log;
+
+ private:
+  std::vector<ParamUnit> units_;
+  std::vector<float> weights_, grads_;
+  std::vector<std::vector<float>> held_, out_;  // per unit
+};
+
+TEST(ModelGrad, UnitSourceEqualsWholeBuffers) {
+  GPTConfig cfg = tiny_config();
+  cfg.n_layer = 3;
+  auto own = make_cpu_model(cfg, 2);
+  auto attached = make_cpu_model(cfg, 2);
+  const size_t n = own->layout().total();
+  const auto p = init_params(own->layout(), 17);
+  own->upload_params(p.data());
+  const std::vector<ParamUnit>& units = attached->units();
+  ASSERT_EQ(units.size(), (size_t)cfg.n_layer + 2);
+  EXPECT_EQ(units.front().offset, 0u);
+  EXPECT_EQ(units.back().offset + units.back().floats, n);
+  RecordingUnits src(units, p);
+  attached->attach_units(&src);
+  EXPECT_TRUE(attached->units_attached());
+  EXPECT_EQ(attached->params(), nullptr);
+  EXPECT_EQ(attached->grads(), nullptr);
+  EXPECT_THROW(attached->upload_params(p.data()), og::Error);
+  EXPECT_THROW(attached->grad_norm_sq(), og::Error);
+  const int nu = (int)units.size();
+
+  const auto x1 = random_tokens(16, cfg.vocab_size, 61), y1 = random_tokens(16, cfg.vocab_size, 62);
+  const auto x2 = random_tokens(16, cfg.vocab_size, 63), y2 = random_tokens(16, cfg.vocab_size, 64);
+  // one micro-batch: bitwise equal (each gradient element is written once, into zero)
+  own->zero_grad();
+  EXPECT_EQ(attached->forward_backward(x1.data(), y1.data(), 2, 8, 0.5f),
+            own->forward_backward(x1.data(), y1.data(), 2, 8, 0.5f));
+  EXPECT_EQ(src.log.check(nu, true), "");
+  EXPECT_EQ(std::vector<float>(own->grads(), own->grads() + n), src.grads());
+  // a second micro-batch accumulates (the attached source adds per unit: rounding may differ)
+  src.log.clear();
+  attached->forward_backward(x2.data(), y2.data(), 2, 8, 0.5f);
+  own->forward_backward(x2.data(), y2.data(), 2, 8, 0.5f);
+  EXPECT_EQ(src.log.check(nu, true), "");
+  double err = 0, mx = 0;
+  for (size_t i = 0; i < n; ++i) {
+    err = std::max(err, (double)std::fabs(own->grads()[i] - src.grads()[i]));
+    mx = std::max(mx, (double)std::fabs(own->grads()[i]));
+  }
+  EXPECT_LT(err, 1e-6 * mx);
+  EXPECT_GT(mx, 0.0);
+  // forward only: loss and sampling logits
+  src.log.clear();
+  EXPECT_EQ(attached->forward_loss(x1.data(), y1.data(), 2, 8), own->forward_loss(x1.data(), y1.data(), 2, 8));
+  EXPECT_EQ(src.log.check(nu, false), "");
+  src.log.clear();
+  EXPECT_EQ(attached->last_logits(x2.data(), 5), own->last_logits(x2.data(), 5));
+  EXPECT_EQ(src.log.check(nu, false), "");
+}
+
+// The checker itself: a log that breaks each rule is refused.
+TEST(ModelGrad, UnitCallLogRefusesViolations) {
+  auto run = [](std::initializer_list<og_test::UnitCallLog::Call> calls, bool backward) {
+    og_test::UnitCallLog log;
+    for (const auto& c : calls) log.calls.push_back(c);
+    return log.check(3, backward);
+  };
+  EXPECT_EQ(run({{'a', 0, 1}, {'r', 0, -1}, {'a', 1, 2}, {'r', 1, -1}, {'a', 2, -1}, {'r', 2, -1}}, false), "");
+  EXPECT_NE(run({{'a', 0, 2}, {'r', 0, -1}, {'a', 1, 2}, {'r', 1, -1}, {'a', 2, -1}, {'r', 2, -1}}, false),
+            "");  // hint
+  EXPECT_NE(run({{'a', 0, 1}, {'a', 1, 2}, {'a', 2, -1}, {'r', 0, -1}, {'r', 1, -1}, {'r', 2, -1}}, false),
+            "");                                                                                    // 3 held
+  EXPECT_NE(run({{'a', 0, 1}, {'r', 0, -1}, {'a', 1, 2}, {'r', 1, -1}, {'a', 2, -1}}, false), "");  // not released
+  EXPECT_NE(run({{'a', 1, 0}, {'r', 1, -1}, {'a', 0, 2}, {'r', 0, -1}, {'a', 2, -1}, {'r', 2, -1}}, false),
+            "");  // order
+  EXPECT_EQ(run({{'a', 2, 1},
+                 {'g', 2, -1},
+                 {'d', 2, -1},
+                 {'r', 2, -1},
+                 {'a', 1, -1},
+                 {'g', 1, -1},
+                 {'d', 1, -1},
+                 {'r', 1, -1},
+                 {'g', 0, -1},
+                 {'d', 0, -1}},
+                true),
+            "");
+  EXPECT_NE(run({{'g', 1, -1},
+                 {'d', 1, -1},
+                 {'a', 2, -1},
+                 {'g', 2, -1},
+                 {'d', 2, -1},
+                 {'r', 2, -1},
+                 {'g', 0, -1},
+                 {'d', 0, -1}},
+                true),
+            "");  // unit 1's gradient buffer while its weights are not held
+  EXPECT_NE(run({{'a', 2, -1}, {'g', 2, -1}, {'d', 2, -1}, {'r', 2, -1}, {'g', 0, -1}, {'d', 0, -1}}, true),
+            "");  // unit 1 missing
 }
 
 }  // namespace

@@ -5,6 +5,8 @@
 //   loss:                     |Δ| <= 1e-2 · |loss_cpu|
 //   each parameter gradient:  ||g_gpu − g_cpu|| / ||g_cpu|| <= 3e-2 (relative L2, per tensor)
 //   last-position logits:     relative L2 <= 2e-2
+// A model attached to a UnitSource (as FSDP attaches it) must give the bits of its own whole
+// buffers and follow the unit protocol (tests/common/unit_call_log.h).
 // Set OG_TEST_VERBOSE=1 to print every measured error (to see the margins).
 #include <gtest/gtest.h>
 
@@ -20,9 +22,11 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "model/cuda/gpt_cuda.h"
+#include "model/cuda/kernels.h"
 #include "model/model.h"
 #include "optim/param_groups.h"
 #include "tests/common/tiny_run.h"
+#include "tests/common/unit_call_log.h"
 #include "train/backend.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
@@ -229,6 +233,115 @@ TEST(CudaModel, GradientAccumulation) {
   EXPECT_EQ(gpu->grad_norm_sq(), 0.0);
 }
 
+// A UnitSource over device copies of whole fp32 weights (and their bf16 conversion) that logs the
+// calls. Every unit gets buffers of its own: acquire copies the unit in (fp32 for the embedding,
+// bf16 otherwise), release overwrites it with NaN (all-ones bits), grad_buffer hands out a zeroed
+// one, grads_ready adds it into a whole gradient buffer and poisons it. All on the model's
+// stream, so a model that read a unit after releasing it, or wrote outside its unit, would see
+// or leave wrong numbers.
+class DeviceRecordingUnits final : public og::UnitSource {
+ public:
+  DeviceRecordingUnits(og::GptCuda& m, const std::vector<float>& host)
+      : m_(m), units_(m.units()), f32_(host.size()), bf16_(host.size()), grads_(host.size()) {
+    CUDA_CHECK(cudaMemcpy(f32_.data(), host.data(), f32_.bytes(), cudaMemcpyHostToDevice));
+    og::gpu::convert_f32_to_bf16(bf16_.data(), f32_.data(), (int64_t)host.size(), m.stream());
+    CUDA_CHECK(cudaMemsetAsync(grads_.data(), 0, grads_.bytes(), m.stream()));
+    for (size_t u = 0; u < units_.size(); ++u) {
+      held_.emplace_back(units_[u].floats * 4);
+      out_.emplace_back(units_[u].floats);
+    }
+  }
+  const void* acquire(int u, int next) override {
+    log.add('a', u, next);
+    const size_t off = units_[u].offset, n = units_[u].floats;
+    if (u == 0)
+      CUDA_CHECK(cudaMemcpyAsync(held_[u].data(), f32_.data() + off, n * 4, cudaMemcpyDeviceToDevice, m_.stream()));
+    else
+      CUDA_CHECK(cudaMemcpyAsync(held_[u].data(), bf16_.data() + off, n * 2, cudaMemcpyDeviceToDevice, m_.stream()));
+    return held_[u].data();
+  }
+  void release(int u) override {
+    log.add('r', u);
+    CUDA_CHECK(cudaMemsetAsync(held_[u].data(), 0xFF, held_[u].bytes(), m_.stream()));
+  }
+  void* grad_buffer(int u) override {
+    log.add('g', u);
+    CUDA_CHECK(cudaMemsetAsync(out_[u].data(), 0, out_[u].bytes(), m_.stream()));
+    return out_[u].data();
+  }
+  void grads_ready(int u) override {
+    log.add('d', u);
+    og::gpu::add_f32(grads_.data() + units_[u].offset, out_[u].data(), (int64_t)units_[u].floats, m_.stream());
+    CUDA_CHECK(cudaMemsetAsync(out_[u].data(), 0xFF, out_[u].bytes(), m_.stream()));
+  }
+  std::vector<float> grads() {
+    m_.synchronize();
+    return download(grads_.data(), grads_.size());
+  }
+  void zero_grads() { CUDA_CHECK(cudaMemsetAsync(grads_.data(), 0, grads_.bytes(), m_.stream())); }
+  og_test::UnitCallLog log;
+
+ private:
+  og::GptCuda& m_;
+  std::vector<og::ParamUnit> units_;
+  og::DeviceBuffer<float> f32_;
+  og::DeviceBuffer<og::gpu::bf16> bf16_;
+  og::DeviceBuffer<float> grads_;
+  std::vector<og::DeviceBuffer<char>> held_;
+  std::vector<og::DeviceBuffer<float>> out_;
+};
+
+// Bitwise: a gradient element is written once per micro-batch, into zero, by the same kernels;
+// the attached source adds each micro-batch's unit gradient into its sum (exact for one).
+TEST(CudaModel, UnitSourceEqualsWholeBuffers) {
+  SKIP_WITHOUT_CUDA();
+  og::GPTConfig g = tiny_gpt(128, 2);
+  g.n_layer = 3;
+  const int B = 2, T = 64;
+  const std::vector<float> p = init_params(og::gpt_param_layout(g), 23);
+  const Batch b1 = random_batch(B, T, g.vocab_size, 71), b2 = random_batch(B, T, g.vocab_size, 72, 7);
+  for (og::Recompute r : {og::Recompute::None, og::Recompute::Block}) {
+    og::CudaModelOptions o;
+    o.recompute = r;
+    auto own = og::make_cuda_model(g, B, o);
+    auto attached = og::make_cuda_model(g, B, o);
+    own->upload_params(p.data());
+    DeviceRecordingUnits src(*attached, p);
+    attached->attach_units(&src);
+    EXPECT_EQ(attached->params(), nullptr);
+    EXPECT_EQ(attached->memory().weights, 0u) << "the whole buffers must be freed";
+    EXPECT_THROW(attached->download_params(std::vector<float>(p.size()).data()), og::Error);
+    const int nu = (int)attached->units().size();
+    const size_t n = p.size();
+
+    own->zero_grad();
+    EXPECT_EQ(attached->forward_backward(b1.x.data(), b1.y.data(), B, T, 1.0f),
+              own->forward_backward(b1.x.data(), b1.y.data(), B, T, 1.0f))
+        << og::name_of(r);
+    EXPECT_EQ(src.log.check(nu, true), "") << og::name_of(r);
+    EXPECT_TRUE(src.grads() == download(own->grads(), n)) << og::name_of(r) << ": gradients differ";
+    // the deferred-loss path, two micro-batches
+    own->zero_grad();
+    src.zero_grads();
+    src.log.clear();
+    for (const Batch* b : {&b1, &b2}) {
+      own->forward_backward_accumulate(b->x.data(), b->y.data(), B, T, 0.5f);
+      attached->forward_backward_accumulate(b->x.data(), b->y.data(), B, T, 0.5f);
+    }
+    EXPECT_EQ(attached->take_loss_sum(), own->take_loss_sum());
+    const std::vector<float> got = src.grads(), want = download(own->grads(), n);
+    for (const auto& pi : own->layout().params())
+      EXPECT_LE(rel_l2(got.data() + pi.offset, want.data() + pi.offset, pi.numel()), 1e-6) << pi.name;
+    src.log.clear();
+    EXPECT_EQ(attached->forward_loss(b2.x.data(), b2.y.data(), B, T),
+              own->forward_loss(b2.x.data(), b2.y.data(), B, T));
+    EXPECT_EQ(src.log.check(nu, false), "");
+    src.log.clear();
+    EXPECT_EQ(attached->last_logits(b1.x.data(), 33), own->last_logits(b1.x.data(), 33));
+    EXPECT_EQ(src.log.check(nu, false), "");
+  }
+}
+
 // Recomputation must not change the result: the recomputed activations come from the same
 // kernels on the same inputs. Calls use a smaller B and T than planned (buffer prefixes).
 TEST(CudaModel, RecomputeModesMatchKeepingEverything) {
@@ -420,6 +533,49 @@ TEST(CudaTrain, RunsEndToEndWithAutoDevice) {
   cc.log.dir = out / "cpu";
   const og::TrainResult rc = og::run_train(cc, d);
   EXPECT_NEAR(r.final_val_loss, rc.final_val_loss, 0.03 * rc.final_val_loss);
+}
+
+// dist.mode fsdp in a world of one on the GPU: the unit gathers, per-unit gradient reductions
+// (with two micro-batches: the scratch-and-add path), the communication stream and its events,
+// validation and a sharded checkpoint through the trainer, against the same run as DDP (whole
+// buffers). Only the accumulation of the micro-batches' gradients is ordered differently, so
+// the weights agree to fp32 rounding (max relative 1e-4).
+TEST(CudaTrain, FsdpOneRankMatchesWholeBuffers) {
+  SKIP_WITHOUT_CUDA();
+  TempDir data("og_cuda_fsdp_data"), out("og_cuda_fsdp_out");
+  og_test::write_random_shards(data.str(), "train", 1, 30000, 256, 1);
+  og_test::write_random_shards(data.str(), "val", 1, 5000, 256, 2);
+  og::DistContext d = self_context();
+  for (const char* algo : {"adamw", "muon"}) {
+    og::Config c = gpu_train_config(data.str(), out / (std::string(algo) + "_ddp"));
+    c.train.steps = 5;
+    c.train.val_every = 2;
+    c.optim.matrix.algorithm = algo;
+    const og::TrainResult ddp = og::run_train(c, d);
+    c.dist.mode = "fsdp";
+    c.log.dir = out / (std::string(algo) + "_fsdp");
+    c.checkpoint.enabled = true;
+    c.checkpoint.every = 5;
+    const og::TrainResult fsdp = og::run_train(c, d);
+    ASSERT_EQ(fsdp.final_params.size(), ddp.final_params.size());
+    ASSERT_TRUE(all_finite(fsdp.final_params));
+    double err = 0, mx = 0;
+    for (size_t i = 0; i < ddp.final_params.size(); ++i) {
+      err = std::max(err, (double)std::fabs(fsdp.final_params[i] - ddp.final_params[i]));
+      mx = std::max(mx, (double)std::fabs(ddp.final_params[i]));
+    }
+    if (verbose()) std::printf("  fsdp vs whole buffers (%s): max rel diff %.3e\n", algo, err / mx);
+    EXPECT_LE(err, 1e-4 * mx) << algo;
+    EXPECT_NEAR(fsdp.final_val_loss, ddp.final_val_loss, 1e-3) << algo;
+  }
+  // a poisoned gradient shard is seen and the step skipped
+  og::Config c = gpu_train_config(data.str(), out / "nan");
+  c.dist.mode = "fsdp";
+  c.train.fault_nan_step = 2;
+  c.train.skip_nonfinite = true;
+  const og::TrainResult r = og::run_train(c, d);
+  EXPECT_EQ(r.skipped_steps, 1);
+  EXPECT_TRUE(all_finite(r.final_params));
 }
 
 TEST(CudaTrain, NonFiniteGradientStopsOrIsSkipped) {

@@ -3,7 +3,9 @@
 //    R ranks (reductions run in another order: a tolerance applies);
 //  - a sharded checkpoint: 2N steps straight == N steps, resume, N steps (bitwise at the same
 //    world size; across world sizes within the same tolerance, after re-sharding);
-//  - per-rank master / gradient / optimizer-state bytes are about 1/R of the replicated ones.
+//  - per-rank master / gradient / optimizer-state bytes are about 1/R of the replicated ones, and
+//    the gathered working set (two units of weights and of gradients) does not grow with depth;
+//  - a poisoned gradient shard stops the run (or is skipped) on every rank.
 // The model has rows not divisible by 2 or 3 (d_model 40, d_ff 160, vocab 250) so shards are uneven.
 #include <gtest/gtest.h>
 
@@ -227,7 +229,42 @@ TEST(FSDP, StateBytesPerRankAboutOneOverN) {
   EXPECT_NEAR(state_ratio, 1.0, 0.05) << "optimizer state " << m.state << " bytes on rank of " << R;
   EXPECT_NEAR(master_ratio, 1.0, 0.05) << "master " << m.master << " bytes of " << m.replicated_master;
   EXPECT_EQ(m.grads, m.master);
+  // the model keeps no whole copy: three slots of weights and three of gradients, one of the
+  // largest unit's size (the 1000 x 64 embedding / lm_head) and two of a block's (12 x 64²),
+  // whatever the depth
+  const size_t largest = 1000 * 64 * sizeof(float), block = 12 * 64 * 64 * sizeof(float);
+  EXPECT_EQ(m.unit_weights, largest + 2 * block);
+  EXPECT_EQ(m.unit_grads, largest + 2 * block);
+  if (R > 1) {
+    EXPECT_LT(m.total(), m.replicated_total());
+  }
+  c.model.n_layer = 6;
+  std::unique_ptr<og::Model> deep = og::make_cpu_model(c.gpt(), 2);
+  og::Fsdp fsdp_deep(*og_test::g_dist, *deep, c.dist);
+  og::ParamGroups groups_deep = fsdp_deep.make_groups(og::build_group_specs(c));
+  const og::FsdpMemory md = fsdp_deep.memory(groups_deep);
+  EXPECT_EQ(md.unit_weights, m.unit_weights);
+  EXPECT_EQ(md.unit_grads, m.unit_grads);
+  EXPECT_GT(md.replicated_model, m.replicated_model);
   if (comm().rank() == 0) std::printf("%s\n", m.describe().c_str());
+}
+
+// train.fault_nan_step under FSDP: the poisoned shard reaches every rank through the norm.
+TEST(FSDP, NonFiniteGradientIsSeenByEveryRank) {
+  SharedDir data("og_fsdp_nan");
+  og_test::TempDir out("og_fsdp_nan_o");
+  og::Config c = fsdp_config(data.str(), out.str(), "adamw");
+  c.train.fault_nan_step = 1;
+  try {
+    og::run_train(c, *og_test::g_dist);
+    ADD_FAILURE() << "expected the run to stop at step 1";
+  } catch (const og::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("step 1"), std::string::npos) << e.what();
+  }
+  c.train.skip_nonfinite = true;
+  const og::TrainResult r = og::run_train(c, *og_test::g_dist);
+  EXPECT_EQ(r.skipped_steps, 1);
+  for (float v : r.final_params) ASSERT_TRUE(std::isfinite(v));
 }
 
 // The matrix optimizers on row shards (optim/distributed_optimizer.h through the trainer): R

@@ -28,7 +28,8 @@ class CpuModel final : public Model {
   CpuModel(const GPTConfig& cfg, int max_batch)
       : gpt_(cfg, max_batch),
         params_(alloc_floats(gpt_.layout().total(), "parameters")),
-        grads_(alloc_floats(gpt_.layout().total(), "gradients")) {
+        grads_(alloc_floats(gpt_.layout().total(), "gradients")),
+        own_(gpt_.units(), params_.get(), grads_.get(), sizeof(float)) {
     gpt_init_params(gpt_.layout(), params_.get(), 0);
   }
 
@@ -37,30 +38,49 @@ class CpuModel final : public Model {
   const ParamLayout& layout() const override { return gpt_.layout(); }
   float* params() override { return params_.get(); }
   float* grads() override { return grads_.get(); }
-  void zero_grad() override { std::memset(grads_.get(), 0, layout().total() * sizeof(float)); }
+  void zero_grad() override {
+    if (grads_) std::memset(grads_.get(), 0, layout().total() * sizeof(float));
+  }
 
   float forward_backward(const int32_t* inputs, const int32_t* targets, int B, int T, float grad_scale) override {
     OG_CHECK(targets != nullptr, "cpu model: forward_backward needs targets");
-    const float loss = gpt_.forward(params_.get(), inputs, targets, B, T);
-    gpt_.backward(params_.get(), grads_.get(), grad_scale);
+    const float loss = gpt_.forward(*src_, inputs, targets, B, T);
+    gpt_.backward(*src_, grad_scale);
     return loss;
   }
 
   float forward_loss(const int32_t* inputs, const int32_t* targets, int B, int T) override {
     OG_CHECK(targets != nullptr, "cpu model: forward_loss needs targets");
-    return gpt_.forward(params_.get(), inputs, targets, B, T);
+    return gpt_.forward(*src_, inputs, targets, B, T);
   }
 
   std::vector<float> last_logits(const int32_t* tokens, int T) override {
-    gpt_.forward(params_.get(), tokens, nullptr, 1, T);
+    gpt_.forward(*src_, tokens, nullptr, 1, T);
     const float* l = gpt_.last_logits(0);
     return std::vector<float>(l, l + config().vocab_size);
   }
 
-  void upload_params(const float* host) override { std::memcpy(params_.get(), host, layout().total() * sizeof(float)); }
-  void download_params(float* host) override { std::memcpy(host, params_.get(), layout().total() * sizeof(float)); }
+  void upload_params(const float* host) override {
+    check_own("upload_params");
+    std::memcpy(params_.get(), host, layout().total() * sizeof(float));
+  }
+  void download_params(float* host) override {
+    check_own("download_params");
+    std::memcpy(host, params_.get(), layout().total() * sizeof(float));
+  }
+
+  const std::vector<ParamUnit>& units() const override { return gpt_.units(); }
+  WeightType unit_weight_type(int) const override { return WeightType::F32; }
+  void attach_units(UnitSource* src) override {
+    OG_CHECK(src != nullptr, "internal: cpu model: attach_units(nullptr)");
+    src_ = src;
+    params_.reset();
+    grads_.reset();
+    attached_ = true;
+  }
 
   double grad_norm_sq() override {
+    check_own("grad_norm_sq");
     const float* g = grads_.get();
     const int64_t n = (int64_t)layout().total();
     double s = 0.0;
@@ -70,8 +90,14 @@ class CpuModel final : public Model {
   }
 
  private:
+  void check_own(const char* what) const {
+    OG_CHECK(!attached_, "internal: cpu model: {} on a model whose weights are held by a unit source (fsdp)", what);
+  }
+
   cpu::GptCpu<float> gpt_;
   AlignedFloats params_, grads_;
+  WholeBufferUnits own_;
+  UnitSource* src_ = &own_;
 };
 
 }  // namespace

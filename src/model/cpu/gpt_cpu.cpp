@@ -25,13 +25,11 @@ GptCpu<T>::GptCpu(const GPTConfig& cfg, int max_batch)
   OG_CHECK(cfg.d_model % cfg.n_head == 0, "cpu model: d_model {} is not a multiple of n_head {}", cfg.d_model,
            cfg.n_head);
   OG_CHECK(cfg.head_dim() % 2 == 0, "cpu model: head_dim {} must be even for rotary", cfg.head_dim());
-  wte_ = layout_.find("wte").offset;
-  lm_head_ = layout_.find("lm_head").offset;
+  units_ = gpt_param_units(layout_);
   for (int l = 0; l < cfg.n_layer; ++l) {
     const std::string h = "h." + std::to_string(l) + ".";
-    lparams_.push_back({layout_.find(h + "attn.q").offset, layout_.find(h + "attn.k").offset,
-                        layout_.find(h + "attn.v").offset, layout_.find(h + "attn.o").offset,
-                        layout_.find(h + "mlp.fc").offset, layout_.find(h + "mlp.proj").offset});
+    auto at = [&](const char* w) { return layout_.find(h + w).offset - units_[1 + l].offset; };
+    lparams_.push_back({at("attn.q"), at("attn.k"), at("attn.v"), at("attn.o"), at("mlp.fc"), at("mlp.proj")});
   }
   inputs_.assign((size_t)max_batch * cfg.seq_len, 0);
   targets_.assign((size_t)max_batch * cfg.seq_len, 0);
@@ -102,6 +100,17 @@ template <typename T> void GptCpu<T>::plan() {
 
 template <typename T>
 T GptCpu<T>::forward(const T* params, const int32_t* inputs, const int32_t* targets, int B, int Tn) {
+  WholeBufferUnits src(units_, params, nullptr, sizeof(T));
+  return forward(src, inputs, targets, B, Tn);
+}
+
+template <typename T> void GptCpu<T>::backward(const T* params, T* grads, T grad_scale) {
+  WholeBufferUnits src(units_, params, grads, sizeof(T));
+  backward(src, grad_scale);
+}
+
+template <typename T>
+T GptCpu<T>::forward(UnitSource& src, const int32_t* inputs, const int32_t* targets, int B, int Tn) {
   OG_CHECK(B >= 1 && B <= max_batch_, "cpu model: batch {} outside [1, {}] (the max batch it was built for)", B,
            max_batch_);
   OG_CHECK(Tn >= 1 && Tn <= cfg_.seq_len, "cpu model: sequence length {} outside [1, {}] (seq_len)", Tn, cfg_.seq_len);
@@ -116,39 +125,47 @@ T GptCpu<T>::forward(const T* params, const int32_t* inputs, const int32_t* targ
   B_ = B;
   Tn_ = Tn;
 
-  embedding_forward(layers_[0].res_in, inputs, params + wte_, N, d);
+  const int head = cfg_.n_layer + 1;  // the lm_head's unit
+  auto weights = [&](int unit, int next) { return static_cast<const T*>(src.acquire(unit, next)); };
+  embedding_forward(layers_[0].res_in, inputs, weights(0, 1), N, d);
+  src.release(0);
   for (int l = 0; l < cfg_.n_layer; ++l) {
     LayerActs& L = layers_[l];
     const LayerParams& P = lparams_[l];
+    const T* w = weights(1 + l, 2 + l);
     T* res_out = l + 1 < cfg_.n_layer ? layers_[l + 1].res_in : res_final_;
     // attention
     rmsnorm_forward(L.ln1, L.rstd1, L.res_in, N, d);
-    matmul_forward(L.q, L.ln1, params + P.q, N, d, d);
-    matmul_forward(L.k, L.ln1, params + P.k, N, d, d);
-    matmul_forward(L.v, L.ln1, params + P.v, N, d, d);
+    matmul_forward(L.q, L.ln1, w + P.q, N, d, d);
+    matmul_forward(L.k, L.ln1, w + P.k, N, d, d);
+    matmul_forward(L.v, L.ln1, w + P.v, N, d, d);
     rotary_forward(L.q, L.q, B, Tn, H, hd, base);
     rotary_forward(L.k, L.k, B, Tn, H, hd, base);
     rmsnorm_forward(L.qn, L.rstdq, L.q, N * H, hd);  // QK-norm per head, after rotary
     rmsnorm_forward(L.kn, L.rstdk, L.k, N * H, hd);
     attention_forward(L.att, L.probs, L.qn, L.kn, L.v, B, Tn, H, hd);
-    matmul_forward(tmp_, L.att, params + P.o, N, d, d);
+    matmul_forward(tmp_, L.att, w + P.o, N, d, d);
     for (int64_t i = 0; i < N * d; ++i) L.res_mid[i] = L.res_in[i] + tmp_[i];
     // mlp
     rmsnorm_forward(L.ln2, L.rstd2, L.res_mid, N, d);
-    matmul_forward(L.fc, L.ln2, params + P.fc, N, d, F);
+    matmul_forward(L.fc, L.ln2, w + P.fc, N, d, F);
     relu2_forward(L.act, L.fc, N * F);
-    matmul_forward(tmp_, L.act, params + P.proj, N, F, d);
+    matmul_forward(tmp_, L.act, w + P.proj, N, F, d);
     for (int64_t i = 0; i < N * d; ++i) res_out[i] = L.res_mid[i] + tmp_[i];
+    src.release(1 + l);
   }
   rmsnorm_forward(lnf_, rstdf_, res_final_, N, d);
+  const T* lm_head = weights(head, -1);
 
   if (!targets) {  // sampling: logits of the last position of each sequence only
     for (int b = 0; b < B; ++b) std::memcpy(tmp_ + b * d, lnf_ + ((int64_t)b * Tn + Tn - 1) * d, d * sizeof(T));
-    matmul_forward(logits_, tmp_, params + lm_head_, B, d, V);
+    matmul_forward(logits_, tmp_, lm_head, B, d, V);
+    src.release(head);
     saved_ = Saved::LastLogits;
     return T(0);
   }
-  matmul_forward(logits_, lnf_, params + lm_head_, N, d, V);
+  matmul_forward(logits_, lnf_, lm_head, N, d, V);
+  src.release(head);
   crossentropy_forward(losses_, logits_, targets, N, V);  // validates the targets
   std::copy(targets, targets + N, targets_.begin());
   double sum = 0.0;
@@ -163,7 +180,7 @@ T GptCpu<T>::forward(const T* params, const int32_t* inputs, const int32_t* targ
   return (T)(sum / (double)valid_targets_);
 }
 
-template <typename T> void GptCpu<T>::backward(const T* params, T* grads, T grad_scale) {
+template <typename T> void GptCpu<T>::backward(UnitSource& src, T grad_scale) {
   OG_CHECK(saved_ == Saved::Training, "cpu model: backward() needs a preceding forward() with targets");
   saved_ = Saved::None;  // the logits are about to become dlogits
   const int B = B_, Tn = Tn_;
@@ -175,25 +192,35 @@ template <typename T> void GptCpu<T>::backward(const T* params, T* grads, T grad
   // d(mean loss)/d(loss_n) = 1 / (number of non-ignored targets), times the caller's scale.
   for (int64_t n = 0; n < N; ++n) dlosses_[n] = grad_scale / (T)valid_targets_;
   crossentropy_backward(logits_, logits_, targets_.data(), dlosses_, N, V);  // in place: logits -> dlogits
+  const int head = cfg_.n_layer + 1;
+  auto weights = [&](int unit, int next) { return static_cast<const T*>(src.acquire(unit, next)); };
+  auto grads_of = [&](int unit) { return static_cast<T*>(src.grad_buffer(unit)); };
   zero(dln_, N * d);
-  matmul_backward(dln_, grads + lm_head_, logits_, lnf_, params + lm_head_, N, d, V);
+  {
+    const T* lm_head = weights(head, cfg_.n_layer);
+    matmul_backward(dln_, grads_of(head), logits_, lnf_, lm_head, N, d, V);
+    src.grads_ready(head);
+    src.release(head);
+  }
   zero(dres_, N * d);
   rmsnorm_backward(dres_, dln_, res_final_, rstdf_, N, d);
 
   for (int l = cfg_.n_layer - 1; l >= 0; --l) {
     const LayerActs& L = layers_[l];
     const LayerParams& P = lparams_[l];
+    const T* w = weights(1 + l, l > 0 ? l : -1);
+    T* g = grads_of(1 + l);
     // mlp: res_out = res_mid + proj(relu2(fc(rmsnorm(res_mid))))
     zero(dact_, N * F);
-    matmul_backward(dact_, grads + P.proj, dres_, L.act, params + P.proj, N, F, d);
+    matmul_backward(dact_, g + P.proj, dres_, L.act, w + P.proj, N, F, d);
     zero(dfc_, N * F);
     relu2_backward(dfc_, dact_, L.fc, N * F);
     zero(dln_, N * d);
-    matmul_backward(dln_, grads + P.fc, dfc_, L.ln2, params + P.fc, N, d, F);
+    matmul_backward(dln_, g + P.fc, dfc_, L.ln2, w + P.fc, N, d, F);
     rmsnorm_backward(dres_, dln_, L.res_mid, L.rstd2, N, d);
     // attention: res_mid = res_in + o(attention(...))
     zero(datt_, N * d);
-    matmul_backward(datt_, grads + P.o, dres_, L.att, params + P.o, N, d, d);
+    matmul_backward(datt_, g + P.o, dres_, L.att, w + P.o, N, d, d);
     zero(dqn_, N * d);
     zero(dkn_, N * d);
     zero(dv_, N * d);
@@ -205,12 +232,15 @@ template <typename T> void GptCpu<T>::backward(const T* params, T* grads, T grad
     rotary_backward(dq_, dq_, B, Tn, H, hd, base);
     rotary_backward(dk_, dk_, B, Tn, H, hd, base);
     zero(dln_, N * d);
-    matmul_backward(dln_, grads + P.q, dq_, L.ln1, params + P.q, N, d, d);
-    matmul_backward(dln_, grads + P.k, dk_, L.ln1, params + P.k, N, d, d);
-    matmul_backward(dln_, grads + P.v, dv_, L.ln1, params + P.v, N, d, d);
+    matmul_backward(dln_, g + P.q, dq_, L.ln1, w + P.q, N, d, d);
+    matmul_backward(dln_, g + P.k, dk_, L.ln1, w + P.k, N, d, d);
+    matmul_backward(dln_, g + P.v, dv_, L.ln1, w + P.v, N, d, d);
     rmsnorm_backward(dres_, dln_, L.res_in, L.rstd1, N, d);
+    src.grads_ready(1 + l);
+    src.release(1 + l);
   }
-  embedding_backward(grads + wte_, dres_, inputs_.data(), N, d);
+  embedding_backward(grads_of(0), dres_, inputs_.data(), N, d);
+  src.grads_ready(0);
 }
 
 template <typename T> const T* GptCpu<T>::last_logits(int b) const {

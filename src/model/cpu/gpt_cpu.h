@@ -15,6 +15,7 @@
 
 #include "model/gpt_config.h"
 #include "model/param_layout.h"
+#include "model/param_units.h"
 
 namespace og::cpu {
 
@@ -38,6 +39,12 @@ template <typename T> class GptCpu {
   // grads += grad_scale * d(mean loss)/d(params) for the last forward (with targets). params
   // must be the ones that forward used. Consumes the logits (turned into their gradient in place).
   void backward(const T* params, T* grads, T grad_scale);
+  // The same over a UnitSource (model/param_units.h): each unit's weights (element type T) are
+  // acquired just before use and released after, and each unit's gradient buffer is handed back
+  // (grads_ready) as soon as backward has written it.
+  T forward(UnitSource& src, const int32_t* inputs, const int32_t* targets, int B, int Tn);
+  void backward(UnitSource& src, T grad_scale);
+  const std::vector<ParamUnit>& units() const { return units_; }
   // vocab_size logits of the last position of sequence b, valid after a forward with
   // targets == nullptr (or after a forward with targets, before backward).
   const T* last_logits(int b) const;
@@ -53,7 +60,7 @@ template <typename T> class GptCpu {
     T *res_mid, *ln2, *rstd2;    // residual after attention, its rmsnorm and rstd
     T *fc, *act;                 // mlp pre-activation and relu2 output [N, 4d]
   };
-  struct LayerParams {  // element offsets of one block's weights in the parameter buffer
+  struct LayerParams {  // element offsets of one block's weights in its unit's range
     size_t q, k, v, o, fc, proj;
   };
   void plan();  // carve the arena into the views below, each sized for (max_batch, seq_len)
@@ -64,7 +71,7 @@ template <typename T> class GptCpu {
   size_t arena_elems_ = 0;
   T* arena_ = nullptr;  // all activations and backward scratch, 64-byte aligned
 
-  size_t wte_ = 0, lm_head_ = 0;
+  std::vector<ParamUnit> units_;  // wte, blocks, lm_head
   std::vector<LayerParams> lparams_;
 
   // state of the last forward

@@ -55,6 +55,24 @@ const char* name_of(Recompute r) {
   return "?";
 }
 
+// The model's own whole buffers as a UnitSource: the embedding's fp32 master rows, every other
+// unit's bf16 copy, and the whole gradient buffer (accumulating; zero_grad zeroes it).
+class GptCuda::OwnUnits final : public UnitSource {
+ public:
+  explicit OwnUnits(GptCuda& m) : m_(m) {}
+  const void* acquire(int unit, int) override {
+    const size_t off = m_.units_[unit].offset;
+    if (unit == 0) return m_.params_.data() + off;
+    return m_.wbf_.data() + off;
+  }
+  void release(int) override {}
+  void* grad_buffer(int unit) override { return m_.grads_.data() + m_.units_[unit].offset; }
+  void grads_ready(int) override {}
+
+ private:
+  GptCuda& m_;
+};
+
 void GptCuda::StreamDeleter::operator()(CUstream_st* s) const { cudaStreamDestroy(s); }
 void GptCuda::EventDeleter::operator()(CUevent_st* e) const { cudaEventDestroy(e); }
 void GptCuda::PinnedDeleter::operator()(void* p) const { cudaFreeHost(p); }
@@ -72,13 +90,11 @@ GptCuda::GptCuda(const GPTConfig& cfg, int max_batch, const CudaModelOptions& op
            cfg.seq_len);
   OG_CHECK(options.logits_chunk_bytes >= 1, "cuda model: logits_chunk_bytes must be positive");
 
-  wte_ = layout_.find("wte").offset;
-  lm_head_ = layout_.find("lm_head").offset;
+  units_ = gpt_param_units(layout_);
   for (int l = 0; l < cfg.n_layer; ++l) {
     const std::string h = "h." + std::to_string(l) + ".";
-    lw_.push_back({layout_.find(h + "attn.q").offset, layout_.find(h + "attn.k").offset,
-                   layout_.find(h + "attn.v").offset, layout_.find(h + "attn.o").offset,
-                   layout_.find(h + "mlp.fc").offset, layout_.find(h + "mlp.proj").offset});
+    auto at = [&](const char* w) { return layout_.find(h + w).offset - units_[1 + l].offset; };
+    lw_.push_back({at("attn.q"), at("attn.k"), at("attn.v"), at("attn.o"), at("mlp.fc"), at("mlp.proj")});
   }
 
   // A blocking stream (not cudaStreamNonBlocking): work that other code puts on the legacy
@@ -94,6 +110,8 @@ GptCuda::GptCuda(const GPTConfig& cfg, int max_batch, const CudaModelOptions& op
   params_.resize(total);
   grads_.resize(total);
   wbf_.resize(total);
+  own_ = std::make_unique<OwnUnits>(*this);
+  src_ = own_.get();
   plan();
 
   const int64_t N = (int64_t)max_batch_ * cfg_.seq_len;
@@ -268,10 +286,26 @@ double GptCuda::read_scalar(const double* device_value) {
 
 // ---- og::Model ------------------------------------------------------------------------------------
 
-void GptCuda::zero_grad() { CUDA_CHECK(cudaMemsetAsync(grads_.data(), 0, grads_.bytes(), stream_)); }
+void GptCuda::zero_grad() {
+  if (!attached_) CUDA_CHECK(cudaMemsetAsync(grads_.data(), 0, grads_.bytes(), stream_));
+}
 
 void GptCuda::params_changed() {
-  gpu::convert_f32_to_bf16(wbf_.data(), params_.data(), (int64_t)layout_.total(), stream_);
+  if (!attached_) gpu::convert_f32_to_bf16(wbf_.data(), params_.data(), (int64_t)layout_.total(), stream_);
+}
+
+void GptCuda::check_own(const char* what) const {
+  OG_CHECK(!attached_, "internal: cuda model: {} on a model whose weights are held by a unit source (fsdp)", what);
+}
+
+void GptCuda::attach_units(UnitSource* src) {
+  OG_CHECK(src != nullptr, "internal: cuda model: attach_units(nullptr)");
+  synchronize();  // queued work may still read the whole buffers
+  src_ = src;
+  attached_ = true;
+  params_.release();
+  grads_.release();
+  wbf_.release();
 }
 
 void GptCuda::synchronize() { CUDA_CHECK(cudaStreamSynchronize(stream_)); }
@@ -334,7 +368,8 @@ std::vector<float> GptCuda::last_logits(const int32_t* tokens, int T) {
   forward_blocks(1, T);
   const int64_t d = cfg_.d_model, V = cfg_.vocab_size;
   // bf16 logits of the last position (like the training path), widened to fp32.
-  matmul_->forward(logits_, lnf_ + (int64_t)(T - 1) * d, wbf(lm_head_), 1, d, V, stream_);
+  matmul_->forward(logits_, lnf_ + (int64_t)(T - 1) * d, acquire_bf16(head_unit(), -1), 1, d, V, stream_);
+  src_->release(head_unit());
   gpu::convert_bf16_to_f32(logits_f32_, logits_, V, stream_);
   std::vector<float> out((size_t)V);
   CUDA_CHECK(cudaMemcpyAsync(out.data(), logits_f32_, (size_t)V * sizeof(float), cudaMemcpyDeviceToHost, stream_));
@@ -343,17 +378,20 @@ std::vector<float> GptCuda::last_logits(const int32_t* tokens, int T) {
 }
 
 void GptCuda::upload_params(const float* host) {
+  check_own("upload_params");
   CUDA_CHECK(cudaMemcpyAsync(params_.data(), host, params_.bytes(), cudaMemcpyHostToDevice, stream_));
   params_changed();
   synchronize();  // the host buffer may be freed when this returns
 }
 
 void GptCuda::download_params(float* host) {
+  check_own("download_params");
   CUDA_CHECK(cudaMemcpyAsync(host, params_.data(), params_.bytes(), cudaMemcpyDeviceToHost, stream_));
   synchronize();
 }
 
 double GptCuda::grad_norm_sq() {
+  check_own("grad_norm_sq");
   gpu::sum_squares(scalars_.data() + 2, scalars_.data() + 3, grads_.data(), (int64_t)layout_.total(), stream_);
   return read_scalar(scalars_.data() + 2);
 }

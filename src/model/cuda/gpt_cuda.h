@@ -94,6 +94,12 @@ class GptCuda final : public Model {
   double take_loss_sum() override;
   void params_changed() override;  // bf16 weights <- fp32 master weights (one kernel, queued)
   void synchronize() override;
+  const std::vector<ParamUnit>& units() const override { return units_; }
+  // The embedding is read in fp32 (into the fp32 residual stream); every other unit in bf16.
+  WeightType unit_weight_type(int unit) const override { return unit == 0 ? WeightType::F32 : WeightType::BF16; }
+  // The source's calls are made as work is enqueued (see model/param_units.h); the lm_head's
+  // forward and backward are fused, so it is acquired once: acquire(L+1, L) .. release(L+1).
+  void attach_units(UnitSource* src) override;
 
   // ---- CUDA specifics ----
   cudaStream_t stream() const { return stream_; }
@@ -118,27 +124,31 @@ class GptCuda final : public Model {
     float* rstd2 = nullptr;                              // [N]
     gpu::bf16 *fc = nullptr, *act = nullptr;             // MLP pre-activation and ReLU² output [N, 4d]
   };
-  struct LayerWeights {  // offsets (elements) of one block's weights in the parameter buffers
+  struct LayerWeights {  // offsets (elements) of one block's weights in its unit's range
     size_t q, k, v, o, fc, proj;
   };
-  void plan();  // carve the arena (two passes: size, then pointers)
+  class OwnUnits;  // the whole-buffer UnitSource over params_ (embedding), wbf_ and grads_
+  void plan();     // carve the arena (two passes: size, then pointers)
   void check_batch(int B, int T, const char* what) const;
   void validate_tokens(const int32_t* tokens, int64_t N, bool targets, const char* what) const;
   int64_t count_valid_targets(const int32_t* targets, int64_t N) const;
   void stage_tokens(const int32_t* inputs, const int32_t* targets, int64_t N);  // host -> device (async)
 
   // gpt_cuda_passes.cu: the passes (all queued on stream_)
-  void forward_blocks(int B, int T);                   // embedding .. final rmsnorm (lnf_)
-  void block_forward(int l, int B, int T, bool last);  // one block; `last`: stop after the ReLU² (recompute)
-  void restore_layer(int l, int B, int T);             // recompute what the mode dropped
-  void head_forward_backward(int64_t N, float dloss);  // chunked lm_head + CE: losses_, dln_ (dlnf), dW_lm
-  void head_loss(int64_t N);                           // chunked lm_head + CE, loss only
-  void backward_blocks(int B, int T);                  // dlnf .. embedding gradient
+  void forward_blocks(int B, int T);  // embedding .. final rmsnorm (lnf_)
+  // One block with its unit's bf16 weights w; `last`: stop after the ReLU² (recompute).
+  void block_forward(int l, const gpu::bf16* w, int B, int T, bool last);
+  void restore_layer(int l, const gpu::bf16* w, int B, int T);  // recompute what the mode dropped
+  void head_forward_backward(int64_t N, float dloss);           // chunked lm_head + CE: losses_, dln_ (dlnf), dW_lm
+  void head_loss(int64_t N);                                    // chunked lm_head + CE, loss only
+  void backward_blocks(int B, int T);                           // dlnf .. embedding gradient
   void enqueue_train(const int32_t* inputs, const int32_t* targets, int B, int T, float grad_scale, double* loss_acc);
   double read_scalar(const double* device_value);  // waits for the stream
 
-  const gpu::bf16* wbf(size_t offset) const { return wbf_.data() + offset; }
-  float* grad(size_t offset) { return grads_.data() + offset; }
+  const gpu::bf16* acquire_bf16(int unit, int next) { return static_cast<const gpu::bf16*>(src_->acquire(unit, next)); }
+  float* grad_buffer(int unit) { return static_cast<float*>(src_->grad_buffer(unit)); }
+  int head_unit() const { return cfg_.n_layer + 1; }
+  void check_own(const char* what) const;
 
   int32_t* inputs_d() { return tokens_d_.data(); }
   int32_t* targets_d() { return tokens_d_.data() + (size_t)max_batch_ * cfg_.seq_len; }
@@ -163,9 +173,11 @@ class GptCuda final : public Model {
   std::unique_ptr<gpu::Matmul> matmul_;
 
   DeviceBuffer<float> params_, grads_;
-  DeviceBuffer<gpu::bf16> wbf_;  // bf16 copy of params_
-  size_t wte_ = 0, lm_head_ = 0;
+  DeviceBuffer<gpu::bf16> wbf_;   // bf16 copy of params_
+  std::vector<ParamUnit> units_;  // wte, blocks, lm_head
   std::vector<LayerWeights> lw_;
+  std::unique_ptr<UnitSource> own_;
+  UnitSource* src_ = nullptr;  // own_ until attach_units
 
   DeviceBuffer<char> arena_;
   size_t arena_bytes_ = 0;

@@ -21,12 +21,17 @@ using gpu::kRmsNormEps;
 void GptCuda::forward_blocks(int B, int T) {
   const int64_t N = (int64_t)B * T, d = cfg_.d_model, V = cfg_.vocab_size;
   // The embedding is read from the fp32 master table straight into the fp32 residual stream.
-  gpu::embedding_forward<float, float>(layers_[0].res_in, inputs_d(), params_.data() + wte_, N, d, V, stream_);
+  const auto* wte = static_cast<const float*>(src_->acquire(0, 1));
+  gpu::embedding_forward<float, float>(layers_[0].res_in, inputs_d(), wte, N, d, V, stream_);
+  src_->release(0);
   gpu::rmsnorm_forward<float>(layers_[0].ln1, layers_[0].rstd1, layers_[0].res_in, N, (int)d, kRmsNormEps, stream_);
-  for (int l = 0; l < cfg_.n_layer; ++l) block_forward(l, B, T, false);
+  for (int l = 0; l < cfg_.n_layer; ++l) {
+    block_forward(l, acquire_bf16(1 + l, 2 + l), B, T, false);
+    src_->release(1 + l);
+  }
 }
 
-void GptCuda::block_forward(int l, int B, int T, bool recompute_only) {
+void GptCuda::block_forward(int l, const bf16* w, int B, int T, bool recompute_only) {
   const int64_t N = (int64_t)B * T, d = cfg_.d_model, F = cfg_.d_ff();
   const int H = cfg_.n_head, hd = cfg_.head_dim();
   const LayerActs& L = layers_[l];
@@ -35,19 +40,19 @@ void GptCuda::block_forward(int l, int B, int T, bool recompute_only) {
   bf16* y = dln_;
 
   // attention
-  mm.forward(L.q, L.ln1, wbf(W.q), N, d, d, stream_);
-  mm.forward(L.k, L.ln1, wbf(W.k), N, d, d, stream_);
-  mm.forward(L.v, L.ln1, wbf(W.v), N, d, d, stream_);
+  mm.forward(L.q, L.ln1, w + W.q, N, d, d, stream_);
+  mm.forward(L.k, L.ln1, w + W.k, N, d, d, stream_);
+  mm.forward(L.v, L.ln1, w + W.v, N, d, d, stream_);
   gpu::rotary_qknorm_forward(L.q, L.rstdq, L.q, B, T, H, hd, cfg_.rope_base, kRmsNormEps, stream_);
   gpu::rotary_qknorm_forward(L.k, L.rstdk, L.k, B, T, H, hd, cfg_.rope_base, kRmsNormEps, stream_);
   gpu::attention_forward(L.att, L.lse, L.q, L.k, L.v, B, T, H, hd, stream_);
-  mm.forward(y, L.att, wbf(W.o), N, d, d, stream_);
+  mm.forward(y, L.att, w + W.o, N, d, d, stream_);
   gpu::rmsnorm_residual_forward<float>(L.res_mid, L.ln2, L.rstd2, L.res_in, y, N, (int)d, kRmsNormEps, stream_);
   // mlp
-  mm.forward(L.fc, L.ln2, wbf(W.fc), N, d, F, stream_);
+  mm.forward(L.fc, L.ln2, w + W.fc, N, d, F, stream_);
   gpu::relu2_forward(L.act, L.fc, N * F, stream_);
   if (recompute_only) return;  // backward needs nothing past the ReLU²
-  mm.forward(y, L.act, wbf(W.proj), N, F, d, stream_);
+  mm.forward(y, L.act, w + W.proj, N, F, d, stream_);
   if (l + 1 < cfg_.n_layer) {
     const LayerActs& next = layers_[l + 1];
     gpu::rmsnorm_residual_forward<float>(next.res_in, next.ln1, next.rstd1, L.res_mid, y, N, (int)d, kRmsNormEps,
@@ -59,7 +64,7 @@ void GptCuda::block_forward(int l, int B, int T, bool recompute_only) {
 
 // Recompute what the recompute mode did not keep for block l. The last block's buffers still
 // hold its own forward values when backward starts, so it never needs this.
-void GptCuda::restore_layer(int l, int B, int T) {
+void GptCuda::restore_layer(int l, const bf16* w, int B, int T) {
   const int64_t N = (int64_t)B * T, d = cfg_.d_model, F = cfg_.d_ff();
   const LayerActs& L = layers_[l];
   switch (options_.recompute) {
@@ -71,7 +76,7 @@ void GptCuda::restore_layer(int l, int B, int T) {
       return;
     case Recompute::Block:
       gpu::rmsnorm_forward<float>(L.ln1, L.rstd1, L.res_in, N, (int)d, kRmsNormEps, stream_);
-      block_forward(l, B, T, true);
+      block_forward(l, w, B, T, true);
       return;
   }
 }
@@ -81,22 +86,28 @@ void GptCuda::restore_layer(int l, int B, int T) {
 void GptCuda::head_forward_backward(int64_t N, float dloss) {
   const int64_t d = cfg_.d_model, V = cfg_.vocab_size;
   gpu::Matmul& mm = *matmul_;
+  const bf16* w = acquire_bf16(head_unit(), cfg_.n_layer);  // next: the last block, for backward
+  float* g = grad_buffer(head_unit());
   for (int64_t r0 = 0; r0 < N; r0 += chunk_rows_) {
     const int64_t rows = std::min<int64_t>(chunk_rows_, N - r0);
-    mm.forward(logits_, lnf_ + r0 * d, wbf(lm_head_), rows, d, V, stream_);
+    mm.forward(logits_, lnf_ + r0 * d, w, rows, d, V, stream_);
     gpu::crossentropy_forward_backward(losses_ + r0, logits_, targets_d() + r0, rows, V, dloss, stream_);
-    mm.backward_input(dln_ + r0 * d, logits_, wbf(lm_head_), rows, d, V, false, stream_);
-    mm.backward_weight(grad(lm_head_), logits_, lnf_ + r0 * d, rows, d, V, true, stream_);
+    mm.backward_input(dln_ + r0 * d, logits_, w, rows, d, V, false, stream_);
+    mm.backward_weight(g, logits_, lnf_ + r0 * d, rows, d, V, true, stream_);
   }
+  src_->grads_ready(head_unit());
+  src_->release(head_unit());
 }
 
 void GptCuda::head_loss(int64_t N) {
   const int64_t d = cfg_.d_model, V = cfg_.vocab_size;
+  const bf16* w = acquire_bf16(head_unit(), -1);
   for (int64_t r0 = 0; r0 < N; r0 += chunk_rows_) {
     const int64_t rows = std::min<int64_t>(chunk_rows_, N - r0);
-    matmul_->forward(logits_, lnf_ + r0 * d, wbf(lm_head_), rows, d, V, stream_);
+    matmul_->forward(logits_, lnf_ + r0 * d, w, rows, d, V, stream_);
     gpu::crossentropy_forward(losses_ + r0, logits_, targets_d() + r0, rows, V, stream_);
   }
+  src_->release(head_unit());
 }
 
 void GptCuda::backward_blocks(int B, int T) {
@@ -115,32 +126,37 @@ void GptCuda::backward_blocks(int B, int T) {
   for (int l = cfg_.n_layer - 1; l >= 0; --l) {
     const LayerActs& L = layers_[l];
     const LayerWeights& W = lw_[l];
-    if (l + 1 < cfg_.n_layer) restore_layer(l, B, T);
+    const bf16* w = acquire_bf16(1 + l, l > 0 ? l : -1);
+    float* g = grad_buffer(1 + l);
+    if (l + 1 < cfg_.n_layer) restore_layer(l, w, B, T);
 
     // mlp: res_out = res_mid + proj(relu²(fc(ln2)))
-    mm.backward_weight(grad(W.proj), dres_bf_, L.act, N, F, d, true, stream_);
-    mm.backward_input(dact_, dres_bf_, wbf(W.proj), N, F, d, false, stream_);
+    mm.backward_weight(g + W.proj, dres_bf_, L.act, N, F, d, true, stream_);
+    mm.backward_input(dact_, dres_bf_, w + W.proj, N, F, d, false, stream_);
     gpu::relu2_backward(dact_, dact_, L.fc, N * F, stream_);
-    mm.backward_weight(grad(W.fc), dact_, L.ln2, N, d, F, true, stream_);
-    mm.backward_input(dln_, dact_, wbf(W.fc), N, d, F, false, stream_);
+    mm.backward_weight(g + W.fc, dact_, L.ln2, N, d, F, true, stream_);
+    mm.backward_input(dln_, dact_, w + W.fc, N, d, F, false, stream_);
     gpu::rmsnorm_backward<float>(dres_, dln_, L.res_mid, L.rstd2, N, (int)d, stream_, dres_bf_);
 
     // attention: res_mid = res_in + o(attention(qknorm(rotary(q, k)), v)), q/k/v = ln1·W
-    mm.backward_weight(grad(W.o), dres_bf_, L.att, N, d, d, true, stream_);
-    mm.backward_input(datt, dres_bf_, wbf(W.o), N, d, d, false, stream_);
+    mm.backward_weight(g + W.o, dres_bf_, L.att, N, d, d, true, stream_);
+    mm.backward_input(datt, dres_bf_, w + W.o, N, d, d, false, stream_);
     gpu::attention_backward(dq, dk, dv, delta_, datt, L.att, L.lse, L.q, L.k, L.v, B, T, H, hd, stream_);
     gpu::rotary_qknorm_backward(dq, dq, L.q, L.rstdq, B, T, H, hd, cfg_.rope_base, stream_);
     gpu::rotary_qknorm_backward(dk, dk, L.k, L.rstdk, B, T, H, hd, cfg_.rope_base, stream_);
-    mm.backward_weight(grad(W.q), dq, L.ln1, N, d, d, true, stream_);
-    mm.backward_weight(grad(W.k), dk, L.ln1, N, d, d, true, stream_);
-    mm.backward_weight(grad(W.v), dv, L.ln1, N, d, d, true, stream_);
-    mm.backward_input(dln_, dq, wbf(W.q), N, d, d, false, stream_);
-    mm.backward_input(dln_, dk, wbf(W.k), N, d, d, true, stream_);
-    mm.backward_input(dln_, dv, wbf(W.v), N, d, d, true, stream_);
+    mm.backward_weight(g + W.q, dq, L.ln1, N, d, d, true, stream_);
+    mm.backward_weight(g + W.k, dk, L.ln1, N, d, d, true, stream_);
+    mm.backward_weight(g + W.v, dv, L.ln1, N, d, d, true, stream_);
+    mm.backward_input(dln_, dq, w + W.q, N, d, d, false, stream_);
+    mm.backward_input(dln_, dk, w + W.k, N, d, d, true, stream_);
+    mm.backward_input(dln_, dv, w + W.v, N, d, d, true, stream_);
     gpu::rmsnorm_backward<float>(dres_, dln_, L.res_in, L.rstd1, N, (int)d, stream_, l > 0 ? dres_bf_ : nullptr);
+    src_->grads_ready(1 + l);
+    src_->release(1 + l);
   }
-  gpu::embedding_backward<float>(grads_.data() + wte_, dres_, inputs_d(), N, d, V, emb_workspace_.data(),
+  gpu::embedding_backward<float>(grad_buffer(0), dres_, inputs_d(), N, d, V, emb_workspace_.data(),
                                  emb_workspace_.bytes(), stream_);
+  src_->grads_ready(0);
 }
 
 }  // namespace og

@@ -113,5 +113,8 @@ void sum_squares(double* result, double* partials, const float* x, int64_t n, cu
 // Round-to-nearest-even fp32 -> bf16, and exact bf16 -> fp32.
 void convert_f32_to_bf16(bf16* out, const float* in, int64_t n, cudaStream_t stream);
 void convert_bf16_to_f32(float* out, const bf16* in, int64_t n, cudaStream_t stream);
+// y[i] += x[i] over n fp32 values (FSDP: a micro-batch's reduced gradient shard into the sum).
+// Grid-stride, 256 threads per block.
+void add_f32(float* y, const float* x, int64_t n, cudaStream_t stream);
 
 }  // namespace og::gpu

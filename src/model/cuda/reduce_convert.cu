@@ -54,6 +54,11 @@ __global__ void bf16_to_f32_kernel(float* out, const bf16* in, int64_t n) {
     out[i] = __bfloat162float(in[i]);
 }
 
+__global__ void add_f32_kernel(float* y, const float* x, int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    y[i] += x[i];
+}
+
 unsigned grid_for(int64_t n) { return (unsigned)std::clamp<int64_t>((n + 1023) / 1024, 1, 65536); }
 
 }  // namespace
@@ -71,6 +76,13 @@ void convert_f32_to_bf16(bf16* out, const float* in, int64_t n, cudaStream_t str
   OG_CHECK(n >= 0, "convert_f32_to_bf16: n={}", n);
   if (n == 0) return;
   f32_to_bf16_kernel<<<grid_for(n), 256, 0, stream>>>(out, in, n);
+  CUDA_CHECK_LAUNCH();
+}
+
+void add_f32(float* y, const float* x, int64_t n, cudaStream_t stream) {
+  OG_CHECK(n >= 0, "add_f32: n={}", n);
+  if (n == 0) return;
+  add_f32_kernel<<<grid_for(n), 256, 0, stream>>>(y, x, n);
   CUDA_CHECK_LAUNCH();
 }
 
