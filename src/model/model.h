@@ -66,6 +66,12 @@ class Model {
   // upload_params, download_params and grad_norm_sq are errors.
   virtual void attach_units(UnitSource* src) = 0;
   bool units_attached() const { return attached_; }
+  // The model's own whole buffers as a unit source (what it computes with until attach_units).
+  virtual UnitSource& own_units() = 0;
+  // Make the unit calls through `src`, which forwards them to own_units() and may act on them
+  // (DDP: all-reduce each unit's gradient as soon as backward has it); nullptr: own_units()
+  // again. The whole buffers stay.
+  virtual void route_units(UnitSource* src) = 0;
 
  protected:
   double loss_sum_ = 0;

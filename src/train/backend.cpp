@@ -4,6 +4,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <limits>
 
@@ -109,30 +110,89 @@ void poison_gradient(Model& model) {
 
 // ---- gradient averaging ---------------------------------------------------------------------
 
+struct GradientAverager::Streams {
+#ifdef ORTHOGPT_CUDA
+  OwnedStream comm;       // the all-reduces
+  OwnedEvent model_mark;  // recorded on the model's stream, waited for by comm
+  OwnedEvent comm_mark;   // recorded on comm, waited for by the model's stream
+  cudaStream_t model = nullptr;
+#endif
+};
+
 GradientAverager::GradientAverager(DistContext& dist, Model& model, double timeout_s)
-    : model_(model), host_(*dist.host_comm) {
+    : model_(model), host_(*dist.host_comm), own_(model.own_units()), units_(model.units()) {
   ranges_.emplace_back(0, model.layout().total());
-  if (dist.world == 1 || model.device() == Device::CPU) return;
+  reduced_.assign(units_.size(), 0);
+  if (dist.world == 1) return;
+  model.route_units(this);
+  if (model.device() == Device::CPU) return;
 #if defined(ORTHOGPT_CUDA) && defined(ORTHOGPT_NCCL)
-  device_comm_ = make_nccl_communicator(host_, as_cuda(model).stream(), timeout_s);
+  streams_ = std::make_unique<Streams>();
+  streams_->model = as_cuda(model).stream();
+  CUDA_CHECK(cudaStreamCreate(&streams_->comm.s));  // blocking, like the model's stream
+  streams_->model_mark.create();
+  streams_->comm_mark.create();
+  device_comm_ = make_nccl_communicator(host_, streams_->comm.s, timeout_s);
 #else
+  (void)timeout_s;
   fail("train.device cuda with {} ranks needs NCCL, and this orthogpt was built without it", dist.world);
 #endif
 }
 
-GradientAverager::~GradientAverager() = default;
+GradientAverager::~GradientAverager() {
+  model_.route_units(nullptr);
+#ifdef ORTHOGPT_CUDA
+  if (streams_ && streams_->comm.s) cudaStreamSynchronize(streams_->comm.s);  // quietly: no throw here
+#endif
+}
+
+void GradientAverager::grads_ready(int unit) {
+  own_.grads_ready(unit);
+  if (reduce_in_backward_) reduce_unit(unit);
+}
+
+// The unit's part of every averaged range, in one collective group; on CUDA after everything
+// the model has enqueued so far (its backward wrote the unit's gradient), on the communication
+// stream.
+void GradientAverager::reduce_unit(int unit) {
+  if (reduced_[unit]) return;
+  reduced_[unit] = 1;
+  const size_t u0 = units_[unit].offset, u1 = u0 + units_[unit].floats;
+  Communicator& comm = device_comm_ ? *device_comm_ : host_;
+#ifdef ORTHOGPT_CUDA
+  if (streams_) {
+    CUDA_CHECK(cudaEventRecord(streams_->model_mark.e, streams_->model));
+    CUDA_CHECK(cudaStreamWaitEvent(streams_->comm.s, streams_->model_mark.e, 0));
+  }
+#endif
+  CollectiveGroup group(comm);
+  for (auto [begin, end] : ranges_) {
+    const size_t b = std::max(begin, u0), e = std::min(end, u1);
+    if (b >= e) continue;
+    comm.all_reduce(model_.grads() + b, e - b, DType::F32, ReduceOp::Avg);
+    step_bytes_ += ring_bytes_per_rank(CollectiveKind::AllReduce, e - b, DType::F32, host_.size());
+  }
+}
 
 void GradientAverager::average() {
-  last_bytes_ = 0;
-  if (host_.size() == 1) return;
-  Communicator& comm = device_comm_ ? *device_comm_ : host_;
-  for (auto [begin, end] : ranges_) {
-    comm.all_reduce(model_.grads() + begin, end - begin, DType::F32, ReduceOp::Avg);
-    last_bytes_ += ring_bytes_per_rank(CollectiveKind::AllReduce, end - begin, DType::F32, host_.size());
+  if (host_.size() == 1) {
+    last_bytes_ = 0;
+    return;
   }
+  for (size_t u = 0; u < units_.size(); ++u) reduce_unit((int)u);  // what backward did not start
+#ifdef ORTHOGPT_CUDA
+  if (streams_) {
+    CUDA_CHECK(cudaEventRecord(streams_->comm_mark.e, streams_->comm.s));
+    CUDA_CHECK(cudaStreamWaitEvent(streams_->model, streams_->comm_mark.e, 0));
+  }
+#endif
 #if defined(ORTHOGPT_CUDA) && defined(ORTHOGPT_NCCL)
   if (device_comm_) nccl_synchronize(*device_comm_);  // with the timeout: a dead peer is an error, not a hang
 #endif
+  last_bytes_ = step_bytes_;
+  step_bytes_ = 0;
+  std::fill(reduced_.begin(), reduced_.end(), 0);
+  reduce_in_backward_ = false;
 }
 
 void GradientAverager::exclude_role(ParamRole role) {

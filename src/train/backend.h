@@ -35,11 +35,18 @@ void bind_optimizers(ParamGroups& groups, Model& model);
 void poison_gradient(Model& model);
 
 // Averages the gradient buffer over the data-parallel ranks: the host communicator for the CPU
-// model, NCCL on the model's stream for the CUDA model (waits for it, with dist.timeout_s).
-class GradientAverager {
+// model, NCCL on a stream of its own for the CUDA model (waited for with dist.timeout_s).
+// With more than one rank it routes the model's unit calls through itself (Model::route_units):
+// during the last micro-batch of a step, each unit's gradient (the embedding, a block, the
+// lm_head: the buckets) is all-reduced as soon as backward has written it, on the CUDA model
+// overlapping the rest of backward; average() then waits for them (and reduces whatever backward
+// did not). Earlier micro-batches only accumulate.
+class GradientAverager final : public UnitSource {
  public:
   GradientAverager(DistContext& dist, Model& model, double timeout_s);
-  ~GradientAverager();
+  ~GradientAverager() override;
+  // Before each micro-batch's forward_backward: is it the step's last one?
+  void set_last_micro_batch(bool last) { reduce_in_backward_ = last && host_.size() > 1; }
   void average();  // no-op in a world of one
   std::string backend() const;
   // Leave the gradients of parameters with this role out of average() (dist.compressed_sync:
@@ -52,12 +59,25 @@ class GradientAverager {
   // Bytes this rank sent in the last average(), by the ring formula (dist/counting_communicator.h).
   double last_bytes() const { return last_bytes_; }
 
+  // ---- UnitSource: forwards to the model's own buffers, all-reducing in grads_ready ----
+  const void* acquire(int unit, int next) override { return own_.acquire(unit, next); }
+  void release(int unit) override { own_.release(unit); }
+  void* grad_buffer(int unit) override { return own_.grad_buffer(unit); }
+  void grads_ready(int unit) override;
+
  private:
+  struct Streams;
+  void reduce_unit(int unit);  // starts the all-reduce of the unit's share of ranges_
   Model& model_;
   Communicator& host_;
+  UnitSource& own_;
+  std::vector<ParamUnit> units_;
   std::unique_ptr<Communicator> device_comm_;
+  std::unique_ptr<Streams> streams_;               // CUDA: the communication stream and its events
   std::vector<std::pair<size_t, size_t>> ranges_;  // [begin, end) in floats; whole buffer by default
-  double last_bytes_ = 0;
+  std::vector<char> reduced_;                      // per unit: all-reduced this step
+  bool reduce_in_backward_ = false;
+  double step_bytes_ = 0, last_bytes_ = 0;
 };
 
 // Elapsed time of work queued between start() and stop(): CUDA events on the model's stream,

@@ -354,6 +354,7 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
       model->zero_grad();
     for (int64_t micro = 0; micro < grad_accum; ++micro) {
       train_loader.next_batch(x.data(), y.data());
+      if (averager) averager->set_last_micro_batch(micro + 1 == grad_accum);  // DDP: reduce during its backward
       model->forward_backward_accumulate(x.data(), y.data(), B, T, 1.0f / (float)grad_accum);
     }
     // Data parallel: average gradients (and the loss, for the log) over ranks (FSDP: backward

@@ -71,6 +71,11 @@ class CpuModel final : public Model {
 
   const std::vector<ParamUnit>& units() const override { return gpt_.units(); }
   WeightType unit_weight_type(int) const override { return WeightType::F32; }
+  UnitSource& own_units() override { return own_; }
+  void route_units(UnitSource* src) override {
+    check_own("route_units");
+    src_ = src ? src : &own_;
+  }
   void attach_units(UnitSource* src) override {
     OG_CHECK(src != nullptr, "internal: cpu model: attach_units(nullptr)");
     src_ = src;

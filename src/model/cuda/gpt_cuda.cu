@@ -298,6 +298,11 @@ void GptCuda::check_own(const char* what) const {
   OG_CHECK(!attached_, "internal: cuda model: {} on a model whose weights are held by a unit source (fsdp)", what);
 }
 
+void GptCuda::route_units(UnitSource* src) {
+  check_own("route_units");
+  src_ = src ? src : own_.get();
+}
+
 void GptCuda::attach_units(UnitSource* src) {
   OG_CHECK(src != nullptr, "internal: cuda model: attach_units(nullptr)");
   synchronize();  // queued work may still read the whole buffers

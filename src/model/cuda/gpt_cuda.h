@@ -100,6 +100,8 @@ class GptCuda final : public Model {
   // The source's calls are made as work is enqueued (see model/param_units.h); the lm_head's
   // forward and backward are fused, so it is acquired once: acquire(L+1, L) .. release(L+1).
   void attach_units(UnitSource* src) override;
+  UnitSource& own_units() override { return *own_; }
+  void route_units(UnitSource* src) override;
 
   // ---- CUDA specifics ----
   cudaStream_t stream() const { return stream_; }
