@@ -127,4 +127,11 @@ struct OwnedEvent {
   void create() { CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming)); }
 };
 
+// `waiter` continues only after everything enqueued on `signaller` so far (e: a scratch event,
+// recorded here; reusable at once, since the wait captures the record).
+inline void stream_wait(cudaStream_t waiter, cudaStream_t signaller, cudaEvent_t e) {
+  CUDA_CHECK(cudaEventRecord(e, signaller));
+  CUDA_CHECK(cudaStreamWaitEvent(waiter, e, 0));
+}
+
 }  // namespace og

@@ -160,10 +160,7 @@ void GradientAverager::reduce_unit(int unit) {
   const size_t u0 = units_[unit].offset, u1 = u0 + units_[unit].floats;
   Communicator& comm = device_comm_ ? *device_comm_ : host_;
 #ifdef ORTHOGPT_CUDA
-  if (streams_) {
-    CUDA_CHECK(cudaEventRecord(streams_->model_mark.e, streams_->model));
-    CUDA_CHECK(cudaStreamWaitEvent(streams_->comm.s, streams_->model_mark.e, 0));
-  }
+  if (streams_) stream_wait(streams_->comm.s, streams_->model, streams_->model_mark.e);
 #endif
   CollectiveGroup group(comm);
   for (auto [begin, end] : ranges_) {
@@ -181,10 +178,7 @@ void GradientAverager::average() {
   }
   for (size_t u = 0; u < units_.size(); ++u) reduce_unit((int)u);  // what backward did not start
 #ifdef ORTHOGPT_CUDA
-  if (streams_) {
-    CUDA_CHECK(cudaEventRecord(streams_->comm_mark.e, streams_->comm.s));
-    CUDA_CHECK(cudaStreamWaitEvent(streams_->model, streams_->comm_mark.e, 0));
-  }
+  if (streams_) stream_wait(streams_->model, streams_->comm.s, streams_->comm_mark.e);
 #endif
 #if defined(ORTHOGPT_CUDA) && defined(ORTHOGPT_NCCL)
   if (device_comm_) nccl_synchronize(*device_comm_);  // with the timeout: a dead peer is an error, not a hang

@@ -80,8 +80,8 @@ std::pair<std::string, std::string> split_state_name(const std::string& name) {
 }  // namespace
 
 // The shard buffers and the gathered working set, on the model's device: master weights and
-// gradients (plan local_total floats each, zero padding between shards), two weight slots and
-// two gradient slots (each as large as the largest unit), the reduce scratch (the largest
+// gradients (plan local_total floats each, zero padding between shards), the weight and
+// gradient slots (one buffer each, carved by wslot_ / gslot_), the reduce scratch (the largest
 // unit's shard) and, on CUDA, the bf16 master shards, the communication stream and its events.
 struct Fsdp::Buffers {
   std::vector<float> host_master, host_grads, host_scratch, host_gslots;
@@ -105,16 +105,6 @@ struct Fsdp::Buffers {
   char* wslots = nullptr;
   const void* master_bf16 = nullptr;
 };
-
-#ifdef ORTHOGPT_CUDA
-namespace {
-// `waiter` continues only after everything enqueued on `signaller` so far.
-void stream_wait(cudaStream_t waiter, cudaStream_t signaller, cudaEvent_t e) {
-  CUDA_CHECK(cudaEventRecord(e, signaller));
-  CUDA_CHECK(cudaStreamWaitEvent(waiter, e, 0));
-}
-}  // namespace
-#endif
 
 Fsdp::Fsdp(DistContext& dist, Model& model, const DistSection& cfg)
     : model_(model),
@@ -315,11 +305,9 @@ void Fsdp::gather_unit(int unit, int slot) {
   wslot_[slot].unit = unit;
   const auto& params = plan_.layout().params();
   Communicator* comm = collective_comm();
-#ifdef ORTHOGPT_CUDA
   // The slot's previous unit was released (its work is enqueued before this point), and the
-  // shards are current: the gather waits for everything the model has enqueued so far.
-  if (model_.device() == Device::CUDA) stream_wait(buf_->comm_stream.s, buf_->model_stream, buf_->model_mark.e);
-#endif
+  // shards are current.
+  comm_after_model();
   {
     std::unique_ptr<CollectiveGroup> group = comm ? std::make_unique<CollectiveGroup>(*comm) : nullptr;
     for (size_t p = U.first; p < U.end; ++p) {
@@ -401,9 +389,7 @@ void Fsdp::grads_ready(int unit) {
   const size_t local0 = unit_local_begin(unit), local_n = unit_local_end(unit) - local0;
   float* dst = fresh ? buf_->grads + local0 : buf_->scratch;
   Communicator* comm = collective_comm();
-#ifdef ORTHOGPT_CUDA
-  if (model_.device() == Device::CUDA) stream_wait(buf_->comm_stream.s, buf_->model_stream, buf_->model_mark.e);
-#endif
+  comm_after_model();  // backward has written the unit's gradient
   {
     std::unique_ptr<CollectiveGroup> group = comm ? std::make_unique<CollectiveGroup>(*comm) : nullptr;
     for (size_t p = U.first; p < U.end; ++p) {
@@ -433,6 +419,13 @@ void Fsdp::grads_ready(int unit) {
 #endif
   gslot_[s].in_use = false;
   gslot_[s].unit = -1;
+}
+
+// CUDA: the communication stream continues only after everything the model has enqueued so far.
+void Fsdp::comm_after_model() {
+#ifdef ORTHOGPT_CUDA
+  if (model_.device() == Device::CUDA) stream_wait(buf_->comm_stream.s, buf_->model_stream, buf_->model_mark.e);
+#endif
 }
 
 // Byte copies of a world of one, where collectives would run (CUDA: the communication stream).
@@ -509,7 +502,7 @@ void Fsdp::download_params(float* host) {
 #ifdef ORTHOGPT_CUDA
   DeviceBuffer<float> whole(total);  // a temporary: the run's end, checkpoints' callers
   CUDA_CHECK(cudaMemsetAsync(whole.data(), 0, whole.bytes(), buf_->model_stream));
-  stream_wait(buf_->comm_stream.s, buf_->model_stream, buf_->model_mark.e);
+  comm_after_model();
   {
     std::unique_ptr<CollectiveGroup> group = comm ? std::make_unique<CollectiveGroup>(*comm) : nullptr;
     for (size_t p = 0; p < params.size(); ++p) {

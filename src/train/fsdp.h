@@ -109,6 +109,7 @@ class Fsdp final : public UnitSource {
   Communicator* collective_comm();       // the communicator of the shard collectives (nullptr: a world of one)
   void gather_unit(int unit, int slot);  // starts the all-gather of unit's weights into a weight slot
   void copy_on_stream(const void* src, void* dst, size_t bytes);
+  void comm_after_model();
   int weight_slot_of(int unit) const;
   int free_weight_slot(int unit, int exclude, int keep_unit) const;  // -1: none
   char* weight_slot(int slot);

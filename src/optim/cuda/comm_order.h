@@ -22,15 +22,9 @@ class CommOrder {
   template <typename F> void run(Communicator& comm, cudaStream_t s, F&& collective) {
     auto* cs = static_cast<cudaStream_t>(comm.device_stream());
     const bool other = cs != s;
-    if (other) {
-      CUDA_CHECK(cudaEventRecord(before_.e, s));
-      CUDA_CHECK(cudaStreamWaitEvent(cs, before_.e, 0));
-    }
+    if (other) stream_wait(cs, s, before_.e);
     std::forward<F>(collective)();
-    if (other) {
-      CUDA_CHECK(cudaEventRecord(after_.e, cs));
-      CUDA_CHECK(cudaStreamWaitEvent(s, after_.e, 0));
-    }
+    if (other) stream_wait(s, cs, after_.e);
   }
 
  private:
