@@ -134,4 +134,24 @@ inline void stream_wait(cudaStream_t waiter, cudaStream_t signaller, cudaEvent_t
   CUDA_CHECK(cudaStreamWaitEvent(waiter, e, 0));
 }
 
+// A non-blocking stream that a piece of work (a Newton–Schulz group) runs on beside a step
+// stream: forked from it at an event recorded there, joined back into it. Empty (s == nullptr)
+// until create(); priority as cudaStreamCreateWithPriority (0: the default).
+struct SideStream {
+  cudaStream_t s = nullptr;  // owned by stream
+  void create(int priority = 0) {
+    CUDA_CHECK(cudaStreamCreateWithPriority(&stream_.s, cudaStreamNonBlocking, priority));
+    done_.create();
+    s = stream_.s;
+  }
+  // Work enqueued on s from now on starts after `fork` (an event recorded on the step stream).
+  void fork(cudaEvent_t fork) const { CUDA_CHECK(cudaStreamWaitEvent(s, fork, 0)); }
+  // The step stream continues only after everything enqueued on s so far.
+  void join(cudaStream_t step) const { stream_wait(step, s, done_.e); }
+
+ private:
+  OwnedStream stream_;
+  OwnedEvent done_;
+};
+
 }  // namespace og

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <optional>
 
 #include "core/error.h"
 #include "dist/counting_communicator.h"
@@ -309,7 +310,8 @@ void Fsdp::gather_unit(int unit, int slot) {
   // shards are current.
   comm_after_model();
   {
-    std::unique_ptr<CollectiveGroup> group = comm ? std::make_unique<CollectiveGroup>(*comm) : nullptr;
+    std::optional<CollectiveGroup> group;  // NCCL: the unit's collectives in one launch
+    if (comm) group.emplace(*comm);
     for (size_t p = U.first; p < U.end; ++p) {
       const char* mine = shards + plan_.local_offset(p, rank_) * es;
       char* whole = dst + (params[p].offset - U.offset) * es;
@@ -391,7 +393,8 @@ void Fsdp::grads_ready(int unit) {
   Communicator* comm = collective_comm();
   comm_after_model();  // backward has written the unit's gradient
   {
-    std::unique_ptr<CollectiveGroup> group = comm ? std::make_unique<CollectiveGroup>(*comm) : nullptr;
+    std::optional<CollectiveGroup> group;  // NCCL: the unit's collectives in one launch
+    if (comm) group.emplace(*comm);
     for (size_t p = U.first; p < U.end; ++p) {
       const float* whole = g + (params[p].offset - U.offset);
       float* mine = dst + (plan_.local_offset(p, rank_) - local0);
@@ -504,7 +507,8 @@ void Fsdp::download_params(float* host) {
   CUDA_CHECK(cudaMemsetAsync(whole.data(), 0, whole.bytes(), buf_->model_stream));
   comm_after_model();
   {
-    std::unique_ptr<CollectiveGroup> group = comm ? std::make_unique<CollectiveGroup>(*comm) : nullptr;
+    std::optional<CollectiveGroup> group;  // NCCL: the unit's collectives in one launch
+    if (comm) group.emplace(*comm);
     for (size_t p = 0; p < params.size(); ++p) {
       const float* mine = buf_->master + plan_.local_offset(p, rank_);
       if (comm)

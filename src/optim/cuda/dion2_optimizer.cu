@@ -199,9 +199,8 @@ class CudaDion2 final : public CudaOptimizer {
       }
       g.blas = std::make_unique<BlasContext>();
       if (concurrent_ && gi > 0) {
-        CUDA_CHECK(cudaStreamCreateWithPriority(&g.own_stream.s, cudaStreamNonBlocking, prio_high));
-        CUDA_CHECK(cudaEventCreateWithFlags(&g.done.e, cudaEventDisableTiming));
-        g.blas->set_stream(g.own_stream.s);
+        g.side.create(prio_high);
+        g.blas->set_stream(g.side.s);
       } else {
         g.blas->set_stream(main_);
       }
@@ -308,7 +307,7 @@ class CudaDion2 final : public CudaOptimizer {
   void set_stream(cudaStream_t s) override {
     main_ = s;
     for (auto& g : groups_)
-      if (!g->own_stream.s) g->blas->set_stream(s);
+      if (!g->side.s) g->blas->set_stream(s);
   }
   cudaStream_t stream() const override { return main_; }
 
@@ -435,10 +434,10 @@ class CudaDion2 final : public CudaOptimizer {
     if (fork) CUDA_CHECK(cudaEventRecord(fork_.e, s));
     for (size_t gi = 0; gi < groups_.size(); ++gi) {
       Group* g = groups_[gi].get();
-      const bool own = g->own_stream.s && !timer;
-      cudaStream_t gs = own ? g->own_stream.s : s;
-      if (own) CUDA_CHECK(cudaStreamWaitEvent(gs, fork_.e, 0));
-      if (g->own_stream.s && timer) g->blas->set_stream(s);
+      const bool own = g->side.s && !timer;
+      cudaStream_t gs = own ? g->side.s : s;
+      if (own) g->side.fork(fork_.e);
+      if (g->side.s && timer) g->blas->set_stream(s);
       // this rank's NS sub-batch (every member without a split)
       dion2_gather(gs, mats_.data(), g->members_dev.data() + g->mine_first, g->shape.count, g->shape.rows,
                    g->shape.cols, g->max_tiles, g->mine_row_members > 0, g->mine_col_members > 0, vec4_,
@@ -455,11 +454,8 @@ class CudaDion2 final : public CudaOptimizer {
       } else if (timer) {
         timer->mark(s, "newton-schulz");
       }
-      if (own) {  // join
-        CUDA_CHECK(cudaEventRecord(g->done.e, gs));
-        CUDA_CHECK(cudaStreamWaitEvent(s, g->done.e, 0));
-      }
-      if (g->own_stream.s && timer) g->blas->set_stream(g->own_stream.s);
+      if (own) g->side.join(s);
+      if (g->side.s && timer) g->blas->set_stream(g->side.s);
     }
     if (split_) {
       split_->all_gather(s);
@@ -502,13 +498,12 @@ class CudaDion2 final : public CudaOptimizer {
 
   // Members are destroyed in reverse order: the cuBLAS context before its stream.
   struct Group {
-    OwnedStream own_stream;  // set only for concurrent groups after the first
-    OwnedEvent done;
-    NsShape shape;                 // rows = k, cols = L; count: this rank's NS sub-batch (all members without a split)
-    std::vector<int32_t> members;  // owner split: ordered by owner
-    int size = 0;                  // members
-    int mine_first = 0;            // position of this rank's first member (owner split)
-    bf16* input = nullptr;         // the NS input of this rank's sub-batch
+    SideStream side;  // CudaOptimOptions::concurrent_groups: groups after the first (first: destroyed last)
+    NsShape shape;    // rows = k, cols = L; count: this rank's NS sub-batch (all members without a split)
+    std::vector<int32_t> members;                    // owner split: ordered by owner
+    int size = 0;                                    // members
+    int mine_first = 0;                              // position of this rank's first member (owner split)
+    bf16* input = nullptr;                           // the NS input of this rank's sub-batch
     int row_members = 0, col_members = 0;            // members with row / column slices
     int mine_row_members = 0, mine_col_members = 0;  // the same among this rank's
     int64_t max_tiles = 0;                           // the most dion2_tiles of any member

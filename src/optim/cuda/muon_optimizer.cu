@@ -124,9 +124,8 @@ class CudaMuon final : public CudaOptimizer {
       Workspace& ws = *g->ws;
       g->blas = std::make_unique<BlasContext>();
       if (concurrent_ && gi > 0) {
-        CUDA_CHECK(cudaStreamCreateWithFlags(&g->own_stream.s, cudaStreamNonBlocking));
-        CUDA_CHECK(cudaEventCreateWithFlags(&g->done.e, cudaEventDisableTiming));
-        g->blas->set_stream(g->own_stream.s);
+        g->side.create();
+        g->blas->set_stream(g->side.s);
       } else {
         g->blas->set_stream(main_);
       }
@@ -183,7 +182,7 @@ class CudaMuon final : public CudaOptimizer {
   void set_stream(cudaStream_t s) override {
     main_ = s;
     for (auto& g : groups_)
-      if (!g->own_stream.s) g->blas->set_stream(s);
+      if (!g->side.s) g->blas->set_stream(s);
   }
   cudaStream_t stream() const override { return main_; }
 
@@ -234,10 +233,10 @@ class CudaMuon final : public CudaOptimizer {
     if (fork) CUDA_CHECK(cudaEventRecord(fork_.e, s0));
     for (size_t gi = 0; gi < groups_.size(); ++gi) {
       Group* g = groups_[gi].get();
-      const bool own = g->own_stream.s && !timer;
-      cudaStream_t s = own ? g->own_stream.s : s0;
-      if (own) CUDA_CHECK(cudaStreamWaitEvent(s, fork_.e, 0));
-      if (g->own_stream.s && timer) g->blas->set_stream(s0);
+      const bool own = g->side.s && !timer;
+      cudaStream_t s = own ? g->side.s : s0;
+      if (own) g->side.fork(fork_.e);
+      if (g->side.s && timer) g->blas->set_stream(s0);
       launch_momentum(*g, s);
       if (timer) timer->mark(s, "momentum+normalize");
       if (g->shape.count > 0) {
@@ -250,11 +249,8 @@ class CudaMuon final : public CudaOptimizer {
         update(*g, (int)gi, s);
         if (timer) timer->mark(s, "update");
       }
-      if (own) {  // join
-        CUDA_CHECK(cudaEventRecord(g->done.e, s));
-        CUDA_CHECK(cudaStreamWaitEvent(s0, g->done.e, 0));
-      }
-      if (g->own_stream.s && timer) g->blas->set_stream(g->own_stream.s);
+      if (own) g->side.join(s0);
+      if (g->side.s && timer) g->blas->set_stream(g->side.s);
     }
     if (!split_) return;
     split_->all_gather(s0);
@@ -316,12 +312,11 @@ class CudaMuon final : public CudaOptimizer {
   };
   // Members are destroyed in reverse order: the cuBLAS context before its stream.
   struct Group {
-    OwnedStream own_stream;  // set only for concurrent groups after the first
-    OwnedEvent done;
-    NsShape shape;                    // count: this rank's NS sub-batch (all members without a split)
-    std::vector<int> members;         // indices into params_ (owner split: ordered by owner)
-    int size = 0;                     // members
-    int mine_first = 0;               // position of this rank's first member (owner split)
+    SideStream side;           // CudaOptimOptions::concurrent_groups: groups after the first (first: destroyed last)
+    NsShape shape;             // count: this rank's NS sub-batch (all members without a split)
+    std::vector<int> members;  // indices into params_ (owner split: ordered by owner)
+    int size = 0;              // members
+    int mine_first = 0;        // position of this rank's first member (owner split)
     int64_t mine_chunks[2] = {0, 0};  // the chunks of this rank's members
     ChunkTable chunks;
     DeviceBuffer<MuonDesc> descs;

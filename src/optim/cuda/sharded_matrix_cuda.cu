@@ -297,10 +297,9 @@ class CudaShardedMatrix final : public CudaOptimizer {
       }
       g.blas = std::make_unique<BlasContext>();
       if (opt.concurrent_groups && &gp != &ns_groups_.front()) {  // the first group runs on the step stream
-        CUDA_CHECK(cudaStreamCreateWithFlags(&g.own_stream.s, cudaStreamNonBlocking));
-        g.done.create();
+        g.side.create();
       }
-      g.blas->set_stream(g.own_stream.s ? g.own_stream.s : main_);
+      g.blas->set_stream(g.side.s ? g.side.s : main_);
       g.ns.plan(*g.blas, hp_.ortho, g.shape, NsBuffers{{g.x[0].data(), g.x[1].data()}, g.a.data(), g.b.data()}, opt);
       const int64_t per = g.shape.rows * g.shape.cols;
       for (size_t pos = 0; pos < g.members.size(); ++pos) {
@@ -385,7 +384,7 @@ class CudaShardedMatrix final : public CudaOptimizer {
   void set_stream(cudaStream_t s) override {
     main_ = s;
     for (auto& g : ns_groups_)
-      if (!g->own_stream.s) g->blas->set_stream(s);
+      if (!g->side.s) g->blas->set_stream(s);
   }
   cudaStream_t stream() const override { return main_; }
 
@@ -412,13 +411,10 @@ class CudaShardedMatrix final : public CudaOptimizer {
     // the shape groups concurrently (forked from and joined back into s)
     CUDA_CHECK(cudaEventRecord(fork_.e, s));
     for (auto& g : ns_groups_) {
-      if (g->own_stream.s) CUDA_CHECK(cudaStreamWaitEvent(g->own_stream.s, fork_.e, 0));
+      if (g->side.s) g->side.fork(fork_.e);
       bf16* out = g->ns.run(*g->blas);
       OG_CHECK(out == g->ns.result(), "internal: NS result not where planned");
-      if (g->own_stream.s) {
-        CUDA_CHECK(cudaEventRecord(g->done.e, g->own_stream.s));
-        CUDA_CHECK(cudaStreamWaitEvent(s, g->done.e, 0));
-      }
+      if (g->side.s) g->side.join(s);
     }
     // 4. every rank's rows of the results back
     scatter_.launch(s, nullptr);
@@ -473,8 +469,7 @@ class CudaShardedMatrix final : public CudaOptimizer {
   };
   // Members are destroyed in reverse order: the cuBLAS context before its stream.
   struct NsGroup {
-    OwnedStream own_stream;  // CudaOptimOptions::concurrent_groups, groups after the first
-    OwnedEvent done;         // with own_stream
+    SideStream side;  // CudaOptimOptions::concurrent_groups: groups after the first (first: destroyed last)
     NsShape shape;
     std::vector<size_t> members;  // owned matrices, increasing index
     DeviceBuffer<bf16> x[2], a, b;
