@@ -389,7 +389,8 @@ TEST(CudaOptim, CudaGraphAndProfiledStepsAreBitIdentical) {
     CudaOptimOptions plain, graph;
     graph.cuda_graph = true;
     expect_bit_identical(hp, plain, graph, "graph, ef off");
-    for (auto mode : {CudaOptimOptions::Dion2Decay::Overlapped, CudaOptimOptions::Dion2Decay::InPass1}) {
+    for (auto mode : {CudaOptimOptions::Dion2Decay::InScatter, CudaOptimOptions::Dion2Decay::Overlapped,
+                      CudaOptimOptions::Dion2Decay::InPass1}) {
       plain.dion2_decay = graph.dion2_decay = mode;
       expect_bit_identical(hp, plain, graph, "graph, another decay placement");
     }
@@ -404,6 +405,8 @@ TEST(CudaOptim, ProfiledPhasesAreReported) {
   using Decay = CudaOptimOptions::Dion2Decay;
   // One entry per phase name (the timer sums a name's time over the NS groups).
   const std::vector<std::pair<Decay, std::vector<std::string>>> cases = {
+      {Decay::SplitRows,
+       {"pass1", "reduce partials", "select", "decay (unselected rows)", "gather", "newton-schulz", "decay + update"}},
       {Decay::InScatter, {"pass1", "reduce partials", "select", "gather", "newton-schulz", "decay + update"}},
       {Decay::Overlapped,
        {"pass1", "weight decay", "reduce partials", "select", "gather", "newton-schulz", "scatter update"}},
@@ -430,12 +433,16 @@ TEST(CudaOptim, ProfiledPhasesAreReported) {
   EXPECT_TRUE(other->last_phase_ms().empty());
 }
 
-// Every placement of Dion2's weight decay (fused into the scatter, its own overlapped pass, inside
-// pass 1) gives bit-identical weights and state (same multiplications in the same order), with
-// fp32 and bf16 state, ef on and off.
+// Every placement of Dion2's weight decay (the default SplitRows: unselected rows ahead, the rest
+// fused into the scatter; all fused into the scatter; its own overlapped pass; inside pass 1) gives
+// bit-identical weights and state (same multiplications in the same order), with fp32 and bf16
+// state, ef on and off.
 TEST(CudaOptim, Dion2DecayPlacementsAreBitIdentical) {
   SKIP_WITHOUT_CUDA();
   using Decay = CudaOptimOptions::Dion2Decay;
+  const std::vector<std::pair<Decay, const char*>> others = {
+      {Decay::InScatter, "in scatter"}, {Decay::Overlapped, "overlapped"}, {Decay::InPass1, "in pass 1"}};
+  ASSERT_EQ(CudaOptimOptions{}.dion2_decay, Decay::SplitRows);
   for (Algorithm alg : {Algorithm::Dion2, Algorithm::NorDion2})
     for (StateDtype dt : {StateDtype::F32, StateDtype::BF16})
       for (bool ef : {true, false}) {
@@ -444,35 +451,28 @@ TEST(CudaOptim, Dion2DecayPlacementsAreBitIdentical) {
         hp.ef = ef;
         for (const Shapes* shapes : {&kMixedShapes, &kVec4Shapes}) {
           TestGroup host(*shapes, 13);
-          DeviceGroup a(host), b(host), c(host);
-          CudaOptimOptions overlapped, in_pass1;
-          overlapped.dion2_decay = Decay::Overlapped;
-          in_pass1.dion2_decay = Decay::InPass1;
+          DeviceGroup a(host);
           auto oa = make_cuda_optimizer(hp, a.slots);
-          auto ob = make_cuda_optimizer(hp, b.slots, overlapped);
-          auto oc = make_cuda_optimizer(hp, c.slots, in_pass1);
           a.upload(host);
-          b.upload(host);
-          c.upload(host);
-          for (int64_t t = 1; t <= 3; ++t) {
-            oa->step({t, 0.02f});
-            ob->step({t, 0.02f});
-            oc->step({t, 0.02f});
-          }
+          for (int64_t t = 1; t <= 3; ++t) oa->step({t, 0.02f});
           const std::string what = fmt::format("{} {} ef {}", name_of(alg), name_of(dt), ef);
-          const auto wa = a.download_w(), wb = b.download_w(), wc = c.download_w();
-          for (size_t p = 0; p < wa.size(); ++p) {
-            EXPECT_EQ(std::memcmp(wa[p].data(), wb[p].data(), wa[p].size() * 4), 0)
-                << what << " overlapped, param " << p;
-            EXPECT_EQ(std::memcmp(wa[p].data(), wc[p].data(), wa[p].size() * 4), 0)
-                << what << " in pass 1, param " << p;
-          }
-          const auto sa = oa->state(), sb = ob->state(), sc = oc->state();
-          ASSERT_EQ(sa.size(), sb.size());
-          ASSERT_EQ(sa.size(), sc.size());
-          for (size_t i = 0; i < sa.size(); ++i) {
-            EXPECT_EQ(state_values(sa[i]), state_values(sb[i])) << what << " " << sa[i].name;
-            EXPECT_EQ(state_values(sa[i]), state_values(sc[i])) << what << " " << sa[i].name;
+          const auto wa = a.download_w();
+          const auto sa = oa->state();
+          for (const auto& [mode, name] : others) {
+            DeviceGroup b(host);
+            CudaOptimOptions o;
+            o.dion2_decay = mode;
+            auto ob = make_cuda_optimizer(hp, b.slots, o);
+            b.upload(host);
+            for (int64_t t = 1; t <= 3; ++t) ob->step({t, 0.02f});
+            const auto wb = b.download_w();
+            for (size_t p = 0; p < wa.size(); ++p)
+              EXPECT_EQ(std::memcmp(wa[p].data(), wb[p].data(), wa[p].size() * 4), 0)
+                  << what << " " << name << ", param " << p;
+            const auto sb = ob->state();
+            ASSERT_EQ(sa.size(), sb.size());
+            for (size_t i = 0; i < sa.size(); ++i)
+              EXPECT_EQ(state_values(sa[i]), state_values(sb[i])) << what << " " << name << " " << sa[i].name;
           }
         }
       }

@@ -37,16 +37,20 @@ struct CudaOptimOptions {
   // (forked from and joined back into `stream`, so the step stays ordered on it). Muon then gives
   // every group its own NS workspace (more memory: the sum of the groups' instead of the largest).
   bool concurrent_groups = true;
-  // Dion2 / NorDion2: where the weight decay W ← W·(1 − lr·wd) runs. Same arithmetic in all three,
+  // Dion2 / NorDion2: where the weight decay W ← W·(1 − lr·wd) runs. Same arithmetic in all four,
   // bit-identical results.
+  //  SplitRows   InScatter, except that the unselected rows of row-slice matrices are decayed on a
+  //              low-priority internal stream right after the selection (overlapping the gathers
+  //              and the Newton–Schulz) and each group's pass after its NS covers only the selected
+  //              rows of its row-slice matrices (column-slice matrices: whole W, as InScatter)
   //  InScatter   one pass over W per NS group after its Newton–Schulz that also applies the update
   //              to the selected slices (8 bytes per element, instead of the decay's 8 plus the
   //              scatter's 8 per selected element); with wd = 0 the plain scatter runs instead
   //  Overlapped  its own pass on a low-priority internal stream, overlapping selection, gather and
   //              Newton–Schulz (pass 1 then moves 12 instead of 20 bytes per element)
   //  InPass1     inside pass 1
-  enum class Dion2Decay { InScatter, Overlapped, InPass1 };
-  Dion2Decay dion2_decay = Dion2Decay::InScatter;
+  enum class Dion2Decay { SplitRows, InScatter, Overlapped, InPass1 };
+  Dion2Decay dion2_decay = Dion2Decay::SplitRows;
   // Dion2 / NorDion2 with ef on: the selective decay M[K] ← ef_decay·M[K] of the selected slices is
   // applied by the next step's pass 1 (which reads and writes all of M anyway) instead of being
   // written back by the gather. For column slices the gather's scattered writes dirtied ~90% of

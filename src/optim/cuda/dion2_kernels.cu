@@ -453,11 +453,13 @@ __global__ void __launch_bounds__(kTileThreads)
 // (8 bytes per selected element plus O) by one 8-byte pass plus O. grid (max tiles, count); one
 // launch for the row-slice members, one for the column-slice members (BY_COLS, with
 // kStagedBytes of dynamic shared memory; the row launch needs none and keeps full occupancy).
+// skip_selected (row members only): decay the unselected rows and leave the selected ones to
+// decay_update_selected_rows_kernel (RowSlices::Unselected).
 constexpr size_t kStagedBytes = sizeof(float) * kTileCols * (kTileRows + 1);
 template <int VEC, bool BY_COLS>
 __global__ void __launch_bounds__(kTileThreads)
     decay_update_kernel(const Dion2Mat* __restrict__ mats, const int32_t* __restrict__ members,
-                        const Dion2Scalars* __restrict__ sc) {
+                        const Dion2Scalars* __restrict__ sc, bool skip_selected) {
   extern __shared__ float staged_raw[];
   auto staged = reinterpret_cast<float(*)[kTileRows + 1]>(staged_raw);  // O[j][r0 + l] at [j − jlo][l]
   const Dion2Mat& d = mats[members[blockIdx.y]];
@@ -480,13 +482,14 @@ __global__ void __launch_bounds__(kTileThreads)
 #pragma unroll
   for (int e = 0; e < VEC; ++e) js[e] = BY_COLS && c + e < t.nc ? d.slot[t.c0 + c + e] : -1;
   for (int rr = threadIdx.x / kLanes; rr < t.nr; rr += kTileThreads / kLanes) {
+    const int j = BY_COLS ? -1 : d.slot[t.r0 + rr];  // row slices: this row's j (−1: not selected)
+    if (!BY_COLS && skip_selected && j >= 0) continue;
     float* w = d.w + (t.r0 + rr) * d.cols + t.c0 + c;
     float v[VEC];
     load_edge<VEC>(w, t.nc - c, v);
 #pragma unroll
     for (int e = 0; e < VEC; ++e) v[e] = __fmul_rn(v[e], decay);
     if constexpr (!BY_COLS) {
-      const int j = d.slot[t.r0 + rr];
       if (j >= 0) {
         const float step = d.row_factor ? lr_eff * d.row_factor[j] : lr_eff;
         float ov[VEC];
@@ -500,6 +503,41 @@ __global__ void __launch_bounds__(kTileThreads)
         if (js[e] >= 0) v[e] = __fmaf_rn(-lr_eff, staged[js[e] - t.jlo][rr], v[e]);
     }
     store_edge<VEC>(w, t.nc - c, v);
+  }
+}
+
+// Row slices only (column-slice members return at once): the selected rows of the decay + update
+// pass, W[sel[j]] ← W[sel[j]]·decay − lr_eff·f_j·O[j] with decay_update_kernel's two roundings, by
+// runs of selected rows as gather_rows_kernel: grid (ceil(L / kTileCols), ceil(k / kGatherRows),
+// count), kTileThreads threads; each thread issues all its loads before its stores.
+template <int VEC>
+__global__ void __launch_bounds__(kTileThreads)
+    decay_update_selected_rows_kernel(const Dion2Mat* __restrict__ mats, const int32_t* __restrict__ members,
+                                      const Dion2Scalars* __restrict__ sc) {
+  const Dion2Mat& d = mats[members[blockIdx.z]];
+  if (d.by_cols) return;
+  constexpr int kLanes = kTileCols / VEC, kPass = kTileThreads / kLanes, kRowsPerThread = kGatherRows / kPass;
+  const int64_t L = d.cols, c = (int64_t)blockIdx.x * kTileCols + (threadIdx.x % kLanes) * VEC;
+  const int j0 = blockIdx.y * kGatherRows + threadIdx.x / kLanes;
+  if (c >= L || j0 >= d.k) return;
+  const int n = (int)min((int64_t)VEC, L - c);  // VEC except at the matrix's last columns
+  const float decay = sc->decay, lr_eff = sc->lr * d.lr_factor;
+  float wv[kRowsPerThread][VEC], ov[kRowsPerThread][VEC];
+#pragma unroll
+  for (int q = 0; q < kRowsPerThread; ++q) {
+    const int j = j0 + q * kPass;
+    if (j >= d.k) continue;
+    load_edge<VEC>(d.w + (int64_t)d.sel[j] * L + c, n, wv[q]);
+    load_edge<VEC>(d.o + (int64_t)j * L + c, n, ov[q]);
+  }
+#pragma unroll
+  for (int q = 0; q < kRowsPerThread; ++q) {
+    const int j = j0 + q * kPass;
+    if (j >= d.k) continue;
+    const float step = d.row_factor ? lr_eff * d.row_factor[j] : lr_eff;
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) wv[q][e] = __fmaf_rn(-step, ov[q][e], __fmul_rn(wv[q][e], decay));
+    store_edge<VEC>(d.w + (int64_t)d.sel[j] * L + c, n, wv[q]);
   }
 }
 
@@ -707,17 +745,27 @@ void dion2_gather(cudaStream_t s, const Dion2Mat* mats, const int32_t* members, 
 }
 
 void dion2_decay_update(cudaStream_t s, const Dion2Mat* mats, const int32_t* members, int count, int64_t max_tiles,
-                        bool has_rows, bool has_cols, bool vec4, const Dion2Scalars* sc) {
+                        bool has_rows, bool has_cols, bool vec4, const Dion2Scalars* sc, RowSlices rows, int64_t max_k,
+                        int64_t max_cols) {
   if (count == 0 || max_tiles == 0) return;
   dim3 grid((unsigned)max_tiles, (unsigned)count);
-  if (has_rows) {
-    vec4 ? decay_update_kernel<4, false><<<grid, kTileThreads, 0, s>>>(mats, members, sc)
-         : decay_update_kernel<1, false><<<grid, kTileThreads, 0, s>>>(mats, members, sc);
+  if (has_rows && rows == RowSlices::Selected) {
+    if (max_k > 0) {
+      const dim3 sgrid((unsigned)((max_cols + kTileCols - 1) / kTileCols),
+                       (unsigned)((max_k + kGatherRows - 1) / kGatherRows), (unsigned)count);
+      vec4 ? decay_update_selected_rows_kernel<4><<<sgrid, kTileThreads, 0, s>>>(mats, members, sc)
+           : decay_update_selected_rows_kernel<1><<<sgrid, kTileThreads, 0, s>>>(mats, members, sc);
+      CUDA_CHECK_LAUNCH();
+    }
+  } else if (has_rows) {
+    const bool skip = rows == RowSlices::Unselected;
+    vec4 ? decay_update_kernel<4, false><<<grid, kTileThreads, 0, s>>>(mats, members, sc, skip)
+         : decay_update_kernel<1, false><<<grid, kTileThreads, 0, s>>>(mats, members, sc, skip);
     CUDA_CHECK_LAUNCH();
   }
-  if (has_cols) {
-    vec4 ? decay_update_kernel<4, true><<<grid, kTileThreads, kStagedBytes, s>>>(mats, members, sc)
-         : decay_update_kernel<1, true><<<grid, kTileThreads, kStagedBytes, s>>>(mats, members, sc);
+  if (has_cols && rows != RowSlices::Unselected) {
+    vec4 ? decay_update_kernel<4, true><<<grid, kTileThreads, kStagedBytes, s>>>(mats, members, sc, false)
+         : decay_update_kernel<1, true><<<grid, kTileThreads, kStagedBytes, s>>>(mats, members, sc, false);
     CUDA_CHECK_LAUNCH();
   }
 }

@@ -102,10 +102,18 @@ void dion2_gather(cudaStream_t s, const Dion2Mat* mats, const int32_t* members, 
                   float ef_decay);
 void dion2_update(cudaStream_t s, const Dion2Mat* mats, const int32_t* members, int count, int64_t k, int64_t L,
                   const Dion2Scalars* sc);
+// Which rows of the row-slice members a decay + update launch covers: all of them; only the
+// unselected ones (W ← W·decay, which does not need the Newton–Schulz output, so it can run while
+// the NS runs); or only the selected ones (by runs of selected rows, as the gather). Unselected
+// then Selected is bit-identical to All. Column-slice members are covered whole by All and
+// Selected, not at all by Unselected.
+enum class RowSlices { All, Unselected, Selected };
 // W ← W·decay − lr_eff·f_j·O[j] on the selected slices, W ← W·decay elsewhere: the weight decay
-// and the scatter in one pass over every member's W.
+// and the scatter in one pass over every member's W. RowSlices::Selected needs max_k (the most
+// rows any row-slice member selects) and max_cols (the widest row-slice member).
 void dion2_decay_update(cudaStream_t s, const Dion2Mat* mats, const int32_t* members, int count, int64_t max_tiles,
-                        bool has_rows, bool has_cols, bool vec4, const Dion2Scalars* sc);
+                        bool has_rows, bool has_cols, bool vec4, const Dion2Scalars* sc,
+                        RowSlices rows = RowSlices::All, int64_t max_k = 0, int64_t max_cols = 0);
 // M[K] ← f·M[K] for the selected slices K of every matrix (slot map / sel of the last select):
 // settles a pending lazy selective decay before the state is read from outside.
 void dion2_apply_pending_decay(cudaStream_t s, const Dion2Mat* mats, int n_mats, int64_t max_k, int64_t max_len,

@@ -9,7 +9,11 @@
 // concurrent_groups they run on their own streams, forked from and joined back into the step stream.
 // Pass 1 moves 12 bytes per element (G, M read, M written); gather and NS touch only the k selected
 // slices. The weight decay W ← W·(1 − lr·wd) runs where CudaOptimOptions::dion2_decay says:
-//  InScatter (default): each group's scatter becomes one pass over its members' whole W
+//  SplitRows (default): as InScatter, but the unselected rows of the row-slice members are decayed
+//    on a low-priority stream as soon as the selection is known, under the gathers and the NS;
+//    after its NS a group's pass covers only its row members' selected rows (and its column
+//    members' whole W): the same bytes, most of them off the critical path; bit-identical;
+//  InScatter: each group's scatter becomes one pass over its members' whole W
 //    (decay_update): 8 bytes per element, the selected slices' update riding along;
 //  Overlapped: its own pass on a low-priority stream, forked after pass 1 so that it overlaps the
 //    selection / gather / NS chain; every group's scatter waits for it;
@@ -63,7 +67,9 @@ class CudaDion2 final : public CudaOptimizer {
     concurrent_ = opt.concurrent_groups;
     overlap_decay_ = opt.dion2_decay == CudaOptimOptions::Dion2Decay::Overlapped;
     decay_in_pass1_ = opt.dion2_decay == CudaOptimOptions::Dion2Decay::InPass1;
-    decay_in_scatter_ = opt.dion2_decay == CudaOptimOptions::Dion2Decay::InScatter && hp_.weight_decay != 0.0f;
+    split_rows_ = opt.dion2_decay == CudaOptimOptions::Dion2Decay::SplitRows && hp_.weight_decay != 0.0f;
+    decay_in_scatter_ =
+        (opt.dion2_decay == CudaOptimOptions::Dion2Decay::InScatter || split_rows_) && hp_.weight_decay != 0.0f;
     const bool split = opt.ddp_comm && opt.ddp_comm->size() > 1;
     const bool sync = opt.compressed_sync_comm && opt.compressed_sync_comm->size() > 1;
     lazy_decay_ = (opt.dion2_lazy_decay || split) && hp_.ef;
@@ -215,7 +221,7 @@ class CudaDion2 final : public CudaOptimizer {
       if (g.shape.count > 0) g.ns.plan(*g.blas, hp_.ortho, g.shape, buf, opt);
     }
     if (concurrent_ && groups_.size() > 1) CUDA_CHECK(cudaEventCreateWithFlags(&fork_.e, cudaEventDisableTiming));
-    if (overlap_decay_) {
+    if (overlap_decay_ || split_rows_) {
       CUDA_CHECK(cudaStreamCreateWithPriority(&decay_stream_.s, cudaStreamNonBlocking, prio_low));
       CUDA_CHECK(cudaEventCreateWithFlags(&decay_fork_.e, cudaEventDisableTiming));
       CUDA_CHECK(cudaEventCreateWithFlags(&decay_done_.e, cudaEventDisableTiming));
@@ -430,6 +436,18 @@ class CudaDion2 final : public CudaOptimizer {
                             max_len_, hp_.state_dtype, ns_norm_multiplier(hp_.ortho), hp_.eps);
       if (timer) timer->mark(s, "compressed sync");
     }
+    if (split_rows_) {  // the unselected rows' decay (needs only the slot map), under the groups' work
+      cudaStream_t ds = timer ? s : decay_stream_.s;
+      if (!timer) stream_wait(ds, s, decay_fork_.e);
+      for (auto& g : groups_)
+        if (g->row_members > 0)
+          dion2_decay_update(ds, mats_.data(), g->members_dev.data(), g->size, g->max_tiles, true, false, vec4_, sc,
+                             RowSlices::Unselected);
+      if (timer)
+        timer->mark(s, "decay (unselected rows)");
+      else
+        CUDA_CHECK(cudaEventRecord(decay_done_.e, ds));
+    }
     const bool fork = fork_.e && !timer;
     if (fork) CUDA_CHECK(cudaEventRecord(fork_.e, s));
     for (size_t gi = 0; gi < groups_.size(); ++gi) {
@@ -466,9 +484,10 @@ class CudaDion2 final : public CudaOptimizer {
       }
       if (timer) timer->mark(s, decay_in_scatter_ ? "decay + update" : "scatter update");
     }
-    // The decay stream is joined through the groups already; joining it into s directly as well
-    // keeps graph capture happy even with no group.
-    if (overlap) CUDA_CHECK(cudaStreamWaitEvent(s, decay_done_.e, 0));
+    // Overlapped: the decay stream is joined through the groups already; joining it into s directly
+    // as well keeps graph capture happy even with no group. SplitRows: the groups' passes touch
+    // other rows than the decay stream's, so it is joined only here.
+    if (overlap || (split_rows_ && !timer)) CUDA_CHECK(cudaStreamWaitEvent(s, decay_done_.e, 0));
     if (!hp_.ef) scale_state(s, momentum_.base(), momentum_.total(), hp_.state_dtype, ef_decay_);
     if (timer && !hp_.ef) timer->mark(s, "ef decay");
   }
@@ -488,7 +507,8 @@ class CudaDion2 final : public CudaOptimizer {
     if (overlap) CUDA_CHECK(cudaStreamWaitEvent(s, decay_done_.e, 0));
     if (decay_in_scatter_) {
       dion2_decay_update(s, mats_.data(), g.members_dev.data(), g.size, g.max_tiles, g.row_members > 0,
-                         g.col_members > 0, vec4_, sc);
+                         g.col_members > 0, vec4_, sc, split_rows_ ? RowSlices::Selected : RowSlices::All, g.shape.rows,
+                         g.shape.cols);
       if (timer) timer->mark(s, "decay + update");
     } else {
       dion2_update(s, mats_.data(), g.members_dev.data(), g.size, g.shape.rows, g.shape.cols, sc);
@@ -523,7 +543,7 @@ class CudaDion2 final : public CudaOptimizer {
   cudaStream_t main_ = nullptr;
   bool concurrent_ = true;
   OwnedEvent fork_;
-  bool overlap_decay_ = false, decay_in_pass1_ = false, decay_in_scatter_ = true;
+  bool overlap_decay_ = false, decay_in_pass1_ = false, decay_in_scatter_ = true, split_rows_ = false;
   bool lazy_decay_ = true, decay_pending_ = false;
   int64_t max_k_ = 0, max_len_ = 0;  // the largest k and slice length (settle_pending_decay's grid)
   bool profile_ = false, use_graph_ = false;
