@@ -90,10 +90,9 @@ std::unique_ptr<Optimizer> make_distributed_optimizer(const OptimHParams& hp, st
     // communicator (optim/cuda/owner_split.h).
 #ifdef ORTHOGPT_CUDA
     if (opt.row_sharded) {
-      OG_CHECK(!selective || opt.select_scope == "local",
-               "dist.select_scope: global under fsdp on cuda is not supported yet (use local, or train.device cpu)");
       OG_CHECK(opt.host_comm != nullptr, "internal: {} under fsdp on cuda without a host communicator", name_of(a));
-      return cuda::make_cuda_sharded_matrix(hp, std::move(params), *opt.comm, *opt.host_comm);
+      return cuda::make_cuda_sharded_matrix(hp, std::move(params), *opt.comm, *opt.host_comm,
+                                            opt.select_scope == "global");
     }
 #endif
     const bool split = opt.owner_split == "on" || (opt.owner_split == "auto" && owner_split_pays(hp, params));

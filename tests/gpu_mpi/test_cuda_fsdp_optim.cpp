@@ -25,8 +25,10 @@
 #include "cpu/optim_test_group.h"
 #include "dist/shard_plan.h"
 #include "gpu_mpi/gpu_mpi_env.h"
+#include "optim/cuda/cuda_optimizer.h"
 #include "optim/distributed_optimizer.h"
 #include "optim/distributed_plan.h"
+#include "optim/slice_select.h"
 #include "tests/mpi/mpi_env.h"
 
 using namespace og;
@@ -98,8 +100,10 @@ struct Shards {
   std::vector<float> device_w(size_t p) const { return download_f32(dw[p].data(), w[p].size(), StateDtype::F32); }
 };
 
-// kSteps steps of the CUDA and the CPU row-shard optimizer; returns the GPU's comm bytes.
-double check_against_cpu(const OptimHParams& hp, const std::string& what) {
+// kSteps steps of the CUDA and the CPU row-shard optimizer (Dion2: select_scope `scope`); returns
+// the GPU's comm bytes. With the global scope both select over whole matrices, so each rank's
+// selected rows (as global rows) must be the same on both sides too.
+double check_against_cpu_scope(const OptimHParams& hp, const std::string& what, const std::string& scope) {
   double bytes = 0.0;
   for (const std::string& b : device_backends()) {
     const std::string tag =
@@ -110,6 +114,7 @@ double check_against_cpu(const OptimHParams& hp, const std::string& what) {
     DistributedOptions o;
     o.row_sharded = true;
     o.comm = &comm();
+    o.select_scope = scope;
     auto cpu = make_distributed_optimizer(hp, sh.host_slots, Device::CPU, o);
     o.comm = dc.get();
     o.host_comm = &comm();
@@ -134,6 +139,28 @@ double check_against_cpu(const OptimHParams& hp, const std::string& what) {
         worst = std::max(worst, e);
         EXPECT_LE(e, kUpdateTol) << tag << ": step " << t << ", matrix " << p;
       }
+      if (scope == "global") {  // every selected row on exactly one rank; random: the single-process draw
+        auto* cuda_opt = dynamic_cast<CudaOptimizer*>(gpu.get());
+        const auto sel = cuda_opt ? cuda_opt->last_selection() : std::vector<std::vector<int32_t>>{};
+        EXPECT_EQ(sel.size(), kShapes.size()) << tag;
+        if (sel.size() != kShapes.size()) continue;
+        int64_t mine = 0, total = 0;
+        for (size_t p = 0; p < kShapes.size(); ++p) {
+          const int64_t k = select_count(hp.fraction, kShapes[p].first);
+          std::vector<int64_t> got;
+          for (int32_t i : sel[p]) got.push_back(sh.rr[p].row0 + i);
+          if (hp.select == Select::Random) {
+            std::vector<int64_t> draw, want;
+            random_k_indices(hp.seed, t, (int64_t)p, kShapes[p].first, k, draw);
+            for (int64_t g : draw)
+              if (g >= sh.rr[p].row0 && g < sh.rr[p].end()) want.push_back(g);
+            EXPECT_EQ(got, want) << tag << ": step " << t << ", matrix " << p;
+          }
+          mine += (int64_t)got.size();
+          total += k;
+        }
+        EXPECT_EQ(comm().all_reduce_scalar((double)mine, ReduceOp::Sum), (double)total) << tag << ": step " << t;
+      }
     }
     const auto sg = gpu->state(), sc = cpu->state();
     EXPECT_EQ(sg.size(), sc.size()) << tag;
@@ -156,6 +183,13 @@ double check_against_cpu(const OptimHParams& hp, const std::string& what) {
   return bytes;
 }
 
+double check_against_cpu(const OptimHParams& hp, const std::string& what) {
+  return check_against_cpu_scope(hp, what, "local");
+}
+double check_global_against_cpu(const OptimHParams& hp, const std::string& what) {
+  return check_against_cpu_scope(hp, what + " (global scope)", "global");
+}
+
 }  // namespace
 
 TEST(CudaFsdpOptim, MuonAndNorMuonMatchTheCpuShards) {
@@ -173,20 +207,9 @@ TEST(CudaFsdpOptim, Dion2BytesScaleWithFraction) {
   og_test::check_dion2_bytes_fall_with_fraction(check_against_cpu);
 }
 
-TEST(CudaFsdpOptim, GlobalScopeIsAClearError) {
+// select_scope: global — the single-process selection over whole matrices (norms all-gathered;
+// random draws need no exchange) against the CPU's global scope, rows and updates.
+TEST(CudaFsdpOptim, Dion2AndNorDion2GlobalScopeMatchTheCpuShards) {
   if (!gpu_ready()) GTEST_SKIP() << "no CUDA device";
-  TestGroup h(kShapes, 11);
-  Shards sh(h);
-  auto dc = device_comm("staged");
-  DistributedOptions o;
-  o.row_sharded = true;
-  o.comm = dc.get();
-  o.host_comm = &comm();
-  o.select_scope = "global";
-  try {
-    make_distributed_optimizer(matrix_hparams(Algorithm::Dion2), sh.dev_slots, Device::CUDA, o);
-    ADD_FAILURE() << "no error";
-  } catch (const std::exception& e) {
-    EXPECT_NE(std::string(e.what()).find("select_scope"), std::string::npos) << e.what();
-  }
+  og_test::check_dion2_configs(check_global_against_cpu);
 }

@@ -16,12 +16,25 @@
 //   5. local: NorMuon / NorDion2 normalization of the returned rows with the local V, whose two
 //      Frobenius sums are all-reduced (shard_norm_*_kernel), then the update on the shard — Muon:
 //      W ← W·(1 − lr·wd) − lr_eff·f_row·O; Dion2: dion2_decay_update (decay everywhere, the
-//      selected rows' update riding along), and without ef the decay of all of M.
+//      selected rows' update riding along; with the default SplitRows the unselected rows are
+//      decayed on a low-priority side stream as soon as the selection is known, under the
+//      exchanges and the NS, and only the selected rows wait for O), and without ef the decay of
+//      all of M.
 // lr_eff comes from the WHOLE shape. Bytes per step and rank: two all-to-alls of the largest
 // rank block (bf16) — Muon ≈ 2·(W−1)/W² of the group's elements; Dion2 ∝ α — plus, for NorMuon
 // and NorDion2, an all-reduce of 2 floats per matrix.
 // Differences from one process, as on the CPU path: the owner normalizes bf16(U) (one more
 // bf16 rounding than the single-process NS input), and Dion2's local scope selects per shard.
+// Dion2's global scope (select_scope: global) instead selects exactly as one process: after
+// pass 1 every rank all-gathers the rows' ℓ1 and squared ℓ2 norms of every matrix (8 bytes per
+// row), runs dion2_select over the whole matrix (the single-process top-k or random draw, and
+// its scale 1/(mult·‖M[K]‖ + eps)), keeps the selected rows of its own shard
+// (localize_selection_kernel) and sends bf16(scale·M[K] ∩ shard), the single-process NS input
+// rows, to the owner, which places each row by its position in the selection
+// (move_selected_rows_kernel) instead of assembling and normalizing. How the k rows split over
+// the ranks changes every step and is known only on the device, so every rank's slot holds
+// min(k, its rows): the all-to-alls carry that padding (at W ranks up to min(kW, rows)/k times
+// the local scope's bytes).
 #include "optim/cuda/sharded_matrix_cuda.h"
 
 #include <algorithm>
@@ -42,6 +55,7 @@
 #include "optim/cuda/newton_schulz.h"
 #include "optim/cuda/state_arena.h"
 #include "optim/distributed_plan.h"
+#include "optim/slice_select.h"
 
 namespace og::cuda {
 namespace {
@@ -96,7 +110,9 @@ struct ShardNormDesc {
   const int32_t* sel;  // NorDion2: the shard rows of O's rows; NorMuon: nullptr (row j is shard row j)
   float* factors;      // k: 1/(sqrt V + 1e-8), then times the restore scale
   int64_t k, L;
+  const int32_t* kdev;  // global scope: k is this step's count, read here (Dion2Mat::k); else nullptr
 };
+__device__ __forceinline__ int64_t rows_of(const ShardNormDesc& d) { return d.kdev ? (int64_t)*d.kdev : d.k; }
 
 constexpr int kNormRowsPerBlock = 8;  // one warp per row
 
@@ -111,7 +127,7 @@ __global__ void shard_norm_rows_kernel(const ShardNormDesc* __restrict__ descs, 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t j = (int64_t)blockIdx.x * kNormRowsPerBlock + warp;
   float so = 0.0f, sn = 0.0f;
-  if (j < d.k) {
+  if (j < rows_of(d)) {
     const bf16* row = d.o + j * d.L;
     float s = 0.0f;
     for (int64_t c = (int64_t)lane * VEC; c < d.L; c += 32 * VEC) {
@@ -167,10 +183,124 @@ __global__ void shard_norm_sums_kernel(const float* __restrict__ partial, int nb
 __global__ void shard_norm_restore_kernel(const ShardNormDesc* __restrict__ descs, const float* __restrict__ sums) {
   const ShardNormDesc d = descs[blockIdx.y];
   const int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (j >= d.k) return;
+  if (j >= rows_of(d)) return;
   const float restore = sqrtf(sums[2 * blockIdx.y]) / fmaxf(sqrtf(sums[2 * blockIdx.y + 1]), 1e-8f);
   d.factors[j] *= restore;
 }
+
+// ---- Dion2's global selection scope -------------------------------------------------------------
+
+// A run of floats to copy: one rank's gathered row norms of one matrix into whole-matrix order.
+struct FloatRun {
+  const float* src;
+  float* dst;
+  int64_t n;
+};
+
+// grid (runs), 256 threads.
+__global__ void copy_float_runs_kernel(const FloatRun* __restrict__ runs) {
+  const FloatRun r = runs[blockIdx.x];
+  for (int64_t i = threadIdx.x; i < r.n; i += blockDim.x) r.dst[i] = r.src[i];
+}
+
+// One matrix's global selection and this rank's shard of it.
+struct LocalizeDesc {
+  const int32_t* gsel;       // k selected rows of the whole matrix, ascending
+  const int32_t* gslot;      // rows + 1 entries: the whole matrix's slot map (dion2_kernels.h)
+  const int32_t* rank_row0;  // W + 1 entries: every rank's first row, in row order, then rows
+  int32_t* lo;               // W + 1 entries out: every rank's first position in gsel, then k
+  int32_t row0, n, k, W;     // this rank's rows [row0, row0 + n)
+};
+
+__device__ __forceinline__ int lower_bound_i32(const int32_t* a, int n, int32_t x) {
+  int lo = 0, hi = n;
+  while (lo < hi) {
+    const int mid = (lo + hi) >> 1;
+    if (a[mid] < x)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+// grid (matrices), 256 threads: from the global selection, this shard's count (written into
+// mats[p].k, which the gather, the update and the NorDion2 factors read), its selected rows
+// (shard-local, ascending), its slot map (n + 1 entries: the global one shifted by the rows
+// selected below the shard), and every rank's first position in the selection (lo).
+__global__ void localize_selection_kernel(const LocalizeDesc* __restrict__ descs, Dion2Mat* __restrict__ mats) {
+  __shared__ int lo_me, hi_me;
+  const LocalizeDesc d = descs[blockIdx.x];
+  Dion2Mat& m = mats[blockIdx.x];
+  for (int i = threadIdx.x; i <= d.W; i += blockDim.x) d.lo[i] = lower_bound_i32(d.gsel, d.k, d.rank_row0[i]);
+  if (threadIdx.x == 0) {
+    lo_me = lower_bound_i32(d.gsel, d.k, d.row0);
+    hi_me = lower_bound_i32(d.gsel, d.k, d.row0 + d.n);
+    m.k = hi_me - lo_me;
+  }
+  __syncthreads();
+  for (int j = threadIdx.x; j < hi_me - lo_me; j += blockDim.x) m.sel[j] = d.gsel[lo_me + j] - d.row0;
+  for (int i = threadIdx.x; i <= d.n; i += blockDim.x) {
+    const int v = d.gslot[d.row0 + i];
+    m.slot[i] = v >= 0 ? v - lo_me : -1 - ((-1 - v) - lo_me);
+  }
+}
+
+// One owned matrix's selected rows between the exchange buffers and its NS slot.
+struct SelectedRowsDesc {
+  bf16* whole;           // k × cols: the NS input (TO_WHOLE) or its output
+  bf16* base;            // the matrix's slot in rank 0's block of recv_ (TO_WHOLE) or of send_
+  const int32_t* lo;     // W + 1: every part's first row in the selection, in row order, then k
+  const int32_t* order;  // W: the rank of every part, in row order
+  int64_t block, cols;
+  int32_t k, W;
+};
+
+// grid (max k, owned matrices), 128 threads: row j of the NS slot ↔ row j − lo[i] of the slot of
+// rank order[i], where lo[i] ≤ j < lo[i + 1]. VEC 8: 16-byte copies (cols % 8 == 0).
+template <bool TO_WHOLE, int VEC>
+__global__ void move_selected_rows_kernel(const SelectedRowsDesc* __restrict__ descs) {
+  const SelectedRowsDesc d = descs[blockIdx.y];
+  const int j = blockIdx.x;
+  if (j >= d.k) return;
+  int i = 0;
+  while (i + 1 < d.W && d.lo[i + 1] <= j) ++i;
+  bf16* slot = d.base + (int64_t)d.order[i] * d.block + (int64_t)(j - d.lo[i]) * d.cols;
+  bf16* row = d.whole + (int64_t)j * d.cols;
+  const bf16* src = TO_WHOLE ? slot : row;
+  bf16* dst = TO_WHOLE ? row : slot;
+  if constexpr (VEC == 8) {
+    for (int64_t c = (int64_t)threadIdx.x * 8; c < d.cols; c += (int64_t)blockDim.x * 8)
+      *reinterpret_cast<uint4*>(dst + c) = *reinterpret_cast<const uint4*>(src + c);
+  } else {
+    for (int64_t c = threadIdx.x; c < d.cols; c += blockDim.x) dst[c] = src[c];
+  }
+}
+
+// The SelectedRowsDescs of one direction, ready to launch.
+struct SelectedRowsTable {
+  DeviceBuffer<SelectedRowsDesc> descs;
+  int count = 0;
+  int64_t max_k = 0;
+  bool vec8 = true;
+  void build(const std::vector<SelectedRowsDesc>& host) {
+    count = (int)host.size();
+    for (const SelectedRowsDesc& d : host) {
+      max_k = std::max<int64_t>(max_k, d.k);
+      vec8 = vec8 && d.cols % 8 == 0 && aligned_to(d.whole, 16) && aligned_to(d.base, 16) && d.block % 8 == 0;
+    }
+    upload(descs, host);
+  }
+  template <bool TO_WHOLE> void launch(cudaStream_t s) const {
+    if (count == 0 || max_k == 0) return;
+    const dim3 grid((unsigned)max_k, (unsigned)count);
+    if (vec8)
+      move_selected_rows_kernel<TO_WHOLE, 8><<<grid, 128, 0, s>>>(descs.data());
+    else
+      move_selected_rows_kernel<TO_WHOLE, 1><<<grid, 128, 0, s>>>(descs.data());
+    CUDA_CHECK_LAUNCH();
+  }
+};
 
 using Shape = std::pair<int64_t, int64_t>;  // rows, cols
 
@@ -216,10 +346,11 @@ struct PartTable {
 class CudaShardedMatrix final : public CudaOptimizer {
  public:
   CudaShardedMatrix(const OptimHParams& hp, std::vector<ParamSlot> params, Communicator& device_comm,
-                    Communicator& host_comm, const CudaOptimOptions& opt)
+                    Communicator& host_comm, bool global_scope, const CudaOptimOptions& opt)
       : hp_(hp), params_(std::move(params)), comm_(device_comm) {
     const Algorithm a = hp_.algorithm;
     selective_ = a == Algorithm::Dion2 || a == Algorithm::NorDion2;
+    global_ = selective_ && global_scope;
     normalized_ = a == Algorithm::NorMuon || a == Algorithm::NorDion2;
     OG_CHECK(a == Algorithm::Muon || a == Algorithm::NorMuon || selective_,
              "internal: the CUDA sharded matrix optimizer does not run {}", name_of(a));
@@ -230,25 +361,32 @@ class CudaShardedMatrix final : public CudaOptimizer {
                hp_.fraction);
     main_ = opt.stream;
     fork_.create();
+    if (selective_ && opt.dion2_decay == CudaOptimOptions::Dion2Decay::SplitRows) {
+      int prio_low = 0, prio_high = 0;
+      CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&prio_low, &prio_high));
+      decay_side_.create(prio_low);
+    }
     ef_decay_ = a == Algorithm::NorDion2 ? hp_.mu : hp_.ef_decay;
     const int W = comm_.size(), me = comm_.rank();
     const size_t np = params_.size();
     map_ = gather_shard_map(host_comm, params_);
 
-    // What every rank sends of every matrix, and the owners (the CPU path's rule).
+    // What every rank sends of every matrix (global scope: the most it can send), and the owners
+    // (the CPU path's rule).
     count_.assign(np, std::vector<int64_t>(W, 0));
     std::vector<double> cost(np);
     std::vector<size_t> payload(np);
     for (size_t p = 0; p < np; ++p) {
       const ParamSlot& s = params_[p];
-      const int64_t k_local = selective_ ? local_select_count(hp_.fraction, s.rows, W) : s.rows;
+      const int64_t k_global = global_ ? select_count(hp_.fraction, s.rows) : 0;
+      const int64_t k_local = global_ ? k_global : selective_ ? local_select_count(hp_.fraction, s.rows, W) : s.rows;
       int64_t total = 0, most = 0;
       for (int r = 0; r < W; ++r) {
         count_[p][r] = std::min(k_local, map_.nrows[p][r]);
         total += count_[p][r];
         most = std::max(most, count_[p][r]);
       }
-      total_.push_back(total);
+      total_.push_back(global_ ? k_global : total);
       cost[p] = ns_cost(total, s.cols);
       payload[p] = align_elems((size_t)most * (size_t)s.cols);
     }
@@ -281,6 +419,7 @@ class CudaShardedMatrix final : public CudaOptimizer {
       ns_groups_.back()->members = std::move(members);
     }
     std::vector<CopyPart> assemble, scatter;
+    std::vector<SelectedRowsDesc> to_whole, from_whole;  // global scope
     std::vector<MuonDesc> norm_descs;
     std::vector<int64_t> norm_numel;
     std::vector<size_t> first_part;  // per owned matrix (NS group order): its first part
@@ -308,6 +447,14 @@ class CudaShardedMatrix final : public CudaOptimizer {
         bf16* whole = g.x[0].data() + (int64_t)pos * per;
         const bf16* result = g.ns.result() + (int64_t)pos * per;
         first_part.push_back(assemble.size());
+        if (global_) {  // placed by the selection at every step (move_selected_rows_kernel)
+          to_whole.push_back(
+              {whole, slot(recv_, 0, p), nullptr, nullptr, (int64_t)block_, cols, (int32_t)total_[p], (int32_t)W});
+          from_whole.push_back({const_cast<bf16*>(result), slot(send_, 0, p), nullptr, nullptr, (int64_t)block_, cols,
+                                (int32_t)total_[p], (int32_t)W});
+          owned_.push_back(p);
+          continue;
+        }
         int64_t row = 0;
         for (int r : map_.order[p]) {
           const int64_t n = count_[p][r] * cols;
@@ -327,6 +474,11 @@ class CudaShardedMatrix final : public CudaOptimizer {
     first_part.push_back(assemble.size());
     assemble_.build(assemble);
     scatter_.build(scatter);
+    if (global_) {  // no normalization on the owner: the rows arrive scaled
+      norm_descs.clear();
+      norm_numel.clear();
+      first_part.assign(1, 0);
+    }
     for (size_t i = 0; i + 1 < first_part.size(); ++i) {  // each matrix's partial sums: its parts' chunks
       norm_descs[i].first_chunk = assemble_.chunks.first_chunk[first_part[i]];
       norm_descs[i].end_chunk = assemble_.chunks.first_chunk[first_part[i + 1]];
@@ -362,12 +514,14 @@ class CudaShardedMatrix final : public CudaOptimizer {
       build_dion2(slot, factor_off);
     else
       build_muon(slot, factor_off);
+    if (global_) build_global(to_whole, from_whole);
 
     if (normalized_) {
       std::vector<ShardNormDesc> nd;
       for (size_t p = 0; p < np; ++p)
         nd.push_back({slot(recv_, plan_.owner[p], p), variance_.ptr(p), selective_ ? sel_ptr_[p] : nullptr,
-                      factors_.data() + factor_off[p], count_[p][me], params_[p].cols});
+                      factors_.data() + factor_off[p], count_[p][me], params_[p].cols,
+                      global_ ? &mats_.data()[p].k : nullptr});
       upload(norm_rows_descs_, nd);
       norm_rows_vec4_ = true;
       for (const ShardNormDesc& d : nd) norm_rows_vec4_ = norm_rows_vec4_ && d.L % 4 == 0 && aligned_to(d.o, 8);
@@ -396,9 +550,17 @@ class CudaShardedMatrix final : public CudaOptimizer {
       local_dion2(ctx, s);
     else
       local_muon(ctx, s);
+    if (decay_side_.s) {  // Dion2: the unselected rows' weight decay, under the exchanges and the NS
+      CUDA_CHECK(cudaEventRecord(fork_.e, s));
+      decay_side_.fork(fork_.e);
+      for (auto& ug : ugroups_)
+        dion2_decay_update(decay_side_.s, mats_.data(), ug->members_dev.data(), (int)ug->members.size(), ug->max_tiles,
+                           true, false, ug->vec4, dion2_scalars_.data(), RowSlices::Unselected);
+    }
     exchange(s);  // 2. the rows to their owners
 
     // 3. assemble, normalize, orthonormalize (the owner's matrices)
+    if (global_) to_whole_.launch<true>(s);
     assemble_.launch(s, partials_.data());
     const unsigned nc = (unsigned)norm_chunks_.count();
     if (nc > 0)
@@ -417,6 +579,7 @@ class CudaShardedMatrix final : public CudaOptimizer {
       if (g->side.s) g->side.join(s);
     }
     // 4. every rank's rows of the results back
+    if (global_) from_whole_.launch<false>(s);
     scatter_.launch(s, nullptr);
     exchange(s);
 
@@ -447,7 +610,9 @@ class CudaShardedMatrix final : public CudaOptimizer {
     CUDA_CHECK(cudaStreamSynchronize(main_));
     std::vector<std::vector<int32_t>> out;
     for (size_t p = 0; p < params_.size(); ++p) {
-      out.emplace_back((size_t)count_[p][comm_.rank()]);
+      int32_t k = (int32_t)count_[p][comm_.rank()];
+      if (global_) CUDA_CHECK(cudaMemcpy(&k, &mats_.data()[p].k, sizeof(k), cudaMemcpyDeviceToHost));
+      out.emplace_back((size_t)k);
       if (!out.back().empty())
         CUDA_CHECK(
             cudaMemcpy(out.back().data(), sel_ptr_[p], out.back().size() * sizeof(int32_t), cudaMemcpyDeviceToHost));
@@ -579,6 +744,98 @@ class CudaShardedMatrix final : public CudaOptimizer {
     dion2_scalars_.resize(1);
   }
 
+  // Dion2's global scope: the norm exchange (the local descriptors' norms land in the send
+  // block), the whole-matrix descriptors for the selection, the localize and move tables.
+  void build_global(std::vector<SelectedRowsDesc> to_whole, std::vector<SelectedRowsDesc> from_whole) {
+    const int W = comm_.size();
+    const size_t np = params_.size();
+    std::vector<int64_t> moff(np), goff(np), gsoff(np), gtoff(np);
+    int64_t rows_total = 0, sel_total = 0, slot_total = 0, most_rows = 1;
+    per_rank_ = 0;
+    for (size_t p = 0; p < np; ++p) {
+      const ParamSlot& s = params_[p];
+      OG_CHECK(s.rows <= kMaxSelectSlices,
+               "{}: select_scope global: parameter '{}' has {} rows; the CUDA selection supports at most {}",
+               name_of(hp_.algorithm), s.name, s.rows, kMaxSelectSlices);
+      moff[p] = per_rank_;
+      per_rank_ += map_.max_rows[p];
+      goff[p] = rows_total;
+      rows_total += s.rows;
+      gsoff[p] = sel_total;
+      sel_total += total_[p];
+      gtoff[p] = slot_total;
+      slot_total += s.rows + 1;
+      most_rows = std::max(most_rows, s.rows);
+    }
+    gnpow2_ = 1;
+    while (gnpow2_ < most_rows) gnpow2_ <<= 1;
+    dion2_select_prepare(std::max(gnpow2_, npow2_));
+    norm_send_.resize((size_t)std::max<int64_t>(2 * per_rank_, 1));
+    norm_recv_.resize((size_t)W * norm_send_.size());
+    CUDA_CHECK(cudaMemset(norm_send_.data(), 0, norm_send_.bytes()));  // the padding travels too
+    gl1_.resize((size_t)std::max<int64_t>(rows_total, 1));
+    gl2_.resize(gl1_.size());
+    gsel_.resize((size_t)std::max<int64_t>(sel_total, 1));
+    gslot_.resize((size_t)std::max<int64_t>(slot_total, 1));
+    gscale_.resize(std::max<size_t>(np, 1));
+    gmass_.resize(std::max<size_t>(np, 1));
+    rank_row0_.resize(np * (W + 1));
+    lo_.resize(np * (W + 1));
+    order_dev_.resize(np * W);
+    std::vector<Dion2Mat> mats(np), gmats(np);
+    CUDA_CHECK(cudaMemcpy(mats.data(), mats_.data(), np * sizeof(Dion2Mat), cudaMemcpyDeviceToHost));
+    std::vector<FloatRun> runs;
+    std::vector<LocalizeDesc> loc;
+    std::vector<int32_t> row0s, order;
+    for (size_t p = 0; p < np; ++p) {
+      const ParamSlot& s = params_[p];
+      mats[p].part_l1 = norm_send_.data() + moff[p];
+      mats[p].part_l2 = norm_send_.data() + per_rank_ + moff[p];
+      mats[p].scale = gscale_.data() + p;  // the gather scales by the single-process scale
+      Dion2Mat& g = gmats[p];
+      g = Dion2Mat{};
+      g.rows = s.rows;
+      g.cols = s.cols;
+      g.n = (int32_t)s.rows;
+      g.k = (int32_t)total_[p];
+      g.nparts = 1;
+      g.p = (int32_t)p;
+      g.key0 = 0;
+      g.part_l1 = gl1_.data() + goff[p];
+      g.part_l2 = gl2_.data() + goff[p];
+      g.sel = gsel_.data() + gsoff[p];
+      g.slot = gslot_.data() + gtoff[p];
+      g.scale = gscale_.data() + p;
+      g.mass = gmass_.data() + p;
+      for (int r : map_.order[p]) {
+        row0s.push_back((int32_t)map_.row0[p][r]);
+        order.push_back(r);
+        if (map_.nrows[p][r] == 0) continue;
+        const float* src = norm_recv_.data() + (size_t)r * norm_send_.size() + moff[p];
+        runs.push_back({src, g.part_l1 + map_.row0[p][r], map_.nrows[p][r]});
+        runs.push_back({src + per_rank_, g.part_l2 + map_.row0[p][r], map_.nrows[p][r]});
+      }
+      row0s.push_back((int32_t)s.rows);
+      loc.push_back({g.sel, g.slot, rank_row0_.data() + p * (W + 1), lo_.data() + p * (W + 1), (int32_t)s.row0,
+                     (int32_t)s.shard_rows(), g.k, (int32_t)W});
+    }
+    CUDA_CHECK(cudaMemcpy(rank_row0_.data(), row0s.data(), row0s.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(order_dev_.data(), order.data(), order.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+    upload(mats_, mats);
+    upload(gmats_, gmats);
+    upload(localize_, loc);
+    upload(runs_, runs);
+    n_runs_ = (int64_t)runs.size();
+    for (std::vector<SelectedRowsDesc>* table : {&to_whole, &from_whole})
+      for (size_t i = 0; i < table->size(); ++i) {
+        const size_t p = owned_[i];
+        (*table)[i].lo = lo_.data() + p * (W + 1);
+        (*table)[i].order = order_dev_.data() + p * W;
+      }
+    to_whole_.build(to_whole);
+    from_whole_.build(from_whole);
+  }
+
   // Step 1, Muon / NorMuon: momentum, U into the send slots.
   void local_muon(const StepContext& ctx, cudaStream_t s) {
     std::vector<float> sc{1.0f - ctx.lr * hp_.weight_decay};
@@ -610,8 +867,21 @@ class CudaShardedMatrix final : public CudaOptimizer {
     const int np = (int)params_.size();
     if (np == 0) return;
     dion2_pass1(s, mats_.data(), row_blocks_.data(), n_row_blocks_, nullptr, 0, vec4_, hp_.state_dtype, false, sc);
-    // mult 0, eps 1: the scale 1/(0·‖M[K]‖ + 1) is exactly 1 (the owner normalizes the assembled matrix)
-    dion2_select(s, mats_.data(), np, npow2_, hp_.select == Select::Random, hp_.seed, sc, 0.0f, 1.0f);
+    if (global_) {  // every rank: the whole matrices' norms, the single-process selection, its shard of it
+      order_.run(comm_, s,
+                 [&] { comm_.all_gather(norm_send_.data(), norm_recv_.data(), 2 * (size_t)per_rank_, DType::F32); });
+      if (n_runs_ > 0) {
+        copy_float_runs_kernel<<<(unsigned)n_runs_, 256, 0, s>>>(runs_.data());
+        CUDA_CHECK_LAUNCH();
+      }
+      dion2_select(s, gmats_.data(), np, gnpow2_, hp_.select == Select::Random, hp_.seed, sc,
+                   ns_norm_multiplier(hp_.ortho), hp_.eps);
+      localize_selection_kernel<<<(unsigned)np, 256, 0, s>>>(localize_.data(), mats_.data());
+      CUDA_CHECK_LAUNCH();
+    } else {
+      // mult 0, eps 1: the scale 1/(0·‖M[K]‖ + 1) is exactly 1 (the owner normalizes the assembled matrix)
+      dion2_select(s, mats_.data(), np, npow2_, hp_.select == Select::Random, hp_.seed, sc, 0.0f, 1.0f);
+    }
     for (auto& ug : ugroups_)
       if (ug->max_k > 0)
         dion2_gather(s, mats_.data(), ug->members_dev.data(), (int)ug->members.size(), ug->max_k, ug->cols,
@@ -663,9 +933,11 @@ class CudaShardedMatrix final : public CudaOptimizer {
 
   void update_dion2(cudaStream_t s) {
     const Dion2Scalars* sc = dion2_scalars_.data();
+    const RowSlices rows = decay_side_.s ? RowSlices::Selected : RowSlices::All;
     for (auto& ug : ugroups_)
       dion2_decay_update(s, mats_.data(), ug->members_dev.data(), (int)ug->members.size(), ug->max_tiles, true, false,
-                         ug->vec4, sc);
+                         ug->vec4, sc, rows, ug->max_k, ug->cols);
+    if (decay_side_.s) decay_side_.join(s);
     if (!hp_.ef) scale_state(s, momentum_.base(), momentum_.total(), hp_.state_dtype, ef_decay_);
   }
 
@@ -683,6 +955,7 @@ class CudaShardedMatrix final : public CudaOptimizer {
   DeviceBuffer<bf16> send_, recv_;
   CommOrder order_;
   OwnedEvent fork_;
+  SideStream decay_side_;  // Dion2 with CudaOptimOptions::dion2_decay SplitRows
   StateArena momentum_, variance_;
   std::vector<std::unique_ptr<NsGroup>> ns_groups_;
   std::vector<std::unique_ptr<UpdateGroup>> ugroups_;
@@ -709,6 +982,18 @@ class CudaShardedMatrix final : public CudaOptimizer {
   std::vector<int32_t*> sel_ptr_;
   int npow2_ = 1;
   bool vec4_ = false;
+  // Dion2's global scope (build_global)
+  bool global_ = false;
+  int64_t per_rank_ = 0;  // norms per rank and kind: Σ max shard rows
+  DeviceBuffer<float> norm_send_, norm_recv_, gl1_, gl2_, gscale_, gmass_;
+  DeviceBuffer<Dion2Mat> gmats_;
+  DeviceBuffer<int32_t> gsel_, gslot_, rank_row0_, lo_, order_dev_;
+  DeviceBuffer<LocalizeDesc> localize_;
+  DeviceBuffer<FloatRun> runs_;
+  int64_t n_runs_ = 0;
+  int gnpow2_ = 1;
+  std::vector<size_t> owned_;  // owned matrices, NS group order (the move tables' order)
+  SelectedRowsTable to_whole_, from_whole_;
   std::map<std::string, double> stats_;
 };
 
@@ -716,8 +1001,8 @@ class CudaShardedMatrix final : public CudaOptimizer {
 
 std::unique_ptr<CudaOptimizer> make_cuda_sharded_matrix(const OptimHParams& hp, std::vector<ParamSlot> params,
                                                         Communicator& device_comm, Communicator& host_comm,
-                                                        const CudaOptimOptions& options) {
-  return std::make_unique<CudaShardedMatrix>(hp, std::move(params), device_comm, host_comm, options);
+                                                        bool global_scope, const CudaOptimOptions& options) {
+  return std::make_unique<CudaShardedMatrix>(hp, std::move(params), device_comm, host_comm, global_scope, options);
 }
 
 }  // namespace og::cuda
