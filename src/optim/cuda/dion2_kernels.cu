@@ -368,37 +368,48 @@ __device__ __forceinline__ bool slice_tile(const Dion2Mat& d, SliceTile& t) {
 // S[j][c] = bf16(scale·M[sel[j]][c]) and, with the selective decay, M[sel[j]][c] ← ef_decay·M.
 // Each thread issues all its loads before its stores.
 constexpr int kGatherRows = 16;
+
+// What one thread of the kernels over runs of selected rows owns (grid (ceil(L / kTileCols),
+// ceil(k / kGatherRows), members), kTileThreads threads): columns c .. c + n (n ≤ VEC) of the
+// selected rows j(q) = j0 + q·kPass, q < kRows (those below d.k). Row slices only: empty() for a
+// column-slice member, past the row length or past the last selected row.
+template <int VEC> struct RowRunThread {
+  static constexpr int kLanes = kTileCols / VEC, kPass = kTileThreads / kLanes, kRows = kGatherRows / kPass;
+  const Dion2Mat& d;
+  int64_t c;
+  int j0, n;
+  __device__ __forceinline__ explicit RowRunThread(const Dion2Mat& m)
+      : d(m),
+        c((int64_t)blockIdx.x * kTileCols + (threadIdx.x % kLanes) * VEC),
+        j0(blockIdx.y * kGatherRows + threadIdx.x / kLanes),
+        n((int)max((int64_t)0, min((int64_t)VEC, m.cols - c))) {}  // VEC except at the last columns
+  __device__ __forceinline__ bool empty() const { return d.by_cols || c >= d.cols || j0 >= d.k; }
+  __device__ __forceinline__ int j(int q) const { return j0 + q * kPass; }
+  // Element offsets of this thread's columns: in row sel[j(q)] of the matrix, in row j(q) of S / O.
+  __device__ __forceinline__ int64_t in_matrix(int q) const { return (int64_t)d.sel[j(q)] * d.cols + c; }
+  __device__ __forceinline__ int64_t in_slices(int q) const { return (int64_t)j(q) * d.cols + c; }
+};
+
 template <int VEC, typename S>
 __global__ void __launch_bounds__(kTileThreads)
     gather_rows_kernel(const Dion2Mat* __restrict__ mats, const int32_t* __restrict__ members, bool decay_selected,
                        float ef_decay) {
-  const Dion2Mat& d = mats[members[blockIdx.z]];
-  if (d.by_cols) return;
-  constexpr int kLanes = kTileCols / VEC, kPass = kTileThreads / kLanes, kRowsPerThread = kGatherRows / kPass;
-  const int64_t L = d.cols, c = (int64_t)blockIdx.x * kTileCols + (threadIdx.x % kLanes) * VEC;
-  const int j0 = blockIdx.y * kGatherRows + threadIdx.x / kLanes;
-  if (c >= L || j0 >= d.k) return;
-  const int n = (int)min((int64_t)VEC, L - c);  // VEC except at the matrix's last columns
-  S* M = static_cast<S*>(d.m);
-  const float scale = *d.scale;
-  float v[kRowsPerThread][VEC];
+  const RowRunThread<VEC> t(mats[members[blockIdx.z]]);
+  if (t.empty()) return;
+  S* M = static_cast<S*>(t.d.m);
+  const float scale = *t.d.scale;
+  float v[t.kRows][VEC];
 #pragma unroll
-  for (int q = 0; q < kRowsPerThread; ++q) {
-    const int j = j0 + q * kPass;
-    if (j >= d.k) continue;
-    load_edge<VEC>(M + (int64_t)d.sel[j] * L + c, n, v[q]);
-  }
+  for (int q = 0; q < t.kRows; ++q)
+    if (t.j(q) < t.d.k) load_edge<VEC>(M + t.in_matrix(q), t.n, v[q]);
 #pragma unroll
-  for (int q = 0; q < kRowsPerThread; ++q) {
-    const int j = j0 + q * kPass;
-    if (j >= d.k) continue;
-    S* m = M + (int64_t)d.sel[j] * L + c;
-    bf16* out = d.s + (int64_t)j * L + c;
+  for (int q = 0; q < t.kRows; ++q) {
+    if (t.j(q) >= t.d.k) continue;
     float sv[VEC], mv[VEC];
 #pragma unroll
     for (int e = 0; e < VEC; ++e) sv[e] = v[q][e] * scale, mv[e] = v[q][e] * ef_decay;
-    store_edge<VEC>(out, n, sv);
-    if (decay_selected) store_edge<VEC>(m, n, mv);
+    store_edge<VEC>(t.d.s + t.in_slices(q), t.n, sv);
+    if (decay_selected) store_edge<VEC>(M + t.in_matrix(q), t.n, mv);
   }
 }
 
@@ -514,30 +525,23 @@ template <int VEC>
 __global__ void __launch_bounds__(kTileThreads)
     decay_update_selected_rows_kernel(const Dion2Mat* __restrict__ mats, const int32_t* __restrict__ members,
                                       const Dion2Scalars* __restrict__ sc) {
-  const Dion2Mat& d = mats[members[blockIdx.z]];
-  if (d.by_cols) return;
-  constexpr int kLanes = kTileCols / VEC, kPass = kTileThreads / kLanes, kRowsPerThread = kGatherRows / kPass;
-  const int64_t L = d.cols, c = (int64_t)blockIdx.x * kTileCols + (threadIdx.x % kLanes) * VEC;
-  const int j0 = blockIdx.y * kGatherRows + threadIdx.x / kLanes;
-  if (c >= L || j0 >= d.k) return;
-  const int n = (int)min((int64_t)VEC, L - c);  // VEC except at the matrix's last columns
-  const float decay = sc->decay, lr_eff = sc->lr * d.lr_factor;
-  float wv[kRowsPerThread][VEC], ov[kRowsPerThread][VEC];
+  const RowRunThread<VEC> t(mats[members[blockIdx.z]]);
+  if (t.empty()) return;
+  const float decay = sc->decay, lr_eff = sc->lr * t.d.lr_factor;
+  float wv[t.kRows][VEC], ov[t.kRows][VEC];
 #pragma unroll
-  for (int q = 0; q < kRowsPerThread; ++q) {
-    const int j = j0 + q * kPass;
-    if (j >= d.k) continue;
-    load_edge<VEC>(d.w + (int64_t)d.sel[j] * L + c, n, wv[q]);
-    load_edge<VEC>(d.o + (int64_t)j * L + c, n, ov[q]);
+  for (int q = 0; q < t.kRows; ++q) {
+    if (t.j(q) >= t.d.k) continue;
+    load_edge<VEC>(t.d.w + t.in_matrix(q), t.n, wv[q]);
+    load_edge<VEC>(t.d.o + t.in_slices(q), t.n, ov[q]);
   }
 #pragma unroll
-  for (int q = 0; q < kRowsPerThread; ++q) {
-    const int j = j0 + q * kPass;
-    if (j >= d.k) continue;
-    const float step = d.row_factor ? lr_eff * d.row_factor[j] : lr_eff;
+  for (int q = 0; q < t.kRows; ++q) {
+    if (t.j(q) >= t.d.k) continue;
+    const float step = t.d.row_factor ? lr_eff * t.d.row_factor[t.j(q)] : lr_eff;
 #pragma unroll
     for (int e = 0; e < VEC; ++e) wv[q][e] = __fmaf_rn(-step, ov[q][e], __fmul_rn(wv[q][e], decay));
-    store_edge<VEC>(d.w + (int64_t)d.sel[j] * L + c, n, wv[q]);
+    store_edge<VEC>(t.d.w + t.in_matrix(q), t.n, wv[q]);
   }
 }
 
