@@ -446,15 +446,15 @@ class CudaShardedMatrix final : public CudaOptimizer {
         const int64_t cols = params_[p].cols;
         bf16* whole = g.x[0].data() + (int64_t)pos * per;
         const bf16* result = g.ns.result() + (int64_t)pos * per;
-        first_part.push_back(assemble.size());
         if (global_) {  // placed by the selection at every step (move_selected_rows_kernel)
           to_whole.push_back(
               {whole, slot(recv_, 0, p), nullptr, nullptr, (int64_t)block_, cols, (int32_t)total_[p], (int32_t)W});
           from_whole.push_back({const_cast<bf16*>(result), slot(send_, 0, p), nullptr, nullptr, (int64_t)block_, cols,
                                 (int32_t)total_[p], (int32_t)W});
           owned_.push_back(p);
-          continue;
+          continue;  // no assemble/scatter parts and no owner normalization: the rows arrive scaled
         }
+        first_part.push_back(assemble.size());
         int64_t row = 0;
         for (int r : map_.order[p]) {
           const int64_t n = count_[p][r] * cols;
@@ -474,11 +474,6 @@ class CudaShardedMatrix final : public CudaOptimizer {
     first_part.push_back(assemble.size());
     assemble_.build(assemble);
     scatter_.build(scatter);
-    if (global_) {  // no normalization on the owner: the rows arrive scaled
-      norm_descs.clear();
-      norm_numel.clear();
-      first_part.assign(1, 0);
-    }
     for (size_t i = 0; i + 1 < first_part.size(); ++i) {  // each matrix's partial sums: its parts' chunks
       norm_descs[i].first_chunk = assemble_.chunks.first_chunk[first_part[i]];
       norm_descs[i].end_chunk = assemble_.chunks.first_chunk[first_part[i + 1]];
