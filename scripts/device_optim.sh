@@ -5,7 +5,8 @@
 # and bench_optim; print a short table last. Logs go to $OUT (or ./out).
 #   scripts/device_optim.sh [--only TEXT] [--filter GTEST_FILTER] [--no-tests] [--no-bench]
 #     --only TEXT     bench only the cases whose label contains TEXT (bench_optim --only)
-#     --filter F      run only these single-GPU optimizer tests (--gtest_filter; default all)
+#     --filter F      run only these single-GPU optimizer tests (--gtest_filter; default all;
+#                     the binaries are gpu_test_cuda_optim and gpu_test_cuda_dion)
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/device_lib.sh"
 only=""; filter="*"; tests=1; bench=1
@@ -22,17 +23,19 @@ done
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU (nvidia-smi)"; } |
   tee "$out/gpu.txt"
 t0=$(date +%s)
+gpu_tests=(gpu_test_cuda_optim gpu_test_cuda_dion)
 mpi_tests=(gpu_mpi_test_cuda_ddp_optim gpu_mpi_test_cuda_fsdp_optim)
-device_build gpu_test_cuda_optim "${mpi_tests[@]}" bench_optim || exit 1
+device_build "${gpu_tests[@]}" "${mpi_tests[@]}" bench_optim || exit 1
 declare -a rows
 rows+=("build: $(( $(date +%s) - t0 ))s")
 summary() {  # summary LOG: gtest's passed / failed / skipped counts in one line (names in LOG)
   grep -E '^\[  (PASSED|FAILED|SKIPPED) +\] [0-9]+ tests?' "$1" | sed -E 's/, listed below:?//' | tr '\n' ' '
 }
 if [ "$tests" = 1 ]; then
-  GTEST_COLOR=no timeout 400 "$build/tests/gpu_test_cuda_optim" --gtest_filter="$filter" \
-    >"$out/gpu_test_cuda_optim.log" 2>&1
-  rows+=("gpu_test_cuda_optim: rc $?, $(summary "$out/gpu_test_cuda_optim.log")")
+  for t in "${gpu_tests[@]}"; do
+    GTEST_COLOR=no timeout 400 "$build/tests/$t" --gtest_filter="$filter" >"$out/$t.log" 2>&1
+    rows+=("$t: rc $?, $(summary "$out/$t.log")")
+  done
   for t in "${mpi_tests[@]}"; do
     for np in 2 3; do
       GTEST_COLOR=no timeout 400 mpirun --allow-run-as-root --oversubscribe --bind-to none -np "$np" -x GTEST_COLOR \

@@ -9,6 +9,7 @@
 #include "optim/distributed_plan.h"
 #ifdef ORTHOGPT_CUDA
 #include "optim/cuda/cuda_optimizer.h"
+#include "optim/cuda/dion_cuda.h"
 #include "optim/cuda/sharded_matrix_cuda.h"
 #endif
 
@@ -79,10 +80,15 @@ std::unique_ptr<Optimizer> make_distributed_optimizer(const OptimHParams& hp, st
   if (a == Algorithm::Dion) {
     // Replicated: every rank runs the same Dion step on the same averaged gradient (correct, not
     // work-split). Row shards: the low-rank factors' sums are all-reduced, M never moves (dion.cpp).
+    // CUDA row shards: the same rules, the collectives on the device communicator (dion_cuda.cu).
     if (!opt.row_sharded) return make_optimizer(hp, std::move(params), device);
-    OG_CHECK(device == Device::CPU, "dion with {} ranks under fsdp on cuda is not supported yet (use dist.mode ddp)",
-             W);
-    return make_dion_cpu(hp, std::move(params), opt.comm);
+    if (device == Device::CPU) return make_dion_cpu(hp, std::move(params), opt.comm);
+#ifdef ORTHOGPT_CUDA
+    OG_CHECK(opt.host_comm != nullptr, "internal: dion under fsdp on cuda without a host communicator");
+    return cuda::make_cuda_dion_sharded(hp, std::move(params), *opt.comm, *opt.host_comm);
+#else
+    fail("dion: this build has no CUDA support");
+#endif
   }
   if (device == Device::CUDA) {
     // The CUDA path. Row shards: optim/cuda/sharded_matrix_cuda.h. Replicated parameters: each

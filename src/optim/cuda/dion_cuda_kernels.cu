@@ -73,12 +73,10 @@ __global__ void finalize_pr_kernel(const DionMatrixDesc* __restrict__ descs, int
   }
 }
 
-// Block (32, 8): column j = 32 * blockIdx.x + threadIdx.x; the 8 rows of threads stride the rows
-// and their fp64 partial sums are added in a fixed order.
-__global__ void normalize_columns_kernel(const DionMatrixDesc* __restrict__ descs, int64_t rows, int64_t r) {
-  __shared__ double part[8][32];
-  __shared__ float denom[32];
-  const DionMatrixDesc d = descs[blockIdx.y];
+// Block (32, 8): column j = 32 * blockIdx.x + threadIdx.x of R_{blockIdx.y}; the 8 rows of threads
+// stride the rows and their fp64 partial sums are added in a fixed order. Returns the column's sum
+// of squares to the threads of row 0 (the others get 0).
+__device__ double column_sumsq(const DionMatrixDesc& d, int64_t rows, int64_t r, double (&part)[8][32]) {
   const int64_t j = blockIdx.x * 32 + threadIdx.x;
   double ss = 0.0;
   if (j < r)
@@ -88,14 +86,44 @@ __global__ void normalize_columns_kernel(const DionMatrixDesc* __restrict__ desc
     }
   part[threadIdx.y][threadIdx.x] = ss;
   __syncthreads();
-  if (threadIdx.y == 0) {
-    double t = 0.0;
+  double t = 0.0;
+  if (threadIdx.y == 0)
     for (int y = 0; y < 8; ++y) t += part[y][threadIdx.x];
-    denom[threadIdx.x] = (float)sqrt(t) + kColumnNormEps;
+  return t;
+}
+
+// Q <- R / (||R_j|| + eps) per column, the norms from R itself (sums == nullptr) or from
+// sums[matrix * r + j] (a row-sharded R: the sums of every rank's rows). Launch as column_sumsq.
+__global__ void normalize_columns_kernel(const DionMatrixDesc* __restrict__ descs, int64_t rows, int64_t r,
+                                         const double* __restrict__ sums) {
+  __shared__ double part[8][32];
+  __shared__ float denom[32];
+  const DionMatrixDesc d = descs[blockIdx.y];
+  const int64_t j = blockIdx.x * 32 + threadIdx.x;
+  if (sums == nullptr) {
+    const double t = column_sumsq(d, rows, r, part);
+    if (threadIdx.y == 0) denom[threadIdx.x] = (float)sqrt(t) + kColumnNormEps;
+  } else if (threadIdx.y == 0) {
+    denom[threadIdx.x] = j < r ? (float)sqrt(sums[blockIdx.y * r + j]) + kColumnNormEps : 1.0f;
   }
   __syncthreads();
   if (j < r)
     for (int64_t i = threadIdx.y; i < rows; i += 8) d.q[i * r + j] = d.r[i * r + j] / denom[threadIdx.x];
+}
+
+__global__ void column_sumsq_kernel(const DionMatrixDesc* __restrict__ descs, int64_t rows, int64_t r,
+                                    double* __restrict__ out) {
+  __shared__ double part[8][32];
+  const int64_t j = blockIdx.x * 32 + threadIdx.x;
+  const double t = column_sumsq(descs[blockIdx.y], rows, r, part);
+  if (threadIdx.y == 0 && j < r) out[blockIdx.y * r + j] = t;
+}
+
+// c[blockIdx.y][0..n) <- 0 (grid-stride over x).
+__global__ void zero_batch_kernel(float* const* __restrict__ c, int64_t n) {
+  float* x = c[blockIdx.y];
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    x[i] = 0.0f;
 }
 
 __global__ void store_bf16_kernel(const DionMatrixDesc* __restrict__ descs, int64_t numel, int64_t qn) {
@@ -143,8 +171,21 @@ void dion_finalize_pr(cudaStream_t s, const DionMatrixDesc* descs, int count, in
   CUDA_CHECK_LAUNCH();
 }
 
-void dion_normalize_columns(cudaStream_t s, const DionMatrixDesc* descs, int count, int64_t rows, int64_t r) {
-  normalize_columns_kernel<<<dim3((unsigned)((r + 31) / 32), (unsigned)count), dim3(32, 8), 0, s>>>(descs, rows, r);
+void dion_normalize_columns(cudaStream_t s, const DionMatrixDesc* descs, int count, int64_t rows, int64_t r,
+                            const double* sums) {
+  normalize_columns_kernel<<<dim3((unsigned)((r + 31) / 32), (unsigned)count), dim3(32, 8), 0, s>>>(descs, rows, r,
+                                                                                                   sums);
+  CUDA_CHECK_LAUNCH();
+}
+
+void dion_column_sumsq(cudaStream_t s, const DionMatrixDesc* descs, int count, int64_t rows, int64_t r, double* out) {
+  column_sumsq_kernel<<<dim3((unsigned)((r + 31) / 32), (unsigned)count), dim3(32, 8), 0, s>>>(descs, rows, r, out);
+  CUDA_CHECK_LAUNCH();
+}
+
+void dion_zero_batch(cudaStream_t s, float* const* c, int count, int64_t n) {
+  if (count == 0 || n == 0) return;
+  zero_batch_kernel<<<dim3(blocks_for(n), (unsigned)count), kThreads, 0, s>>>(c, n);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -34,7 +34,16 @@ void dion_finalize_pr(cudaStream_t s, const DionMatrixDesc* descs, int count, in
                       const int32_t* nonzero);
 
 // Q_i <- R_i with each column divided by (its l2 norm, summed in fp64, + 1e-8). R, Q: rows x r.
-void dion_normalize_columns(cudaStream_t s, const DionMatrixDesc* descs, int count, int64_t rows, int64_t r);
+// sums: the columns' sums of squares (count x r, fp64) when R's rows are spread over ranks (a
+// wide matrix's row shards: dion_column_sumsq, all-reduced); nullptr: summed here over R's rows.
+void dion_normalize_columns(cudaStream_t s, const DionMatrixDesc* descs, int count, int64_t rows, int64_t r,
+                            const double* sums = nullptr);
+
+// out[i * r + j] = sum over the rows of R_i[:, j]^2 in fp64 (the same order as dion_normalize_columns).
+void dion_column_sumsq(cudaStream_t s, const DionMatrixDesc* descs, int count, int64_t rows, int64_t r, double* out);
+
+// c[i][0..n) <- 0 for the `count` device pointers c (a device array).
+void dion_zero_batch(cudaStream_t s, float* const* c, int count, int64_t n);
 
 // bf16 state: momentum and Q states <- round-to-nearest bf16 of the working copies.
 void dion_store_bf16_state(cudaStream_t s, const DionMatrixDesc* descs, int count, int64_t numel, int64_t qn);
