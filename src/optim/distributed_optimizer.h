@@ -41,9 +41,10 @@
 //
 // The CPU path uses host buffers and the host (MPI) communicator; CUDA parameters need a device
 // communicator (NCCL, or the host-staged one of dist/staged_communicator.h); on CUDA, row-sharded
-// Muon / NorMuon / Dion2 / NorDion2 are optim/cuda/sharded_matrix_cuda.h (Dion2 with the local
-// scope; the global scope and Dion under FSDP are not implemented yet: clear errors), compressed
-// sync is the single-GPU Dion2 with CudaOptimOptions::compressed_sync_comm. stats()["comm_bytes"]: bytes this rank sent in the last step, by the ring formulas of
+// Muon / NorMuon / Dion2 / NorDion2 (both selection scopes) are optim/cuda/sharded_matrix_cuda.h,
+// row-sharded Dion is optim/cuda/dion_cuda.h (a tall P's row blocks are gathered instead of its
+// Gram sums), compressed sync is the single-GPU Dion2 with CudaOptimOptions::compressed_sync_comm.
+// stats()["comm_bytes"]: bytes this rank sent in the last step, by the ring formulas of
 // dist/counting_communicator.h.
 #pragma once
 #include <memory>
