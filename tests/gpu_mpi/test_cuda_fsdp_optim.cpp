@@ -188,7 +188,10 @@ double check_against_cpu_scope(const OptimHParams& hp, const std::string& what, 
       if (sg[i].count == 0 || sg[i].count != sc[i].count) continue;
       const bool vn = sg[i].name.find("variance_neuron") != std::string::npos;
       const bool q = sg[i].name.size() > 2 && sg[i].name.substr(sg[i].name.size() - 2) == "/Q";
-      const double t = vn ? tol.variance : q ? tol.q : hp.state_dtype == StateDtype::F32 ? tol.f32_state : tol.bf16_state;
+      const double t = vn                                  ? tol.variance
+                       : q                                 ? tol.q
+                       : hp.state_dtype == StateDtype::F32 ? tol.f32_state
+                                                           : tol.bf16_state;
       if (sg[i].device == Device::CPU) {  // a host scalar (Dion's step counter)
         EXPECT_EQ(rel_diff(host_f32(sg[i]), host_f32(sc[i])), 0.0) << tag << ": " << sg[i].name;
         continue;

@@ -362,8 +362,8 @@ class CudaDion final : public CudaOptimizer {
 
   // Row-major C (m x n) = op(A) op(B) over the batch, or C = 0 when k = 0 (an empty shard's share
   // of a sum; cuBLAS's quick-return rules for k = 0 are not relied on).
-  void product(cudaStream_t s, bool ta, int64_t m, int64_t n, int64_t k, float* const* a, int64_t lda,
-               float* const* b, float* const* c, int cnt) {
+  void product(cudaStream_t s, bool ta, int64_t m, int64_t n, int64_t k, float* const* a, int64_t lda, float* const* b,
+               float* const* c, int cnt) {
     if (m == 0 || n == 0) return;
     if (k > 0) {
       gemm_rm_batched(blas_, ta, false, m, n, k, 1.0f, a, lda, b, n, 0.0f, c, n, cnt);
@@ -389,8 +389,8 @@ class CudaDion final : public CudaOptimizer {
     for (size_t k = 0; k < counts.size(); ++k) {
       const size_t block = (size_t)(g.blocks.all_rows[k] * r) * 4;
       if (block > 0)
-        CUDA_CHECK(cudaMemcpy2DAsync(p_.data() + g.blocks.all_row0[k] * r, whole, from, block, block,
-                                     (size_t)cnt, cudaMemcpyDeviceToDevice, s));
+        CUDA_CHECK(cudaMemcpy2DAsync(p_.data() + g.blocks.all_row0[k] * r, whole, from, block, block, (size_t)cnt,
+                                     cudaMemcpyDeviceToDevice, s));
       from += counts[k];
     }
   }

@@ -174,7 +174,7 @@ void dion_finalize_pr(cudaStream_t s, const DionMatrixDesc* descs, int count, in
 void dion_normalize_columns(cudaStream_t s, const DionMatrixDesc* descs, int count, int64_t rows, int64_t r,
                             const double* sums) {
   normalize_columns_kernel<<<dim3((unsigned)((r + 31) / 32), (unsigned)count), dim3(32, 8), 0, s>>>(descs, rows, r,
-                                                                                                   sums);
+                                                                                                    sums);
   CUDA_CHECK_LAUNCH();
 }
 

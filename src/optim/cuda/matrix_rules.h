@@ -17,8 +17,7 @@ inline void check_matrix_params(const OptimHParams& hp, const std::vector<ParamS
     OG_CHECK(p.rows >= 1 && p.cols >= 1, "{}: parameter '{}' has shape {}x{}", name_of(hp.algorithm), p.name, p.rows,
              p.cols);
     OG_CHECK((p.w != nullptr && p.g != nullptr) || p.shard_rows() == 0,
-             "{}: parameter '{}' has no weight or gradient pointer",
-             name_of(hp.algorithm), p.name);
+             "{}: parameter '{}' has no weight or gradient pointer", name_of(hp.algorithm), p.name);
     OG_CHECK(p.rows <= INT32_MAX && p.cols <= INT32_MAX, "{}: parameter '{}' is too large ({}x{})",
              name_of(hp.algorithm), p.name, p.rows, p.cols);
   }
