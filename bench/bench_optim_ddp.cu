@@ -16,6 +16,13 @@
 // warm-up steps, the speed-up, and the bytes each rank sends per step (the all-gather, by the
 // ring formula: (W − 1) · block · 2 B). Then rank 0's per-phase breakdown of the split step
 // (profile_phases: groups in sequence), whose "all-gather" row is the communication time.
+//
+// --fig1: the Dion2 paper's Figure 1 micro-benchmark instead (issue 7): the hidden matrices of a
+// 4-layer GPT of model dimension d (--dims, default 1024,2048,4096,8192) row-sharded over the W
+// ranks (FSDP), the optimizer step time averaged over the last 20 of --steps (default 100) steps
+// (slowest rank per step, no warm-up beyond the 80 untimed), for Muon and Dion2 α = 0.5, 0.25,
+// 0.125 with ℓ1 and random selection, with each case's ratio to Muon at the same d and the bytes
+// each rank sends per step.
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
@@ -58,13 +65,13 @@ OptimHParams hp_of(Algorithm a, float fraction = 0.25f, Select sel = Select::L1)
   return hp;
 }
 
-// Median over the steps of the slowest rank's step time (ms), and the last step's stats.
-double time_steps(Optimizer& opt, cudaStream_t s, int steps, Communicator& host) {
+// The slowest rank's time (ms) of each of `steps` steps after `warmup` untimed ones.
+std::vector<double> step_times(Optimizer& opt, cudaStream_t s, int steps, Communicator& host, int warmup) {
   cudaEvent_t e0, e1;
   CUDA_CHECK(cudaEventCreate(&e0));
   CUDA_CHECK(cudaEventCreate(&e1));
   int64_t t = 1;
-  for (int i = 0; i < 3; ++i) opt.step({t++, 1e-4f});
+  for (int i = 0; i < warmup; ++i) opt.step({t++, 1e-4f});
   CUDA_CHECK(cudaStreamSynchronize(s));
   std::vector<double> ms;
   for (int i = 0; i < steps; ++i) {
@@ -81,7 +88,74 @@ double time_steps(Optimizer& opt, cudaStream_t s, int steps, Communicator& host)
   }
   CUDA_CHECK(cudaEventDestroy(e0));
   CUDA_CHECK(cudaEventDestroy(e1));
-  return median_of(ms);
+  return ms;
+}
+
+// Median over the steps of the slowest rank's step time (ms), after 3 warm-up steps.
+double time_steps(Optimizer& opt, cudaStream_t s, int steps, Communicator& host) {
+  return median_of(step_times(opt, s, steps, host, 3));
+}
+
+// This rank's row shards (dist/shard_plan.h's split) of whole matrices.
+std::vector<ParamSlot> row_shards(std::vector<ParamSlot> slots, int W, int rank) {
+  for (ParamSlot& s : slots) {
+    const RowRange rr = split_rows(s.rows, W, rank);
+    s.w += rr.row0 * s.cols;
+    s.g += rr.row0 * s.cols;
+    s.row0 = rr.row0;
+    s.local_rows = rr.rows;
+  }
+  return slots;
+}
+
+// --fig1 (see the top): one table row per (d, case).
+void figure1(const DistContext& ctx, Communicator& nccl, cudaStream_t stream, const std::vector<int64_t>& dims,
+             int steps, const std::string& only) {
+  const int W = ctx.world;
+  const int tail = std::min(steps, 20);
+  const std::string header = fmt::format("{:>6} {:<24} {:>12} {:>10} {:>10} {:>12}\n", "d", "case",
+                                         fmt::format("ms (last {})", tail), "median", "/ muon", "MB/step/rank");
+  std::vector<std::string> rows;
+  if (ctx.rank == 0) {
+    fmt::print(
+        "figure 1: 4-layer GPT hidden matrices, FSDP row shards over {} GPUs, {} steps, mean of the last {}\n\n{}", W,
+        steps, tail, header);
+    std::fflush(stdout);
+  }
+  for (int64_t d : dims) {
+    MatrixSet set(fmt::format("d{}", d), 4, d);
+    const std::vector<ParamSlot> shards = row_shards(set.slots, W, ctx.rank);
+    std::vector<std::pair<std::string, OptimHParams>> cases = {{"muon", hp_of(Algorithm::Muon)}};
+    for (float a : {0.5f, 0.25f, 0.125f})
+      for (Select sel : {Select::L1, Select::Random})
+        cases.push_back({fmt::format("dion2 a={} {}", a, name_of(sel)), hp_of(Algorithm::Dion2, a, sel)});
+    double muon = 0.0;
+    for (const auto& [label, hp] : cases) {
+      if (!only.empty() && label != "muon" && label.find(only) == std::string::npos) continue;
+      DistributedOptions o;
+      o.comm = &nccl;
+      o.host_comm = &*ctx.host_comm;
+      o.row_sharded = true;
+      auto opt = make_distributed_optimizer(hp, shards, Device::CUDA, o);
+      dynamic_cast<CudaOptimizer&>(*opt).set_stream(stream);
+      const std::vector<double> ms = step_times(*opt, stream, steps, *ctx.host_comm, 0);
+      double mean = 0.0;
+      for (size_t i = ms.size() - (size_t)tail; i < ms.size(); ++i) mean += ms[i] / tail;
+      if (label == "muon") muon = mean;
+      const std::string row =
+          fmt::format("{:>6} {:<24} {:>12.3f} {:>10.3f} {:>9.3f}x {:>12.1f}\n", d, label, mean, median_of(ms),
+                      muon > 0.0 ? mean / muon : 0.0, opt->stats().at("comm_bytes") / 1e6);
+      rows.push_back(row);
+      if (ctx.rank == 0) {
+        fmt::print("{}", row);
+        std::fflush(stdout);
+      }
+    }
+  }
+  if (ctx.rank == 0) {
+    fmt::print("\n==== summary ====\n{}", header);
+    for (const auto& r : rows) fmt::print("{}", r);
+  }
 }
 
 }  // namespace
@@ -89,11 +163,14 @@ double time_steps(Optimizer& opt, cudaStream_t s, int steps, Communicator& host)
 int main(int argc, char** argv) {
   CLI::App app{"orthogpt DDP optimizer step benchmark (mpirun -np W, one GPU per rank)"};
   int steps = 20;
-  bool big = true;
+  bool big = true, fig1 = false;
+  std::vector<int64_t> dims = {1024, 2048, 4096, 8192};
   std::string only;
   app.add_option("--steps", steps, "timed steps per case (after 3 warm-up steps)")->check(CLI::Range(1, 10000));
   app.add_option("--only", only, "run only the cases whose label contains this text");
   app.add_flag("!--no-1b", big, "skip the 1B matrix set");
+  app.add_flag("--fig1", fig1, "the Dion2 paper's Figure 1 micro-benchmark (FSDP, 4 layers, --dims; --steps 100)");
+  app.add_option("--dims", dims, "--fig1: the model dimensions")->delimiter(',')->check(CLI::Range(64, 65536));
   CLI11_PARSE(app, argc, argv);
   DistContext ctx = init_distributed(&argc, &argv);
   int rc = 0;
@@ -114,6 +191,12 @@ int main(int argc, char** argv) {
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     auto nccl = make_nccl_communicator(*ctx.host_comm, stream, 300.0);
     const int W = ctx.world;
+    if (fig1) {
+      figure1(ctx, *nccl, stream, dims, app.count("--steps") ? steps : 100, only);
+      nccl_synchronize(*nccl);
+      finalize_distributed(ctx);
+      return 0;
+    }
 
     MatrixSet m160("160M", 12, 768);
     std::unique_ptr<MatrixSet> m1b;
@@ -160,14 +243,7 @@ int main(int argc, char** argv) {
       }
       double fsdp = 0.0, fsdp_bytes = 0.0;
       {
-        std::vector<ParamSlot> shards = c.set->slots;
-        for (ParamSlot& s : shards) {
-          const RowRange rr = split_rows(s.rows, W, ctx.rank);
-          s.w += rr.row0 * s.cols;
-          s.g += rr.row0 * s.cols;
-          s.row0 = rr.row0;
-          s.local_rows = rr.rows;
-        }
+        const std::vector<ParamSlot> shards = row_shards(c.set->slots, W, ctx.rank);
         DistributedOptions o;
         o.comm = nccl.get();
         o.host_comm = &*ctx.host_comm;

@@ -11,16 +11,19 @@
 # --160m trains the paper's 160M model instead (configs/gpt160m_*.yaml: Muon and Dion2
 # α ∈ {0.5, 0.25, 0.125} on 1 GPU, DDP and FSDP) on the carried English shards (FineWeb is not
 # on the device), with 512 sequences x 1024 tokens per step and 1M validation tokens.
-#   scripts/device_dist.sh [STEPS] [--no-tests] [--no-bench] [--no-train] [--160m]  (default 40 steps)
+# --fig1 also runs the Dion2 paper's Figure 1 micro-benchmark over every GPU (bench_optim_ddp
+# --fig1: a 4-layer GPT's matrices under FSDP, d = 1024..8192, Muon and Dion2; issue 7).
+#   scripts/device_dist.sh [STEPS] [--no-tests] [--no-bench] [--no-train] [--160m] [--fig1]  (default 40 steps)
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/device_lib.sh"
-steps=40; train=1; bench=1; tests=1; model=repro
+steps=40; train=1; bench=1; tests=1; model=repro; fig1=0
 for a in "$@"; do
   case "$a" in
     --160m) model=160m ;;
     --no-train) train=0 ;;
     --no-bench) bench=0 ;;
     --no-tests) tests=0 ;;
+    --fig1) fig1=1 ;;
     *) steps="$a" ;;
   esac
 done
@@ -50,6 +53,11 @@ done
 if [ "$bench" = 1 ]; then
   timeout 500 "${mpi[@]}" -np "$ngpu" "$build/bench/bench_optim_ddp" --steps 20 >"$out/bench_optim_ddp.log" 2>&1
   echo "bench_optim_ddp rc $?"
+fi
+if [ "$fig1" = 1 ]; then
+  timeout 500 "${mpi[@]}" -np "$ngpu" "$build/bench/bench_optim_ddp" --fig1 >"$out/bench_fig1.log" 2>&1
+  echo "bench_optim_ddp --fig1 rc $? (table in bench_fig1.log)"
+  sed -n '/==== summary/,$p' "$out/bench_fig1.log"
 fi
 declare -a rows
 declare -A one_gpu
