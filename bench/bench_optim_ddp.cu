@@ -96,6 +96,25 @@ double time_steps(Optimizer& opt, cudaStream_t s, int steps, Communicator& host)
   return median_of(step_times(opt, s, steps, host, 3));
 }
 
+// A result table printed by rank 0 as its rows come, then again whole under "==== summary ====".
+struct RankZeroTable {
+  int rank = 0;
+  std::string header;
+  std::vector<std::string> rows;
+  void add(std::string row) {
+    if (rank == 0) {
+      fmt::print("{}", row);
+      std::fflush(stdout);
+    }
+    rows.push_back(std::move(row));
+  }
+  void summary() const {
+    if (rank != 0) return;
+    fmt::print("\n==== summary ====\n{}", header);
+    for (const auto& r : rows) fmt::print("{}", r);
+  }
+};
+
 // This rank's row shards (dist/shard_plan.h's split) of whole matrices.
 std::vector<ParamSlot> row_shards(std::vector<ParamSlot> slots, int W, int rank) {
   for (ParamSlot& s : slots) {
@@ -113,13 +132,14 @@ void figure1(const DistContext& ctx, Communicator& nccl, cudaStream_t stream, co
              int steps, const std::string& only) {
   const int W = ctx.world;
   const int tail = std::min(steps, 20);
-  const std::string header = fmt::format("{:>6} {:<24} {:>12} {:>10} {:>10} {:>12}\n", "d", "case",
-                                         fmt::format("ms (last {})", tail), "median", "/ muon", "MB/step/rank");
-  std::vector<std::string> rows;
+  RankZeroTable table{ctx.rank,
+                      fmt::format("{:>6} {:<24} {:>12} {:>10} {:>10} {:>12}\n", "d", "case",
+                                  fmt::format("ms (last {})", tail), "median", "/ muon", "MB/step/rank"),
+                      {}};
   if (ctx.rank == 0) {
     fmt::print(
         "figure 1: 4-layer GPT hidden matrices, FSDP row shards over {} GPUs, {} steps, mean of the last {}\n\n{}", W,
-        steps, tail, header);
+        steps, tail, table.header);
     std::fflush(stdout);
   }
   for (int64_t d : dims) {
@@ -142,20 +162,11 @@ void figure1(const DistContext& ctx, Communicator& nccl, cudaStream_t stream, co
       double mean = 0.0;
       for (size_t i = ms.size() - (size_t)tail; i < ms.size(); ++i) mean += ms[i] / tail;
       if (label == "muon") muon = mean;
-      const std::string row =
-          fmt::format("{:>6} {:<24} {:>12.3f} {:>10.3f} {:>9.3f}x {:>12.1f}\n", d, label, mean, median_of(ms),
-                      muon > 0.0 ? mean / muon : 0.0, opt->stats().at("comm_bytes") / 1e6);
-      rows.push_back(row);
-      if (ctx.rank == 0) {
-        fmt::print("{}", row);
-        std::fflush(stdout);
-      }
+      table.add(fmt::format("{:>6} {:<24} {:>12.3f} {:>10.3f} {:>9.3f}x {:>12.1f}\n", d, label, mean, median_of(ms),
+                            muon > 0.0 ? mean / muon : 0.0, opt->stats().at("comm_bytes") / 1e6));
     }
   }
-  if (ctx.rank == 0) {
-    fmt::print("\n==== summary ====\n{}", header);
-    for (const auto& r : rows) fmt::print("{}", r);
-  }
+  table.summary();
 }
 
 }  // namespace
@@ -213,15 +224,15 @@ int main(int argc, char** argv) {
     }
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, ctx.local_rank));
-    const std::string header =
+    RankZeroTable table{ctx.rank, "", {}};
+    table.header =
         fmt::format("{:<28} {:>10} {:>10} {:>8} {:>12} {:>10} {:>10} {:>8} {:>12}\n", "case", "1 GPU ms",
                     fmt::format("{} GPUs ms", W), "speedup", "MB/step/rank", "auto", "FSDP ms", "speedup", "FSDP MB");
     if (ctx.rank == 0) {
       fmt::print("devices: {} x {}; {} timed steps per case; slowest rank per step, median\n\n{}", W, prop.name, steps,
-                 header);
+                 table.header);
       std::fflush(stdout);
     }
-    std::vector<std::string> rows;
     for (const Case& c : cases) {
       if (!only.empty() && c.label.find(only) == std::string::npos) continue;
       CudaOptimOptions single;
@@ -253,19 +264,13 @@ int main(int argc, char** argv) {
         fsdp = time_steps(*opt, stream, steps, *ctx.host_comm);
         fsdp_bytes = opt->stats().at("comm_bytes");
       }
-      const std::string row =
-          fmt::format("{:<28} {:>10.3f} {:>10.3f} {:>7.2f}x {:>12.1f} {:>10} {:>10.3f} {:>7.2f}x {:>12.1f}\n", c.label,
-                      one, many, one / many, bytes / 1e6, owner_split_pays(c.hp, c.set->slots) ? "split" : "replicated",
-                      fsdp, one / fsdp, fsdp_bytes / 1e6);
-      rows.push_back(row);
-      if (ctx.rank == 0) {
-        fmt::print("{}", row);
-        std::fflush(stdout);
-      }
+      table.add(fmt::format("{:<28} {:>10.3f} {:>10.3f} {:>7.2f}x {:>12.1f} {:>10} {:>10.3f} {:>7.2f}x {:>12.1f}\n",
+                            c.label, one, many, one / many, bytes / 1e6,
+                            owner_split_pays(c.hp, c.set->slots) ? "split" : "replicated", fsdp, one / fsdp,
+                            fsdp_bytes / 1e6));
     }
+    table.summary();
     if (ctx.rank == 0) {
-      fmt::print("\n==== summary ====\n{}", header);
-      for (const auto& r : rows) fmt::print("{}", r);
       fmt::print("\n==== per-phase breakdown of the split step (rank 0, groups in sequence, median ms) ====\n");
     }
     for (const Case& c : cases) {
