@@ -162,8 +162,10 @@ void figure1(const DistContext& ctx, Communicator& nccl, cudaStream_t stream, co
       double mean = 0.0;
       for (size_t i = ms.size() - (size_t)tail; i < ms.size(); ++i) mean += ms[i] / tail;
       if (label == "muon") muon = mean;
+      const auto st = opt->stats();  // one rank: the single-GPU optimizer, no communicator
+      const double bytes = st.count("comm_bytes") ? st.at("comm_bytes") : 0.0;
       table.add(fmt::format("{:>6} {:<24} {:>12.3f} {:>10.3f} {:>9.3f}x {:>12.1f}\n", d, label, mean, median_of(ms),
-                            muon > 0.0 ? mean / muon : 0.0, opt->stats().at("comm_bytes") / 1e6));
+                            muon > 0.0 ? mean / muon : 0.0, bytes / 1e6));
     }
   }
   table.summary();

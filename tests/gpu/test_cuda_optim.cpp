@@ -433,16 +433,16 @@ TEST(CudaOptim, ProfiledPhasesAreReported) {
   EXPECT_TRUE(other->last_phase_ms().empty());
 }
 
-// Every placement of Dion2's weight decay (the default SplitRows: unselected rows ahead, the rest
-// fused into the scatter; all fused into the scatter; its own overlapped pass; inside pass 1) gives
+// Every placement of Dion2's weight decay (the default: all fused into the scatter; SplitRows:
+// unselected rows ahead, the rest fused into the scatter; its own overlapped pass; inside pass 1) gives
 // bit-identical weights and state (same multiplications in the same order), with fp32 and bf16
 // state, ef on and off.
 TEST(CudaOptim, Dion2DecayPlacementsAreBitIdentical) {
   SKIP_WITHOUT_CUDA();
   using Decay = CudaOptimOptions::Dion2Decay;
   const std::vector<std::pair<Decay, const char*>> others = {
-      {Decay::InScatter, "in scatter"}, {Decay::Overlapped, "overlapped"}, {Decay::InPass1, "in pass 1"}};
-  ASSERT_EQ(CudaOptimOptions{}.dion2_decay, Decay::SplitRows);
+      {Decay::SplitRows, "split rows"}, {Decay::Overlapped, "overlapped"}, {Decay::InPass1, "in pass 1"}};
+  ASSERT_EQ(CudaOptimOptions{}.dion2_decay, Decay::InScatter);
   for (Algorithm alg : {Algorithm::Dion2, Algorithm::NorDion2})
     for (StateDtype dt : {StateDtype::F32, StateDtype::BF16})
       for (bool ef : {true, false}) {

@@ -50,7 +50,10 @@ struct CudaOptimOptions {
   //              Newton–Schulz (pass 1 then moves 12 instead of 20 bytes per element)
   //  InPass1     inside pass 1
   enum class Dion2Decay { SplitRows, InScatter, Overlapped, InPass1 };
-  Dion2Decay dion2_decay = Dion2Decay::SplitRows;
+  // InScatter is the default: SplitRows measured slower on the H100 (session 10: 160M α=0.25 1.030
+  // vs 0.988 ms, 1B 8.60 vs 8.49; the low-priority decay competes with the gathers and the NS for
+  // HBM bandwidth rather than filling idle time; docs/PERF_NOTES_optim.md R4.1).
+  Dion2Decay dion2_decay = Dion2Decay::InScatter;
   // Dion2 / NorDion2 with ef on: the selective decay M[K] ← ef_decay·M[K] of the selected slices is
   // applied by the next step's pass 1 (which reads and writes all of M anyway) instead of being
   // written back by the gather. For column slices the gather's scattered writes dirtied ~90% of

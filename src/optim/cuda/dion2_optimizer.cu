@@ -9,12 +9,13 @@
 // concurrent_groups they run on their own streams, forked from and joined back into the step stream.
 // Pass 1 moves 12 bytes per element (G, M read, M written); gather and NS touch only the k selected
 // slices. The weight decay W ← W·(1 − lr·wd) runs where CudaOptimOptions::dion2_decay says:
-//  SplitRows (default): as InScatter, but the unselected rows of the row-slice members are decayed
-//    on a low-priority stream as soon as the selection is known, under the gathers and the NS;
-//    after its NS a group's pass covers only its row members' selected rows (and its column
-//    members' whole W): the same bytes, most of them off the critical path; bit-identical;
-//  InScatter: each group's scatter becomes one pass over its members' whole W
+//  InScatter (default): each group's scatter becomes one pass over its members' whole W
 //    (decay_update): 8 bytes per element, the selected slices' update riding along;
+//  SplitRows: as InScatter, but the unselected rows of the row-slice members are decayed on a
+//    low-priority stream as soon as the selection is known, under the gathers and the NS; after
+//    its NS a group's pass covers only its row members' selected rows (and its column members'
+//    whole W): the same bytes, most of them meant to be off the critical path; bit-identical, but
+//    measured slower (the side pass competes for HBM bandwidth with the gathers and the NS);
 //  Overlapped: its own pass on a low-priority stream, forked after pass 1 so that it overlaps the
 //    selection / gather / NS chain; every group's scatter waits for it;
 //  InPass1: inside pass 1 (20 bytes per element there).

@@ -16,7 +16,7 @@
 //   5. local: NorMuon / NorDion2 normalization of the returned rows with the local V, whose two
 //      Frobenius sums are all-reduced (shard_norm_*_kernel), then the update on the shard — Muon:
 //      W ← W·(1 − lr·wd) − lr_eff·f_row·O; Dion2: dion2_decay_update (decay everywhere, the
-//      selected rows' update riding along; with the default SplitRows the unselected rows are
+//      selected rows' update riding along; with dion2_decay SplitRows the unselected rows are
 //      decayed on a low-priority side stream as soon as the selection is known, under the
 //      exchanges and the NS, and only the selected rows wait for O), and without ef the decay of
 //      all of M.
