@@ -29,6 +29,7 @@
 #include "dist/shard_plan.h"
 #include "gpu_mpi/gpu_mpi_env.h"
 #include "optim/cuda/cuda_optimizer.h"
+#include "optim/cuda/sharded_matrix_cuda.h"
 #include "optim/distributed_optimizer.h"
 #include "optim/distributed_plan.h"
 #include "optim/slice_select.h"
@@ -120,8 +121,10 @@ struct Shards {
 // kSteps steps of the CUDA and the CPU row-shard optimizer (Dion2: select_scope `scope`); returns
 // the GPU's comm bytes. With the global scope both select over whole matrices, so each rank's
 // selected rows (as global rows) must be the same on both sides too.
+// decay: the Dion2 weight-decay placement of the GPU side (nullptr: make_distributed_optimizer's
+// default, which the trainer uses).
 double check_against_cpu_scope(const OptimHParams& hp, const std::string& what, const std::string& scope,
-                               const Tolerances& tol = kNsTol) {
+                               const Tolerances& tol = kNsTol, const CudaOptimOptions::Dion2Decay* decay = nullptr) {
   double bytes = 0.0;
   for (const std::string& b : device_backends()) {
     const std::string tag =
@@ -136,7 +139,14 @@ double check_against_cpu_scope(const OptimHParams& hp, const std::string& what, 
     auto cpu = make_distributed_optimizer(hp, sh.host_slots, Device::CPU, o);
     o.comm = dc.get();
     o.host_comm = &comm();
-    auto gpu = make_distributed_optimizer(hp, sh.dev_slots, Device::CUDA, o);
+    std::unique_ptr<Optimizer> gpu;
+    if (decay) {
+      CudaOptimOptions co;
+      co.dion2_decay = *decay;
+      gpu = cuda::make_cuda_sharded_matrix(hp, sh.dev_slots, *dc, comm(), scope == "global", co);
+    } else {
+      gpu = make_distributed_optimizer(hp, sh.dev_slots, Device::CUDA, o);
+    }
     double worst = 0.0;  // the largest ΔW error of this rank
     for (int t = 1; t <= kSteps; ++t) {
       h.new_grads(100 + t);  // the same on every rank: the averaged gradient
@@ -261,4 +271,15 @@ TEST(CudaFsdpOptim, Dion2BytesScaleWithFraction) {
 TEST(CudaFsdpOptim, Dion2AndNorDion2GlobalScopeMatchTheCpuShards) {
   if (!gpu_ready()) GTEST_SKIP() << "no CUDA device";
   og_test::check_dion2_configs(check_global_against_cpu);
+}
+
+// The other weight-decay placement (dion2_decay SplitRows: the unselected rows decayed on a side
+// stream, the selected ones after the exchange), both scopes.
+TEST(CudaFsdpOptim, Dion2SplitRowsDecayMatchesTheCpuShards) {
+  if (!gpu_ready()) GTEST_SKIP() << "no CUDA device";
+  const auto split = CudaOptimOptions::Dion2Decay::SplitRows;
+  for (const char* scope : {"local", "global"})
+    og_test::check_dion2_configs([&](const OptimHParams& hp, const std::string& what) {
+      return check_against_cpu_scope(hp, what + " (split rows, " + scope + " scope)", scope, kNsTol, &split);
+    });
 }
