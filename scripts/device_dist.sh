@@ -11,15 +11,18 @@
 # --160m trains the paper's 160M model instead (configs/gpt160m_*.yaml: Muon and Dion2
 # α ∈ {0.5, 0.25, 0.125} on 1 GPU, DDP and FSDP) on the carried English shards (FineWeb is not
 # on the device), with 512 sequences x 1024 tokens per step and 1M validation tokens.
+# --1b trains the 1B config instead (configs/gpt1b_*.yaml, seq 2048: Muon and Dion2 α ∈ {0.5, 0.25,
+# 0.125} on 1 GPU, FSDP on 2 GPUs and FSDP on every GPU; issue 7) with 64 sequences per step.
 # --fig1 also runs the Dion2 paper's Figure 1 micro-benchmark over every GPU (bench_optim_ddp
 # --fig1: a 4-layer GPT's matrices under FSDP, d = 1024..8192, Muon and Dion2; issue 7).
-#   scripts/device_dist.sh [STEPS] [--no-tests] [--no-bench] [--no-train] [--160m] [--fig1]  (default 40 steps)
+#   scripts/device_dist.sh [STEPS] [--no-tests] [--no-bench] [--no-train] [--160m | --1b] [--fig1]  (default 40 steps)
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/device_lib.sh"
 steps=40; train=1; bench=1; tests=1; model=repro; fig1=0
 for a in "$@"; do
   case "$a" in
     --160m) model=160m ;;
+    --1b) model=1b ;;
     --no-train) train=0 ;;
     --no-bench) bench=0 ;;
     --no-tests) tests=0 ;;
@@ -104,6 +107,14 @@ if [ "$train" = 1 ] && [ "$model" = 160m ]; then
     run "${o/_/}_1gpu" 1 "configs/gpt160m_$o.yaml"
     run "${o/_/}_ddp" "$ngpu" "configs/gpt160m_$o.yaml" --dist.mode ddp
     run "${o/_/}_fsdp" "$ngpu" "configs/gpt160m_$o.yaml" --dist.mode fsdp
+  done
+elif [ "$train" = 1 ] && [ "$model" = 1b ]; then
+  extra=(--data.train 'data/english/english_train_*.bin' --data.val 'data/english/english_val_*.bin'
+    --data.val_tokens 1048576 --train.batch_size 64)
+  for o in muon dion2_a0.5 dion2_a0.25 dion2_a0.125; do
+    run "${o/_/}_1gpu" 1 "configs/gpt1b_$o.yaml" --dist.mode ddp
+    run "${o/_/}_fsdp2" 2 "configs/gpt1b_$o.yaml" --dist.mode fsdp
+    [ "$ngpu" -gt 2 ] && run "${o/_/}_fsdp$ngpu" "$ngpu" "configs/gpt1b_$o.yaml" --dist.mode fsdp
   done
 elif [ "$train" = 1 ]; then
   run muon_1gpu 1 configs/repro/muon.yaml
