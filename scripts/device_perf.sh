@@ -2,14 +2,18 @@
 # The model-throughput loop on the GPU machine (issue 4): build only what it needs, check the
 # model's kernels against the CPU reference, time them, optionally profile the attention kernels
 # with Nsight Compute, and run `orthogpt bench` on the 160M model. Short table last; logs in $OUT.
-#   scripts/device_perf.sh [--profile] [-- extra orthogpt bench arguments]
+# --table: instead of the one bench, the model-throughput table of docs/PERF.md (160M with both
+# attention kinds, block recompute, AdamW and Muon; the 300M and 1B configs), one row per run.
+#   scripts/device_perf.sh [--profile] [--table] [-- extra orthogpt bench arguments]
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/device_lib.sh"
 profile=0
+table=0
 bench_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile) profile=1 ;;
+    --table) table=1 ;;
     --) shift; bench_args=("$@"); break ;;
     *) echo "unknown option $1"; exit 2 ;;
   esac
@@ -48,8 +52,40 @@ if [ "$profile" = 1 ]; then
   row "ncu attention" "rc=$? (ncu_attention.log)"
 fi
 
-"$build/orthogpt" bench "${bench_args[@]}" >"$out/bench.log" 2>&1 && row "bench" "ok" || row "bench" "FAILED"
-tail -12 "$out/bench.log"
+if [ "$table" = 1 ]; then
+  # name | config (empty: built-in 160M, Dion2 α=0.25 + AdamW) | extra overrides
+  runs=("160m_flash||--train.attention flash"
+        "160m_cudnn||--train.attention cudnn"
+        "160m_cudnn_block||--train.attention cudnn --train.recompute block"
+        "160m_adamw|configs/gpt160m_adamw.yaml|--train.attention cudnn"
+        "160m_muon|configs/gpt160m_muon.yaml|--train.attention cudnn"
+        "300m_cudnn|configs/gpt300m_dion2_a0.25.yaml|--train.attention cudnn"
+        "1b_cudnn|configs/gpt1b_dion2_a0.25.yaml|--train.attention cudnn")
+  table_rows=()
+  for r in "${runs[@]}"; do
+    IFS='|' read -r name cfg extra <<<"$r"
+    args=()
+    [ -n "$cfg" ] && args+=(--config "$cfg")
+    # shellcheck disable=SC2206
+    args+=($extra "${bench_args[@]}")
+    log="$out/bench_$name.log"
+    if "$build/orthogpt" bench "${args[@]}" >"$log" 2>&1; then
+      # fwd+bwd ms, optimizer ms, step ms, step tokens/s, step MFU, GPU memory in use
+      table_rows+=("$(awk -v n="$name" '/^forward\+backward/ {fb=$2; fbt=$4} /^optimizer/ {op=$2}
+        /^step / {st=$2; tok=$4; mfu=$6} /^GPU memory:/ {mem=$3}
+        END {printf "%-18s fwd+bwd %8s ms (%s)  opt %6s ms  step %8s ms  %8s tok/s  MFU %6s  mem %s GiB", n, fb, fbt, op, st, tok, mfu, mem}' "$log")")
+      row "bench $name" "ok"
+    else
+      row "bench $name" "FAILED (see $(basename "$log"))"
+      tail -5 "$log"
+    fi
+  done
+  echo "==== model throughput ===="
+  printf '%s\n' "${table_rows[@]}"
+else
+  "$build/orthogpt" bench "${bench_args[@]}" >"$out/bench.log" 2>&1 && row "bench" "ok" || row "bench" "FAILED"
+  tail -12 "$out/bench.log"
+fi
 
 echo
 echo "==== device_perf summary ===="

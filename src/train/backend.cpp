@@ -73,6 +73,7 @@ std::unique_ptr<Model> make_model(const Config& cfg, Device device, int max_batc
   CUDA_CHECK(cudaSetDevice(local_rank % count));
   CudaModelOptions opt;
   opt.recompute = parse_recompute(cfg.train.recompute);
+  opt.attention = parse_attention_kernel(cfg.train.attention);
   opt.init_params = false;  // the caller uploads its own initialization
   return make_cuda_model(cfg.gpt(), max_batch, opt);
 #else
@@ -263,6 +264,15 @@ double QueueTimer::elapsed_ms() {
 }
 
 // ---- memory -----------------------------------------------------------------------------------
+
+std::string describe_cuda_model(const Config& cfg, Model& model) {
+  if (model.device() != Device::CUDA) return {};
+#ifdef ORTHOGPT_CUDA
+  return fmt::format(", recompute {}, attention {}", cfg.train.recompute, as_cuda(model).attention_description());
+#else
+  return {};
+#endif
+}
 
 DeviceMemory device_memory(Model& model) {
   DeviceMemory m;

@@ -31,6 +31,10 @@ std::unique_ptr<Model> make_model(const Config& cfg, Device device, int max_batc
 // default stream). CPU: nothing.
 void bind_optimizers(ParamGroups& groups, Model& model);
 
+// ", recompute X, attention Y" for a CUDA model (Y: flash kernels, or cuDNN's version and
+// engines); empty for the CPU model.
+std::string describe_cuda_model(const Config& cfg, Model& model);
+
 // grads()[0] = NaN (train.fault_nan_step), on either device.
 void poison_gradient(Model& model);
 

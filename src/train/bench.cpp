@@ -121,7 +121,7 @@ BenchResult run_bench(const BenchOptions& o, std::FILE* out) {
   print(fmt::format("orthogpt bench on {}\n", r.device));
   print(fmt::format("model: d_model {}, {} layers, {} heads (head_dim {}), seq {}, vocab {}: {:.1f}M parameters{}\n",
                     g.d_model, g.n_layer, g.n_head, g.head_dim(), T, g.vocab_size, r.num_params / 1e6,
-                    gpu ? fmt::format(", recompute {}", cfg.train.recompute) : std::string()));
+                    describe_cuda_model(cfg, *model)));
   print(fmt::format("step: micro-batch {} x grad-accum {} = {} tokens; {:.4g} GFLOP/token (6N + attention)\n", B,
                     o.grad_accum, tokens_per_step, flops_tok / 1e9));
   print(fmt::format("optimizer groups:\n{}", groups.describe()));

@@ -218,6 +218,9 @@ class Schema {
     add_string("train.recompute", OG_ACC(train.recompute),
                "CUDA activation recomputation in backward (elementwise: ~free; block: least memory)",
                {"none", "elementwise", "block"});
+    add_string("train.attention", OG_ACC(train.attention),
+               "CUDA attention: auto (cuDNN if usable, else flash) | flash (own kernels, deterministic) | cudnn",
+               {"auto", "flash", "cudnn"});
     add_int("train.sample_every", OG_ACC(train.sample_every),
             "rank 0 logs a text sample (temperature 1, top-k 50) every N steps, also in metrics.jsonl (0: never)");
     add_string("train.sample_prompt", OG_ACC(train.sample_prompt),

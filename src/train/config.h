@@ -50,6 +50,9 @@ struct TrainSection {
   // CUDA activation recomputation in backward: none | elementwise (ReLU² and rmsnorm outputs,
   // about free) | block (each block keeps only its input and re-runs its forward: ~1/3 more compute)
   std::string recompute = "none";
+  // CUDA attention: auto (cuDNN's fused attention when available, else flash) | flash (the
+  // project's kernels, deterministic) | cudnn (an error if unavailable; not deterministic)
+  std::string attention = "auto";
   // Text samples during training (rank 0; a {"type": "sample"} row in metrics.jsonl)
   int64_t sample_every = 0;        // every N steps (0: never)
   std::string sample_prompt = "";  // text to continue (empty: start a document)

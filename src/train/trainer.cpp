@@ -202,7 +202,7 @@ TrainResult run_train(const Config& cfg, DistContext& dist) {
       gpt.d_model, gpt.n_layer, gpt.n_head, T, gpt.vocab_size);
   spdlog::info("train: {} steps x {} tokens ({} seqs = {} micro-batches of {} x {} ranks), device {}{}",
                cfg.train.steps, tokens_per_step, cfg.train.batch_size, grad_accum, B, world, describe_device(device),
-               device == Device::CUDA ? fmt::format(", recompute {}", cfg.train.recompute) : std::string());
+               describe_cuda_model(cfg, *model));
   spdlog::info("data: {} train shard(s), {} tokens{}", train_loader.files().size(), train_loader.total_tokens(),
                val_loader ? fmt::format("; val: {} batches = {} tokens", val_batches, val_batches * B * T * world)
                           : std::string("; no validation"));

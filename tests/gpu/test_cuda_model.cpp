@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <string>
@@ -131,17 +132,29 @@ void expect_grads_close(const og::ParamLayout& layout, const std::vector<float>&
 
 struct Shape {
   int d_model, n_head;  // head_dim 32: the simple attention kernels; 64 / 128: the tensor-core ones
+  og::AttentionKernel attention = og::AttentionKernel::Flash;  // Cudnn: cuDNN's attention (T = seq_len)
 };
+
+og::CudaModelOptions options_for(const Shape& s) {
+  og::CudaModelOptions o;
+  o.attention = s.attention;
+  return o;
+}
+
+#define SKIP_IF_CUDNN_MISSING(shape)                                                                   \
+  if ((shape).attention == og::AttentionKernel::Cudnn && !og::gpu::CudnnAttention::built_with_cudnn()) \
+  GTEST_SKIP() << "this build has no cuDNN"
 
 class CudaModelVsCpu : public ::testing::TestWithParam<Shape> {};
 
 TEST_P(CudaModelVsCpu, LossAndEveryGradient) {
   SKIP_WITHOUT_CUDA();
   const Shape s = GetParam();
+  SKIP_IF_CUDNN_MISSING(s);
   const og::GPTConfig g = tiny_gpt(s.d_model, s.n_head);
   const int B = 4, T = 64;
   auto cpu = og::make_cpu_model(g, B);
-  auto gpu = og::make_cuda_model(g, B);
+  auto gpu = og::make_cuda_model(g, B, options_for(s));
   const std::vector<float> p = init_params(cpu->layout(), 11);
   cpu->upload_params(p.data());
   gpu->upload_params(p.data());
@@ -175,9 +188,10 @@ TEST_P(CudaModelVsCpu, LossAndEveryGradient) {
 TEST_P(CudaModelVsCpu, LastLogitsOfAShortSequence) {
   SKIP_WITHOUT_CUDA();
   const Shape s = GetParam();
+  SKIP_IF_CUDNN_MISSING(s);
   const og::GPTConfig g = tiny_gpt(s.d_model, s.n_head);
   auto cpu = og::make_cpu_model(g, 2);
-  auto gpu = og::make_cuda_model(g, 2);
+  auto gpu = og::make_cuda_model(g, 2, options_for(s));
   const std::vector<float> p = init_params(cpu->layout(), 12);
   cpu->upload_params(p.data());
   gpu->upload_params(p.data());
@@ -191,9 +205,15 @@ TEST_P(CudaModelVsCpu, LastLogitsOfAShortSequence) {
   EXPECT_LE(e, 2e-2);
 }
 
-INSTANTIATE_TEST_SUITE_P(HeadDims, CudaModelVsCpu, ::testing::Values(Shape{64, 2}, Shape{128, 2}, Shape{256, 2}),
+// hd 64 / 128 also with cuDNN's attention (the full-length batch goes through cuDNN; the short
+// sequence of LastLogitsOfAShortSequence takes the flash kernels)
+INSTANTIATE_TEST_SUITE_P(HeadDims, CudaModelVsCpu,
+                         ::testing::Values(Shape{64, 2}, Shape{128, 2}, Shape{256, 2},
+                                           Shape{128, 2, og::AttentionKernel::Cudnn},
+                                           Shape{256, 2, og::AttentionKernel::Cudnn}),
                          [](const auto& info) {
-                           return "hd" + std::to_string(info.param.d_model / info.param.n_head);
+                           return "hd" + std::to_string(info.param.d_model / info.param.n_head) +
+                                  (info.param.attention == og::AttentionKernel::Cudnn ? "_cudnn" : "");
                          });
 
 // ---- semantics ----------------------------------------------------------------------------------
@@ -492,8 +512,21 @@ og::Config gpu_train_config(const std::string& data, const std::string& out) {
   c.train.batch_size = 8;
   c.train.micro_batch_size = 4;  // 2 micro-batches per step
   c.data.val_tokens = 4 * 64 * 2;
-  c.train.device = "auto";  // must pick the GPU
+  c.train.device = "auto";      // must pick the GPU
+  c.train.attention = "flash";  // deterministic (bit-identical resume); cuDNN's has its own test
   return c;
+}
+
+// The training losses of metrics.jsonl, step by step.
+std::vector<double> train_losses(const std::filesystem::path& metrics) {
+  std::vector<double> out;
+  std::ifstream m(metrics);
+  for (std::string line; std::getline(m, line);) {
+    if (line.find("\"type\":\"train\"") == std::string::npos) continue;
+    const size_t at = line.find("\"loss\":");
+    if (at != std::string::npos) out.push_back(std::strtod(line.c_str() + at + 7, nullptr));
+  }
+  return out;
 }
 
 TEST(CudaTrain, RunsEndToEndWithAutoDevice) {
@@ -533,6 +566,50 @@ TEST(CudaTrain, RunsEndToEndWithAutoDevice) {
   cc.log.dir = out / "cpu";
   const og::TrainResult rc = og::run_train(cc, d);
   EXPECT_NEAR(r.final_val_loss, rc.final_val_loss, 0.03 * rc.final_val_loss);
+}
+
+// train.attention: cudnn trains like the flash kernels: the same loss at every step and close
+// weights after 8 steps of Dion2 (both bf16 attention with fp32 accumulation; cuDNN adds dQ with
+// atomics, so only closeness is expected). Also: auto resolves to cuDNN in a build with it.
+TEST(CudaTrain, CudnnAttentionTrainsLikeFlash) {
+  SKIP_WITHOUT_CUDA();
+  if (!og::gpu::CudnnAttention::built_with_cudnn()) GTEST_SKIP() << "this build has no cuDNN";
+  TempDir data("og_cuda_cudnn_data"), out("og_cuda_cudnn_out");
+  og_test::write_random_shards(data.str(), "train", 1, 30000, 256, 1);
+  og_test::write_random_shards(data.str(), "val", 1, 5000, 256, 2);
+  og::DistContext d = self_context();
+  og::TrainResult r[2];
+  std::vector<double> losses[2];
+  const char* kinds[2] = {"flash", "cudnn"};
+  for (int i = 0; i < 2; ++i) {
+    og::Config c = gpu_train_config(data.str(), out / kinds[i]);
+    c.train.steps = 8;
+    c.train.val_every = 4;
+    c.optim.matrix.algorithm = "dion2";
+    c.train.attention = kinds[i];
+    r[i] = og::run_train(c, d);
+    losses[i] = train_losses(std::filesystem::path(out / kinds[i]) / "metrics.jsonl");
+  }
+  ASSERT_EQ(losses[0].size(), 8u);
+  ASSERT_EQ(losses[1].size(), 8u);
+  for (int s = 0; s < 8; ++s) {
+    if (verbose()) std::printf("  step %d: loss flash %.6f cudnn %.6f\n", s, losses[0][s], losses[1][s]);
+    EXPECT_NEAR(losses[1][s], losses[0][s], 2e-3 * losses[0][s]) << "step " << s;
+  }
+  EXPECT_NEAR(r[1].final_val_loss, r[0].final_val_loss, 2e-3 * r[0].final_val_loss);
+  ASSERT_TRUE(all_finite(r[1].final_params));
+  const double e = rel_l2(r[1].final_params.data(), r[0].final_params.data(), r[0].final_params.size());
+  if (verbose()) std::printf("  final weights cudnn vs flash: rel_l2 %.3e\n", e);
+  EXPECT_LE(e, 1e-2);
+
+  og::Config c;
+  c.model.vocab_size = 512;
+  c.model.d_model = 128;
+  c.model.n_layer = 1;
+  c.model.n_head = 2;
+  c.model.seq_len = 64;
+  auto m = og::make_model(c, og::Device::CUDA, 2);
+  EXPECT_EQ(dynamic_cast<og::GptCuda&>(*m).attention_kernel(), og::AttentionKernel::Cudnn) << "train.attention: auto";
 }
 
 // dist.mode fsdp in a world of one on the GPU: the unit gathers, per-unit gradient reductions
@@ -641,11 +718,14 @@ TEST(CudaTrain, RecomputeKeyReachesTheModel) {
   c.model.n_head = 2;
   c.model.seq_len = 64;
   c.train.recompute = "block";
+  c.train.attention = "flash";
   auto m = og::make_model(c, og::Device::CUDA, 2);
   auto* gpu = dynamic_cast<og::GptCuda*>(m.get());
   ASSERT_NE(gpu, nullptr);
   EXPECT_EQ(gpu->recompute(), og::Recompute::Block);
+  EXPECT_EQ(gpu->attention_kernel(), og::AttentionKernel::Flash) << "train.attention: flash";
   EXPECT_THROW(og::set_config_value(c, "train.recompute", "most", "test"), og::Error);
+  EXPECT_THROW(og::set_config_value(c, "train.attention", "fastest", "test"), og::Error);
 }
 
 // ---- the paper's 160M model: memory planning at full size ---------------------------------------

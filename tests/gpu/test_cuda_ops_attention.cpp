@@ -1,17 +1,23 @@
 // Causal attention kernels (model/cuda/kernels.h) against og::cpu::attention_forward/backward,
-// for both GPU paths: the tensor-core flash kernels (hd 64 and 128) and the simple fp32 kernels
-// (any even hd), on random bf16-exact q, k, v, dout at ragged sequence lengths (T not a multiple
-// of the 64-row tiles, T = 1). The logsumexp is checked against a double-precision host sum.
+// for every GPU path: the tensor-core flash kernels (hd 64 and 128), the simple fp32 kernels
+// (any even hd) and cuDNN's fused attention (model/cuda/attention_cudnn.h), on random bf16-exact
+// q, k, v, dout at ragged sequence lengths (T not a multiple of the 64-row tiles, T = 1). The
+// logsumexp is checked against a double-precision host sum.
 // Outputs are poisoned with NaN before each launch; every element must be written.
 // Tolerances (relative L2): out, dq, dk, dv 1e-2 (bf16 outputs; the flash kernels also round
 //   P and dS to bf16 for the tensor-core products, as FlashAttention-2 does: expect ~2-5e-3);
-//   lse 1e-4 (fp32). Flash against simple at T = 1024: 1e-2 on everything but lse.
+//   lse 1e-4 (fp32). Flash against simple at T = 1024: 1e-2 on everything but lse. cuDNN: the
+//   same tolerances against the reference, and against the flash kernels at the 160M model's
+//   shapes (B 4, T 1024, H 6, hd 128).
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <memory>
 #include <vector>
 
 #include "model/cpu/ops.h"
+#include "model/cuda/attention_cudnn.h"
 #include "model/cuda/attention_internal.h"
 #include "model/cuda/kernels.h"
 #include "test_cuda_ops_common.h"
@@ -26,7 +32,14 @@ struct AttnShape {
   float input_scale = 1.0f;  // > 1: peaky softmax
 };
 
-enum class Path { Flash, Simple };
+enum class Path { Flash, Simple, Cudnn };
+
+const char* path_name(Path p) { return p == Path::Flash ? " flash" : p == Path::Simple ? " simple" : " cudnn"; }
+
+#define SKIP_WITHOUT_CUDNN()                                                                                    \
+  do {                                                                                                          \
+    if (!gpu::CudnnAttention::built_with_cudnn()) GTEST_SKIP() << "this build has no cuDNN (cmake found none)"; \
+  } while (0)
 
 // Warps per block of the flash kernels (forward, dK/dV, dQ); 0 = the public entry points'
 // choice (attn::kForwardWarps, ...).
@@ -81,8 +94,8 @@ AttnCase make_reference(const AttnShape& s, uint64_t seed) {
 void check_attention(const AttnCase& c, Path path, Warps w = {}) {
   const AttnShape& s = c.s;
   SCOPED_TRACE(testing::Message() << "B=" << s.B << " T=" << s.T << " H=" << s.H << " hd=" << s.hd
-                                  << " scale=" << s.input_scale << (path == Path::Flash ? " flash" : " simple")
-                                  << " warps=" << w.fwd << "/" << w.dkdv << "/" << w.dq);
+                                  << " scale=" << s.input_scale << path_name(path) << " warps=" << w.fwd << "/"
+                                  << w.dkdv << "/" << w.dq);
   const int64_t n = c.q.size(), rows = c.lse.size();
   auto d_q = upload(to_bf16(c.q)), d_k = upload(to_bf16(c.k)), d_v = upload(to_bf16(c.v));
   auto d_dout = upload(to_bf16(c.dout));
@@ -92,7 +105,11 @@ void check_attention(const AttnCase& c, Path path, Warps w = {}) {
   poison(d_lse);
   poison(d_delta);
 
-  if (path == Path::Flash) {
+  std::unique_ptr<gpu::CudnnAttention> cudnn;
+  if (path == Path::Cudnn) {
+    cudnn = std::make_unique<gpu::CudnnAttention>(s.B, s.T, s.H, s.hd);
+    cudnn->forward(d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s.B, 0);
+  } else if (path == Path::Flash) {
     ASSERT_TRUE(gpu::attention_uses_tensor_cores(s.hd, d_q.data(), d_k.data(), d_v.data(), d_out.data()));
     if (w.fwd)
       gpu::attn::attention_forward_flash(d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H,
@@ -107,7 +124,10 @@ void check_attention(const AttnCase& c, Path path, Warps w = {}) {
   EXPECT_CLOSE(download(d_lse), c.lse, 1e-4);
 
   const double grad_tol = 1e-2;
-  if (path == Path::Flash && w.dkdv)
+  if (path == Path::Cudnn)
+    cudnn->backward(d_dq.data(), d_dk.data(), d_dv.data(), d_dout.data(), d_out.data(), d_lse.data(), d_q.data(),
+                    d_k.data(), d_v.data(), s.B, 0);
+  else if (path == Path::Flash && w.dkdv)
     gpu::attn::attention_backward_flash(d_dq.data(), d_dk.data(), d_dv.data(), d_delta.data(), d_dout.data(),
                                         d_out.data(), d_lse.data(), d_q.data(), d_k.data(), d_v.data(), s.B, s.T, s.H,
                                         s.hd, w.dkdv, w.dq, 0);
@@ -136,6 +156,58 @@ TEST(CudaAttention, FlashMatchesReference) {
         check_attention(c, Path::Flash, w);
       seed += 10;
     }
+  }
+}
+
+// cuDNN's fused attention (built from the composite graph) on the same shapes as the flash
+// kernels. A build with cuDNN must find an engine for every one of them: failing to is a failure
+// here, not a skip (train.attention: auto would silently fall back to the flash kernels).
+TEST(CudaAttention, CudnnMatchesReference) {
+  SKIP_WITHOUT_CUDA();
+  SKIP_WITHOUT_CUDNN();
+  uint64_t seed = 500;
+  for (int hd : {64, 128}) {
+    for (AttnShape s : {AttnShape{2, 64, 2, hd}, AttnShape{1, 200, 3, hd}, AttnShape{2, 130, 1, hd},
+                        AttnShape{1, 17, 1, hd}, AttnShape{1, 333, 2, hd}, AttnShape{1, 96, 2, hd, 3.0f}}) {
+      check_attention(make_reference(s, seed), Path::Cudnn);
+      seed += 10;
+    }
+  }
+}
+
+// At the 160M model's shapes, against the flash kernels (tested above against the reference);
+// also a second batch size on the same object (its own plans) and a repeat of the backward (the
+// dQ accumulator is zeroed per call: the result must not grow).
+TEST(CudaAttention, CudnnMatchesFlashAt160MShapes) {
+  SKIP_WITHOUT_CUDA();
+  SKIP_WITHOUT_CUDNN();
+  const int T = 1024, H = 6, hd = 128;
+  gpu::CudnnAttention cudnn(4, T, H, hd);
+  std::printf("  %s\n", cudnn.describe().c_str());
+  for (int B : {4, 2}) {
+    SCOPED_TRACE(testing::Message() << "B=" << B);
+    const int64_t n = (int64_t)B * T * H * hd, rows = (int64_t)B * H * T;
+    auto d_q = upload(to_bf16(randn(n, 600))), d_k = upload(to_bf16(randn(n, 601)));
+    auto d_v = upload(to_bf16(randn(n, 602))), d_dout = upload(to_bf16(randn(n, 603)));
+    og::DeviceBuffer<bf16> out[2], dq[2], dk[2], dv[2];
+    og::DeviceBuffer<float> lse[2], delta(rows);
+    for (int p = 0; p < 2; ++p) {
+      out[p].resize(n), dq[p].resize(n), dk[p].resize(n), dv[p].resize(n), lse[p].resize(rows);
+      for (auto* b : {&out[p], &dq[p], &dk[p], &dv[p]}) poison(*b);
+      poison(lse[p]);
+    }
+    gpu::attention_forward(out[0].data(), lse[0].data(), d_q.data(), d_k.data(), d_v.data(), B, T, H, hd, 0);
+    gpu::attention_backward(dq[0].data(), dk[0].data(), dv[0].data(), delta.data(), d_dout.data(), out[0].data(),
+                            lse[0].data(), d_q.data(), d_k.data(), d_v.data(), B, T, H, hd, 0);
+    cudnn.forward(out[1].data(), lse[1].data(), d_q.data(), d_k.data(), d_v.data(), B, 0);
+    for (int rep = 0; rep < 2; ++rep)
+      cudnn.backward(dq[1].data(), dk[1].data(), dv[1].data(), d_dout.data(), out[1].data(), lse[1].data(), d_q.data(),
+                     d_k.data(), d_v.data(), B, 0);
+    EXPECT_CLOSE(download(out[1]), download(out[0]), 1e-2);
+    EXPECT_CLOSE(download(lse[1]), download(lse[0]), 1e-4);
+    EXPECT_CLOSE(download(dq[1]), download(dq[0]), 1e-2);
+    EXPECT_CLOSE(download(dk[1]), download(dk[0]), 1e-2);
+    EXPECT_CLOSE(download(dv[1]), download(dv[0]), 1e-2);
   }
 }
 

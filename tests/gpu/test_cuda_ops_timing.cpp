@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "model/cuda/attention_cudnn.h"
 #include "model/cuda/attention_internal.h"
 #include "model/cuda/kernels.h"
 #include "model/cuda/matmul.h"
@@ -81,6 +82,20 @@ TEST(CudaTiming, Attention160M) {
                                           lse.data(), q.data(), k.data(), v.data(), kB, kT, kH, kHd, 0);
                 }),
                 2.5 * fwd_flops);
+  if (gpu::CudnnAttention::built_with_cudnn()) {  // cuDNN's fused attention at the same shapes
+    gpu::CudnnAttention cudnn(kB, kT, kH, kHd);
+    std::printf("  %s\n", cudnn.describe().c_str());
+    report_tflops("attention fwd cudnn",
+                  time_ms([&] { cudnn.forward(out.data(), lse.data(), q.data(), k.data(), v.data(), kB, 0); }),
+                  fwd_flops);
+    report_tflops("attention bwd cudnn (incl. dQ zeroing)", time_ms([&] {
+                    cudnn.backward(dq.data(), dk.data(), dv.data(), dout.data(), out.data(), lse.data(), q.data(),
+                                   k.data(), v.data(), kB, 0);
+                  }),
+                  2.5 * fwd_flops);
+  } else {
+    std::printf("  attention cudnn: skipped, this build has no cuDNN\n");
+  }
   // every block size (warps per block), to choose attn::kForwardWarps / kDkdvWarps / kDqWarps
   for (int w : {4, 8}) {
     const std::string what = "  fwd, " + std::to_string(w) + " warps/block";

@@ -13,6 +13,8 @@
 //   logits (logits_chunk_bytes), per-token losses.
 #include "model/cuda/gpt_cuda.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -44,6 +46,22 @@ Recompute parse_recompute(const std::string& s) {
   if (s == "elementwise") return Recompute::Elementwise;
   if (s == "block") return Recompute::Block;
   fail("train.recompute: '{}' is not one of: none, elementwise, block", s);
+}
+
+AttentionKernel parse_attention_kernel(const std::string& s) {
+  if (s == "auto") return AttentionKernel::Auto;
+  if (s == "flash") return AttentionKernel::Flash;
+  if (s == "cudnn") return AttentionKernel::Cudnn;
+  fail("train.attention: '{}' is not one of: auto, flash, cudnn", s);
+}
+
+const char* name_of(AttentionKernel a) {
+  switch (a) {
+    case AttentionKernel::Auto: return "auto";
+    case AttentionKernel::Flash: return "flash";
+    case AttentionKernel::Cudnn: return "cudnn";
+  }
+  return "?";
 }
 
 const char* name_of(Recompute r) {
@@ -118,6 +136,7 @@ GptCuda::GptCuda(const GPTConfig& cfg, int max_batch, const CudaModelOptions& op
   emb_workspace_.resize(gpu::embedding_backward_workspace_bytes(N, cfg_.vocab_size));
   tokens_d_.resize(2 * (size_t)N);
   scalars_.resize(3 + gpu::kSumSquaresPartials);
+  make_attention();
 
   void* pinned = nullptr;
   CUDA_CHECK(cudaMallocHost(&pinned, 2 * 2 * (size_t)N * sizeof(int32_t)));
@@ -226,11 +245,32 @@ void GptCuda::plan() {
   }
 }
 
+void GptCuda::make_attention() {
+  const AttentionKernel want = options_.attention;
+  if (want == AttentionKernel::Flash) return;
+  const int H = cfg_.n_head, hd = cfg_.head_dim();
+  if (want == AttentionKernel::Auto && !gpu::CudnnAttention::built_with_cudnn()) {
+    spdlog::info("attention: flash kernels (this build has no cuDNN)");
+    return;
+  }
+  try {
+    cudnn_attention_ = std::make_unique<gpu::CudnnAttention>(max_batch_, cfg_.seq_len, H, hd);
+  } catch (const Error& e) {
+    if (want == AttentionKernel::Cudnn) fail("train.attention: cudnn: {}", e.what());
+    spdlog::warn("attention: flash kernels, cuDNN is not usable here: {}", e.what());
+  }
+}
+
+std::string GptCuda::attention_description() const {
+  return cudnn_attention_ ? cudnn_attention_->describe() : std::string("flash kernels");
+}
+
 CudaModelMemory GptCuda::memory() const {
   CudaModelMemory m;
   m.weights = params_.bytes() + grads_.bytes() + wbf_.bytes();
   m.activations = arena_.bytes();
-  m.other = kMatmulWorkspace + emb_workspace_.bytes() + tokens_d_.bytes() + scalars_.bytes();
+  m.other = kMatmulWorkspace + emb_workspace_.bytes() + tokens_d_.bytes() + scalars_.bytes() +
+            (cudnn_attention_ ? cudnn_attention_->device_bytes() : 0);
   return m;
 }
 

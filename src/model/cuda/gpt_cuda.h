@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "core/cuda_utils.h"
+#include "model/cuda/attention_cudnn.h"
 #include "model/cuda/kernels.h"
 #include "model/cuda/matmul.h"
 #include "model/model.h"
@@ -50,8 +51,19 @@ enum class Recompute {
 Recompute parse_recompute(const std::string& s);  // "none" | "elementwise" | "block"
 const char* name_of(Recompute r);
 
+// Which causal-attention implementation the blocks use.
+enum class AttentionKernel {
+  Auto,   // cuDNN when this build has it and it has an engine for the shapes, else Flash (logged)
+  Flash,  // the project's tensor-core kernels (attention_*.cu): deterministic
+  Cudnn,  // cuDNN's fused flash attention (attention_cudnn.cu): an error if unavailable;
+          // not deterministic (its backward adds dQ with atomics)
+};
+AttentionKernel parse_attention_kernel(const std::string& s);  // "auto" | "flash" | "cudnn"
+const char* name_of(AttentionKernel a);
+
 struct CudaModelOptions {
   Recompute recompute = Recompute::None;
+  AttentionKernel attention = AttentionKernel::Flash;
   // Initialize the parameters with gpt_init_params(seed) at construction (as make_cpu_model
   // does with seed 0). Off: they start at zero until upload_params.
   bool init_params = true;
@@ -107,6 +119,13 @@ class GptCuda final : public Model {
   cudaStream_t stream() const { return stream_; }
   int max_batch() const { return max_batch_; }
   Recompute recompute() const { return options_.recompute; }
+  // The attention implementation in use (Flash or Cudnn; Auto resolved at construction) and, for
+  // cuDNN, its version and engines. cuDNN plans are built for sequences of seq_len tokens; shorter
+  // ones (sampling) take the flash kernels, which compute the same attention and logsumexp.
+  AttentionKernel attention_kernel() const {
+    return cudnn_attention_ ? AttentionKernel::Cudnn : AttentionKernel::Flash;
+  }
+  std::string attention_description() const;
   int64_t logits_chunk_rows() const { return chunk_rows_; }
   CudaModelMemory memory() const;
 
@@ -129,8 +148,13 @@ class GptCuda final : public Model {
   struct LayerWeights {  // offsets (elements) of one block's weights in its unit's range
     size_t q, k, v, o, fc, proj;
   };
-  class OwnUnits;  // the whole-buffer UnitSource over params_ (embedding), wbf_ and grads_
-  void plan();     // carve the arena (two passes: size, then pointers)
+  class OwnUnits;         // the whole-buffer UnitSource over params_ (embedding), wbf_ and grads_
+  void plan();            // carve the arena (two passes: size, then pointers)
+  void make_attention();  // cudnn_attention_ per options_.attention
+  // attention forward / backward through cuDNN or the flash kernels
+  void attention_forward(const LayerActs& L, int B, int T);
+  void attention_backward(gpu::bf16* dq, gpu::bf16* dk, gpu::bf16* dv, const gpu::bf16* datt, const LayerActs& L, int B,
+                          int T);
   void check_batch(int B, int T, const char* what) const;
   void validate_tokens(const int32_t* tokens, int64_t N, bool targets, const char* what) const;
   int64_t count_valid_targets(const int32_t* targets, int64_t N) const;
@@ -196,6 +220,7 @@ class GptCuda final : public Model {
   gpu::bf16* dln_ = nullptr;      // gradient of an rmsnorm output [N, d]; forward scratch for branch outputs
   gpu::bf16* dact_ = nullptr;     // MLP gradient [N, 4d]; in the attention backward it holds datt, dq, dk, dv
   float* delta_ = nullptr;        // attention backward scratch [B, H, T]
+  std::unique_ptr<gpu::CudnnAttention> cudnn_attention_;  // set when the blocks use cuDNN's attention
 
   DeviceBuffer<char> emb_workspace_;
   DeviceBuffer<int32_t> tokens_d_;  // inputs [N] then targets [N]

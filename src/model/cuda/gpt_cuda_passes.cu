@@ -15,6 +15,23 @@
 
 namespace og {
 
+void GptCuda::attention_forward(const LayerActs& L, int B, int T) {
+  const int H = cfg_.n_head, hd = cfg_.head_dim();
+  if (cudnn_attention_ && T == cfg_.seq_len)  // shorter sequences (sampling) take the flash kernels
+    cudnn_attention_->forward(L.att, L.lse, L.q, L.k, L.v, B, stream_);
+  else
+    gpu::attention_forward(L.att, L.lse, L.q, L.k, L.v, B, T, H, hd, stream_);
+}
+
+void GptCuda::attention_backward(gpu::bf16* dq, gpu::bf16* dk, gpu::bf16* dv, const gpu::bf16* datt, const LayerActs& L,
+                                 int B, int T) {
+  const int H = cfg_.n_head, hd = cfg_.head_dim();
+  if (cudnn_attention_ && T == cfg_.seq_len)
+    cudnn_attention_->backward(dq, dk, dv, datt, L.att, L.lse, L.q, L.k, L.v, B, stream_);
+  else
+    gpu::attention_backward(dq, dk, dv, delta_, datt, L.att, L.lse, L.q, L.k, L.v, B, T, H, hd, stream_);
+}
+
 using gpu::bf16;
 using gpu::kRmsNormEps;
 
@@ -45,7 +62,7 @@ void GptCuda::block_forward(int l, const bf16* w, int B, int T, bool recompute_o
   mm.forward(L.v, L.ln1, w + W.v, N, d, d, stream_);
   gpu::rotary_qknorm_forward(L.q, L.rstdq, L.q, B, T, H, hd, cfg_.rope_base, kRmsNormEps, stream_);
   gpu::rotary_qknorm_forward(L.k, L.rstdk, L.k, B, T, H, hd, cfg_.rope_base, kRmsNormEps, stream_);
-  gpu::attention_forward(L.att, L.lse, L.q, L.k, L.v, B, T, H, hd, stream_);
+  attention_forward(L, B, T);
   mm.forward(y, L.att, w + W.o, N, d, d, stream_);
   gpu::rmsnorm_residual_forward<float>(L.res_mid, L.ln2, L.rstd2, L.res_in, y, N, (int)d, kRmsNormEps, stream_);
   // mlp
@@ -141,7 +158,7 @@ void GptCuda::backward_blocks(int B, int T) {
     // attention: res_mid = res_in + o(attention(qknorm(rotary(q, k)), v)), q/k/v = ln1·W
     mm.backward_weight(g + W.o, dres_bf_, L.att, N, d, d, true, stream_);
     mm.backward_input(datt, dres_bf_, w + W.o, N, d, d, false, stream_);
-    gpu::attention_backward(dq, dk, dv, delta_, datt, L.att, L.lse, L.q, L.k, L.v, B, T, H, hd, stream_);
+    attention_backward(dq, dk, dv, datt, L, B, T);
     gpu::rotary_qknorm_backward(dq, dq, L.q, L.rstdq, B, T, H, hd, cfg_.rope_base, stream_);
     gpu::rotary_qknorm_backward(dk, dk, L.k, L.rstdk, B, T, H, hd, cfg_.rope_base, stream_);
     mm.backward_weight(g + W.q, dq, L.ln1, N, d, d, true, stream_);
