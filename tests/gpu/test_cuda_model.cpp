@@ -49,6 +49,17 @@ og::GPTConfig tiny_gpt(int d_model, int n_head, int vocab = 512, int seq = 64) {
   return g;
 }
 
+// A config of the tiny model (vocab 512, d_model 128, 2 heads: head_dim 64, seq 64).
+og::Config tiny_model_config(int n_layer) {
+  og::Config c;
+  c.model.vocab_size = 512;
+  c.model.d_model = 128;
+  c.model.n_layer = n_layer;
+  c.model.n_head = 2;
+  c.model.seq_len = 64;
+  return c;
+}
+
 std::vector<float> init_params(const og::ParamLayout& layout, uint64_t seed) {
   std::vector<float> p(layout.total());
   og::gpt_init_params(layout, p.data(), seed);
@@ -448,12 +459,7 @@ class CudaTrainingVsCpu : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(CudaTrainingVsCpu, LossCurvesAgree) {
   SKIP_WITHOUT_CUDA();
-  og::Config cfg;
-  cfg.model.vocab_size = 512;
-  cfg.model.d_model = 128;
-  cfg.model.n_layer = 2;
-  cfg.model.n_head = 2;
-  cfg.model.seq_len = 64;
+  og::Config cfg = tiny_model_config(2);
   cfg.optim.matrix.algorithm = GetParam();
   cfg.optim.matrix.fraction = 0.5;
   cfg.optim.lr = 0.02;  // the reference's lr, for every group
@@ -602,12 +608,7 @@ TEST(CudaTrain, CudnnAttentionTrainsLikeFlash) {
   if (verbose()) std::printf("  final weights cudnn vs flash: rel_l2 %.3e\n", e);
   EXPECT_LE(e, 1e-2);
 
-  og::Config c;
-  c.model.vocab_size = 512;
-  c.model.d_model = 128;
-  c.model.n_layer = 1;
-  c.model.n_head = 2;
-  c.model.seq_len = 64;
+  og::Config c = tiny_model_config(1);
   auto m = og::make_model(c, og::Device::CUDA, 2);
   EXPECT_EQ(dynamic_cast<og::GptCuda&>(*m).attention_kernel(), og::AttentionKernel::Cudnn) << "train.attention: auto";
 }
@@ -711,12 +712,7 @@ TEST(CudaTrain, ResumeIsBitIdentical) {
 
 TEST(CudaTrain, RecomputeKeyReachesTheModel) {
   SKIP_WITHOUT_CUDA();
-  og::Config c;
-  c.model.vocab_size = 512;
-  c.model.d_model = 128;
-  c.model.n_layer = 2;
-  c.model.n_head = 2;
-  c.model.seq_len = 64;
+  og::Config c = tiny_model_config(2);
   c.train.recompute = "block";
   c.train.attention = "flash";
   auto m = og::make_model(c, og::Device::CUDA, 2);

@@ -159,6 +159,41 @@ TEST(CudaAttention, FlashMatchesReference) {
   }
 }
 
+// Sizes without a CPU reference: random bf16 inputs, and the outputs of two paths (poisoned
+// before use) compared with each other.
+struct TwoPaths {
+  int64_t n, rows;
+  og::DeviceBuffer<bf16> q, k, v, dout, out[2], dq[2], dk[2], dv[2];
+  og::DeviceBuffer<float> lse[2], delta;
+  TwoPaths(int B, int T, int H, int hd, uint64_t seed)
+      : n((int64_t)B * T * H * hd),
+        rows((int64_t)B * H * T),
+        q(upload(to_bf16(randn(n, seed)))),
+        k(upload(to_bf16(randn(n, seed + 1)))),
+        v(upload(to_bf16(randn(n, seed + 2)))),
+        dout(upload(to_bf16(randn(n, seed + 3)))),
+        delta(rows) {
+    for (int p = 0; p < 2; ++p) {
+      out[p].resize(n), dq[p].resize(n), dk[p].resize(n), dv[p].resize(n), lse[p].resize(rows);
+      for (auto* b : {&out[p], &dq[p], &dk[p], &dv[p]}) poison(*b);
+      poison(lse[p]);
+    }
+  }
+  // path 0 (the one checked against the reference elsewhere) through the public entry points
+  void run_flash(int B, int T, int H, int hd) {
+    gpu::attention_forward(out[0].data(), lse[0].data(), q.data(), k.data(), v.data(), B, T, H, hd, 0);
+    gpu::attention_backward(dq[0].data(), dk[0].data(), dv[0].data(), delta.data(), dout.data(), out[0].data(),
+                            lse[0].data(), q.data(), k.data(), v.data(), B, T, H, hd, 0);
+  }
+  void expect_close() {  // path 1 against path 0
+    EXPECT_CLOSE(download(out[1]), download(out[0]), 1e-2);
+    EXPECT_CLOSE(download(lse[1]), download(lse[0]), 1e-4);
+    EXPECT_CLOSE(download(dq[1]), download(dq[0]), 1e-2);
+    EXPECT_CLOSE(download(dk[1]), download(dk[0]), 1e-2);
+    EXPECT_CLOSE(download(dv[1]), download(dv[0]), 1e-2);
+  }
+};
+
 // cuDNN's fused attention (built from the composite graph) on the same shapes as the flash
 // kernels. A build with cuDNN must find an engine for every one of them: failing to is a failure
 // here, not a skip (train.attention: auto would silently fall back to the flash kernels).
@@ -186,28 +221,13 @@ TEST(CudaAttention, CudnnMatchesFlashAt160MShapes) {
   std::printf("  %s\n", cudnn.describe().c_str());
   for (int B : {4, 2}) {
     SCOPED_TRACE(testing::Message() << "B=" << B);
-    const int64_t n = (int64_t)B * T * H * hd, rows = (int64_t)B * H * T;
-    auto d_q = upload(to_bf16(randn(n, 600))), d_k = upload(to_bf16(randn(n, 601)));
-    auto d_v = upload(to_bf16(randn(n, 602))), d_dout = upload(to_bf16(randn(n, 603)));
-    og::DeviceBuffer<bf16> out[2], dq[2], dk[2], dv[2];
-    og::DeviceBuffer<float> lse[2], delta(rows);
-    for (int p = 0; p < 2; ++p) {
-      out[p].resize(n), dq[p].resize(n), dk[p].resize(n), dv[p].resize(n), lse[p].resize(rows);
-      for (auto* b : {&out[p], &dq[p], &dk[p], &dv[p]}) poison(*b);
-      poison(lse[p]);
-    }
-    gpu::attention_forward(out[0].data(), lse[0].data(), d_q.data(), d_k.data(), d_v.data(), B, T, H, hd, 0);
-    gpu::attention_backward(dq[0].data(), dk[0].data(), dv[0].data(), delta.data(), d_dout.data(), out[0].data(),
-                            lse[0].data(), d_q.data(), d_k.data(), d_v.data(), B, T, H, hd, 0);
-    cudnn.forward(out[1].data(), lse[1].data(), d_q.data(), d_k.data(), d_v.data(), B, 0);
+    TwoPaths t(B, T, H, hd, 600);
+    t.run_flash(B, T, H, hd);
+    cudnn.forward(t.out[1].data(), t.lse[1].data(), t.q.data(), t.k.data(), t.v.data(), B, 0);
     for (int rep = 0; rep < 2; ++rep)
-      cudnn.backward(dq[1].data(), dk[1].data(), dv[1].data(), d_dout.data(), out[1].data(), lse[1].data(), d_q.data(),
-                     d_k.data(), d_v.data(), B, 0);
-    EXPECT_CLOSE(download(out[1]), download(out[0]), 1e-2);
-    EXPECT_CLOSE(download(lse[1]), download(lse[0]), 1e-4);
-    EXPECT_CLOSE(download(dq[1]), download(dq[0]), 1e-2);
-    EXPECT_CLOSE(download(dk[1]), download(dk[0]), 1e-2);
-    EXPECT_CLOSE(download(dv[1]), download(dv[0]), 1e-2);
+      cudnn.backward(t.dq[1].data(), t.dk[1].data(), t.dv[1].data(), t.dout.data(), t.out[1].data(), t.lse[1].data(),
+                     t.q.data(), t.k.data(), t.v.data(), B, 0);
+    t.expect_close();
   }
 }
 
@@ -265,27 +285,13 @@ TEST(CudaAttention, FlashMatchesSimpleAtT1024) {
   for (int hd : {64, 128}) {
     SCOPED_TRACE(testing::Message() << "hd=" << hd);
     const int B = 1, T = 1024, H = 2;
-    const int64_t n = (int64_t)B * T * H * hd, rows = (int64_t)B * H * T;
-    auto d_q = upload(to_bf16(randn(n, 400))), d_k = upload(to_bf16(randn(n, 401)));
-    auto d_v = upload(to_bf16(randn(n, 402))), d_dout = upload(to_bf16(randn(n, 403)));
-    og::DeviceBuffer<bf16> out[2], dq[2], dk[2], dv[2];
-    og::DeviceBuffer<float> lse[2], delta(rows);
-    for (int p = 0; p < 2; ++p) {
-      out[p].resize(n), dq[p].resize(n), dk[p].resize(n), dv[p].resize(n), lse[p].resize(rows);
-      for (auto* b : {&out[p], &dq[p], &dk[p], &dv[p]}) poison(*b);
-      poison(lse[p]);
-    }
-    gpu::attention_forward(out[0].data(), lse[0].data(), d_q.data(), d_k.data(), d_v.data(), B, T, H, hd, 0);
-    gpu::attention_forward_simple(out[1].data(), lse[1].data(), d_q.data(), d_k.data(), d_v.data(), B, T, H, hd, 0);
-    gpu::attention_backward(dq[0].data(), dk[0].data(), dv[0].data(), delta.data(), d_dout.data(), out[0].data(),
-                            lse[0].data(), d_q.data(), d_k.data(), d_v.data(), B, T, H, hd, 0);
-    gpu::attention_backward_simple(dq[1].data(), dk[1].data(), dv[1].data(), delta.data(), d_dout.data(), out[1].data(),
-                                   lse[1].data(), d_q.data(), d_k.data(), d_v.data(), B, T, H, hd, 0);
-    EXPECT_CLOSE(download(out[0]), download(out[1]), 1e-2);
-    EXPECT_CLOSE(download(lse[0]), download(lse[1]), 1e-4);
-    EXPECT_CLOSE(download(dq[0]), download(dq[1]), 1e-2);
-    EXPECT_CLOSE(download(dk[0]), download(dk[1]), 1e-2);
-    EXPECT_CLOSE(download(dv[0]), download(dv[1]), 1e-2);
+    TwoPaths t(B, T, H, hd, 400);
+    t.run_flash(B, T, H, hd);
+    gpu::attention_forward_simple(t.out[1].data(), t.lse[1].data(), t.q.data(), t.k.data(), t.v.data(), B, T, H, hd, 0);
+    gpu::attention_backward_simple(t.dq[1].data(), t.dk[1].data(), t.dv[1].data(), t.delta.data(), t.dout.data(),
+                                   t.out[1].data(), t.lse[1].data(), t.q.data(), t.k.data(), t.v.data(), B, T, H, hd,
+                                   0);
+    t.expect_close();
   }
 }
 

@@ -249,123 +249,132 @@ struct Plan {
   std::string engine;
 };
 
-// The causal mask on a [b, h, s, s] score tensor: select(s, lowest, row >= col).
-GraphBuilder::Tensor causal_mask(GraphBuilder& g, GraphBuilder::Tensor s, Dims ss, Dims ss_strides,
-                                 GraphBuilder::Tensor lowest) {
-  auto row = g.virt(CUDNN_DATA_INT32, ss, ss_strides);
-  g.pointwise(CUDNN_POINTWISE_GEN_INDEX, s, row, nullptr, nullptr, CUDNN_DATA_INT32, 2);
-  auto col = g.virt(CUDNN_DATA_INT32, ss, ss_strides);
-  g.pointwise(CUDNN_POINTWISE_GEN_INDEX, s, col, nullptr, nullptr, CUDNN_DATA_INT32, 3);
-  auto keep = g.virt(CUDNN_DATA_BOOLEAN, ss, ss_strides);
-  g.pointwise(CUDNN_POINTWISE_CMP_GE, row, keep, col, nullptr, CUDNN_DATA_BOOLEAN);
-  auto masked = g.virt(CUDNN_DATA_FLOAT, ss, ss_strides);
-  g.pointwise(CUDNN_POINTWISE_BINARY_SELECT, s, masked, lowest, keep);
-  return masked;
-}
+// The shapes both graphs use, and the tensors they share.
+struct AttnGraph {
+  Dims x, xs;                  // q, k, v, o, dO, dQ, dK, dV: [b, h, s, d] over [B, T, H, hd]
+  Dims ss, ss_strides;         // scores [b, h, s_q, s_kv]
+  Dims row, row_strides;       // per-row statistics [b, h, s, 1]
+  GraphBuilder::Tensor q, kt;  // Q and Kᵀ
+  GraphBuilder::Tensor stats;  // lse
+  GraphBuilder::Tensor scale, lowest;
 
-Plan build_forward(cudnnHandle_t handle, int64_t B, int64_t T, int64_t H, int64_t D) {
+  AttnGraph(GraphBuilder& g, int64_t B, int64_t T, int64_t H, int64_t D)
+      : x(bhsd_dims(B, T, H, D)),
+        xs(bhsd_strides(T, H, D)),
+        ss{B, H, T, T},
+        ss_strides{H * T * T, T * T, T, 1},
+        row{B, H, T, 1},
+        row_strides{H * T, T, 1, 1} {
+    q = g.tensor(kQ, CUDNN_DATA_BFLOAT16, x, xs);
+    kt = g.tensor(kK, CUDNN_DATA_BFLOAT16, transposed(x), transposed(xs));
+    stats = g.tensor(kStats, CUDNN_DATA_FLOAT, row, row_strides);
+    scale = g.scalar(kScale, CUDNN_DATA_FLOAT);
+    lowest = g.scalar(kLowest, CUDNN_DATA_FLOAT);
+  }
+  GraphBuilder::Tensor scores(GraphBuilder& g) const { return g.virt(CUDNN_DATA_FLOAT, ss, ss_strides); }
+  GraphBuilder::Tensor rows(GraphBuilder& g) const { return g.virt(CUDNN_DATA_FLOAT, row, row_strides); }
+
+  // mask(Q·Kᵀ·scale): the causal mask as select(s, lowest, row >= col).
+  GraphBuilder::Tensor masked_scores(GraphBuilder& g) const {
+    auto s = scores(g);
+    g.matmul(q, kt, s);
+    auto s_scaled = scores(g);
+    g.pointwise(CUDNN_POINTWISE_MUL, s, s_scaled, scale);
+    auto row_index = g.virt(CUDNN_DATA_INT32, ss, ss_strides);
+    g.pointwise(CUDNN_POINTWISE_GEN_INDEX, s_scaled, row_index, nullptr, nullptr, CUDNN_DATA_INT32, 2);
+    auto col_index = g.virt(CUDNN_DATA_INT32, ss, ss_strides);
+    g.pointwise(CUDNN_POINTWISE_GEN_INDEX, s_scaled, col_index, nullptr, nullptr, CUDNN_DATA_INT32, 3);
+    auto keep = g.virt(CUDNN_DATA_BOOLEAN, ss, ss_strides);
+    g.pointwise(CUDNN_POINTWISE_CMP_GE, row_index, keep, col_index, nullptr, CUDNN_DATA_BOOLEAN);
+    auto masked = scores(g);
+    g.pointwise(CUDNN_POINTWISE_BINARY_SELECT, s_scaled, masked, lowest, keep);
+    return masked;
+  }
+};
+
+// A plan for the graph `body` adds to the shared tensors of AttnGraph.
+template <typename Body>
+Plan build_plan(cudnnHandle_t handle, const char* name, int64_t B, int64_t T, int64_t H, int64_t D, Body body) {
   Plan p;
   p.graph = std::make_unique<GraphBuilder>();
-  GraphBuilder& g = *p.graph;
-  const Dims x = bhsd_dims(B, T, H, D), xs = bhsd_strides(T, H, D);
-  const Dims ss{B, H, T, T}, ss_strides{H * T * T, T * T, T, 1};
-  const Dims row{B, H, T, 1}, row_strides{H * T, T, 1, 1};
-  auto q = g.tensor(kQ, CUDNN_DATA_BFLOAT16, x, xs);
-  auto kt = g.tensor(kK, CUDNN_DATA_BFLOAT16, transposed(x), transposed(xs));
-  auto v = g.tensor(kV, CUDNN_DATA_BFLOAT16, x, xs);
-  auto o = g.tensor(kO, CUDNN_DATA_BFLOAT16, x, xs);
-  auto stats = g.tensor(kStats, CUDNN_DATA_FLOAT, row, row_strides);
-  auto scale = g.scalar(kScale, CUDNN_DATA_FLOAT);
-  auto lowest = g.scalar(kLowest, CUDNN_DATA_FLOAT);
-
-  auto s = g.virt(CUDNN_DATA_FLOAT, ss, ss_strides);
-  g.matmul(q, kt, s);
-  auto s_scaled = g.virt(CUDNN_DATA_FLOAT, ss, ss_strides);
-  g.pointwise(CUDNN_POINTWISE_MUL, s, s_scaled, scale);
-  auto s_masked = causal_mask(g, s_scaled, ss, ss_strides, lowest);
-  auto m = g.virt(CUDNN_DATA_FLOAT, row, row_strides);
-  g.reduction(CUDNN_REDUCE_TENSOR_MAX, s_masked, m);
-  auto s_minus_m = g.virt(CUDNN_DATA_FLOAT, ss, ss_strides);
-  g.pointwise(CUDNN_POINTWISE_SUB, s_masked, s_minus_m, m);
-  auto e = g.virt(CUDNN_DATA_FLOAT, ss, ss_strides);
-  g.pointwise(CUDNN_POINTWISE_EXP, s_minus_m, e);
-  auto z = g.virt(CUDNN_DATA_FLOAT, row, row_strides);
-  g.reduction(CUDNN_REDUCE_TENSOR_ADD, e, z);
-  auto log_z = g.virt(CUDNN_DATA_FLOAT, row, row_strides);
-  g.pointwise(CUDNN_POINTWISE_LOG, z, log_z);
-  g.pointwise(CUDNN_POINTWISE_ADD, m, stats, log_z);
-  auto prob = g.virt(CUDNN_DATA_BFLOAT16, ss, ss_strides);  // bf16: the A type of the second product
-  g.pointwise(CUDNN_POINTWISE_DIV, e, prob, z);
-  g.matmul(prob, v, o);
-  p.plan = g.finalize(handle, "forward", p.workspace, p.engine);
+  const AttnGraph a(*p.graph, B, T, H, D);
+  body(*p.graph, a);
+  p.plan = p.graph->finalize(handle, name, p.workspace, p.engine);
   return p;
 }
 
-Plan build_backward(cudnnHandle_t handle, int64_t B, int64_t T, int64_t H, int64_t D) {
-  Plan p;
-  p.graph = std::make_unique<GraphBuilder>();
-  GraphBuilder& g = *p.graph;
-  const Dims x = bhsd_dims(B, T, H, D), xs = bhsd_strides(T, H, D);
-  const Dims ss{B, H, T, T}, ss_strides{H * T * T, T * T, T, 1};
+void forward_graph(GraphBuilder& g, const AttnGraph& a) {
+  const Dims &ss = a.ss, &ss_strides = a.ss_strides;
+  auto v = g.tensor(kV, CUDNN_DATA_BFLOAT16, a.x, a.xs);
+  auto o = g.tensor(kO, CUDNN_DATA_BFLOAT16, a.x, a.xs);
+
+  auto s_masked = a.masked_scores(g);
+  auto m = a.rows(g);
+  g.reduction(CUDNN_REDUCE_TENSOR_MAX, s_masked, m);
+  auto s_minus_m = a.scores(g);
+  g.pointwise(CUDNN_POINTWISE_SUB, s_masked, s_minus_m, m);
+  auto e = a.scores(g);
+  g.pointwise(CUDNN_POINTWISE_EXP, s_minus_m, e);
+  auto z = a.rows(g);
+  g.reduction(CUDNN_REDUCE_TENSOR_ADD, e, z);
+  auto log_z = a.rows(g);
+  g.pointwise(CUDNN_POINTWISE_LOG, z, log_z);
+  g.pointwise(CUDNN_POINTWISE_ADD, m, a.stats, log_z);
+  auto prob = g.virt(CUDNN_DATA_BFLOAT16, ss, ss_strides);  // bf16: the A type of the second product
+  g.pointwise(CUDNN_POINTWISE_DIV, e, prob, z);
+  g.matmul(prob, v, o);
+}
+
+void backward_graph(GraphBuilder& g, const AttnGraph& a) {
+  const Dims &x = a.x, &xs = a.xs, &ss = a.ss;
+  const int64_t H = x[1], T = x[2], D = x[3];
   const Dims ss_t_strides{H * T * T, T * T, 1, T};  // the transposed [b, h, s_kv, s_q] view
-  const Dims row{B, H, T, 1}, row_strides{H * T, T, 1, 1};
-  auto q = g.tensor(kQ, CUDNN_DATA_BFLOAT16, x, xs);
-  auto kt = g.tensor(kK, CUDNN_DATA_BFLOAT16, transposed(x), transposed(xs));
   auto vt = g.tensor(kV, CUDNN_DATA_BFLOAT16, transposed(x), transposed(xs));
   auto o = g.tensor(kO, CUDNN_DATA_BFLOAT16, x, xs);
   auto d_o = g.tensor(kDO, CUDNN_DATA_BFLOAT16, x, xs);
-  auto stats = g.tensor(kStats, CUDNN_DATA_FLOAT, row, row_strides);
   auto dq = g.tensor(kDQ, CUDNN_DATA_BFLOAT16, x, xs);
   auto dk = g.tensor(kDK, CUDNN_DATA_BFLOAT16, x, xs);
   auto dv = g.tensor(kDV, CUDNN_DATA_BFLOAT16, x, xs);
   auto dq_accum = g.tensor(kDQAccum, CUDNN_DATA_FLOAT, x, {H * T * D, T * D, D, 1}, false, false, true);
-  auto scale = g.scalar(kScale, CUDNN_DATA_FLOAT);
-  auto lowest = g.scalar(kLowest, CUDNN_DATA_FLOAT);
   auto one = g.scalar(kOne, CUDNN_DATA_FLOAT);
 
   // Dsum = Σ_d dO ∘ O
   auto do_o = g.virt(CUDNN_DATA_FLOAT, x, {H * T * D, T * D, H * D, 1});
   g.pointwise(CUDNN_POINTWISE_MUL, d_o, do_o, o);
-  auto dsum0 = g.virt(CUDNN_DATA_FLOAT, row, row_strides);
+  auto dsum0 = a.rows(g);
   g.reduction(CUDNN_REDUCE_TENSOR_ADD, do_o, dsum0);
-  auto dsum = g.virt(CUDNN_DATA_FLOAT, row, row_strides);
+  auto dsum = a.rows(g);
   g.pointwise(CUDNN_POINTWISE_MUL, dsum0, dsum, one);
   // E = exp(mask(Q·Kᵀ·scale) − stats)
-  auto s = g.virt(CUDNN_DATA_FLOAT, ss, ss_strides);
-  g.matmul(q, kt, s);
-  auto s_scaled = g.virt(CUDNN_DATA_FLOAT, ss, ss_strides);
-  g.pointwise(CUDNN_POINTWISE_MUL, s, s_scaled, scale);
-  auto s_masked = causal_mask(g, s_scaled, ss, ss_strides, lowest);
-  auto s_minus = g.virt(CUDNN_DATA_FLOAT, ss, ss_strides);
-  g.pointwise(CUDNN_POINTWISE_SUB, s_masked, s_minus, stats);
-  auto e = g.virt(CUDNN_DATA_FLOAT, ss, ss_strides);
+  auto s_masked = a.masked_scores(g);
+  auto s_minus = a.scores(g);
+  g.pointwise(CUDNN_POINTWISE_SUB, s_masked, s_minus, a.stats);
+  auto e = a.scores(g);
   g.pointwise(CUDNN_POINTWISE_EXP, s_minus, e);
   // dV = Eᵀ·dO
   auto e_t = g.virt(CUDNN_DATA_BFLOAT16, ss, ss_t_strides);
   g.reshape(e, e_t);
   g.matmul(e_t, d_o, dv);
   // dS = (dO·Vᵀ − Dsum) ∘ E · scale
-  auto dp = g.virt(CUDNN_DATA_FLOAT, ss, ss_strides);
+  auto dp = a.scores(g);
   g.matmul(d_o, vt, dp);
-  auto dp1 = g.virt(CUDNN_DATA_FLOAT, ss, ss_strides);
+  auto dp1 = a.scores(g);
   g.pointwise(CUDNN_POINTWISE_MUL, dp, dp1, one);
-  auto dp2 = g.virt(CUDNN_DATA_FLOAT, ss, ss_strides);
+  auto dp2 = a.scores(g);
   g.pointwise(CUDNN_POINTWISE_SUB, dp1, dp2, dsum);
-  auto ds0 = g.virt(CUDNN_DATA_FLOAT, ss, ss_strides);
+  auto ds0 = a.scores(g);
   g.pointwise(CUDNN_POINTWISE_MUL, dp2, ds0, e);
-  auto ds = g.virt(CUDNN_DATA_FLOAT, ss, ss_strides);
-  g.pointwise(CUDNN_POINTWISE_MUL, ds0, ds, scale);
+  auto ds = a.scores(g);
+  g.pointwise(CUDNN_POINTWISE_MUL, ds0, ds, a.scale);
   // dK = dSᵀ·Q
   auto ds_t = g.virt(CUDNN_DATA_BFLOAT16, ss, ss_t_strides);
   g.reshape(ds, ds_t);
-  g.matmul(ds_t, q, dk);
+  g.matmul(ds_t, a.q, dk);
   // dQ = dS·K (fp32 accumulator), then to bf16
   auto k = g.virt(CUDNN_DATA_FLOAT, x, xs);
-  g.reshape(kt, k);
+  g.reshape(a.kt, k);
   g.matmul(ds, k, dq_accum);
   g.pointwise(CUDNN_POINTWISE_IDENTITY, dq_accum, dq);
-  p.plan = g.finalize(handle, "backward", p.workspace, p.engine);
-  return p;
 }
 
 }  // namespace
@@ -384,7 +393,8 @@ struct CudnnAttention::Impl {
   Plans& plans(int B) {
     auto it = by_batch.find(B);
     if (it != by_batch.end()) return it->second;
-    Plans pl{build_forward(handle, B, T, H, hd), build_backward(handle, B, T, H, hd)};
+    Plans pl{build_plan(handle, "forward", B, T, H, hd, forward_graph),
+             build_plan(handle, "backward", B, T, H, hd, backward_graph)};
     const size_t ws = (size_t)std::max(pl.fwd.workspace, pl.bwd.workspace);
     if (ws > workspace.size()) workspace.resize(ws);
     const size_t acc = (size_t)B * T * H * hd;
@@ -459,9 +469,10 @@ size_t CudnnAttention::device_bytes() const { return impl_->workspace.bytes() + 
 std::string CudnnAttention::describe() const {
   std::string engines;
   for (const auto& [B, pl] : impl_->by_batch)
-    engines += fmt::format(" B={}: forward {}, backward {} (workspace {:.1f} / {:.1f} MiB);", B, pl.fwd.engine,
-                           pl.bwd.engine, pl.fwd.workspace / 1048576.0, pl.bwd.workspace / 1048576.0);
-  return fmt::format("cuDNN {} (headers {}):{}", cudnnGetVersion(), CUDNN_VERSION, engines);
+    engines +=
+        fmt::format("{}B={}: forward {}, backward {} (workspace {:.1f} / {:.1f} MiB)", engines.empty() ? "" : "; ", B,
+                    pl.fwd.engine, pl.bwd.engine, pl.fwd.workspace / 1048576.0, pl.bwd.workspace / 1048576.0);
+  return fmt::format("cuDNN {} (headers {}): {}", cudnnGetVersion(), CUDNN_VERSION, engines);
 }
 
 bool CudnnAttention::built_with_cudnn() { return true; }
