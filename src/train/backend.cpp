@@ -81,6 +81,15 @@ std::unique_ptr<Model> make_model(const Config& cfg, Device device, int max_batc
 #endif
 }
 
+std::string describe_cuda_model(const Config& cfg, Model& model) {
+  if (model.device() != Device::CUDA) return {};
+#ifdef ORTHOGPT_CUDA
+  return fmt::format(", recompute {}, attention {}", cfg.train.recompute, as_cuda(model).attention_description());
+#else
+  return {};
+#endif
+}
+
 void bind_optimizers(ParamGroups& groups, Model& model) {
   if (model.device() != Device::CUDA) return;
 #ifdef ORTHOGPT_CUDA
@@ -264,15 +273,6 @@ double QueueTimer::elapsed_ms() {
 }
 
 // ---- memory -----------------------------------------------------------------------------------
-
-std::string describe_cuda_model(const Config& cfg, Model& model) {
-  if (model.device() != Device::CUDA) return {};
-#ifdef ORTHOGPT_CUDA
-  return fmt::format(", recompute {}, attention {}", cfg.train.recompute, as_cuda(model).attention_description());
-#else
-  return {};
-#endif
-}
 
 DeviceMemory device_memory(Model& model) {
   DeviceMemory m;

@@ -55,15 +55,6 @@ AttentionKernel parse_attention_kernel(const std::string& s) {
   fail("train.attention: '{}' is not one of: auto, flash, cudnn", s);
 }
 
-const char* name_of(AttentionKernel a) {
-  switch (a) {
-    case AttentionKernel::Auto: return "auto";
-    case AttentionKernel::Flash: return "flash";
-    case AttentionKernel::Cudnn: return "cudnn";
-  }
-  return "?";
-}
-
 const char* name_of(Recompute r) {
   switch (r) {
     case Recompute::None: return "none";

@@ -59,7 +59,6 @@ enum class AttentionKernel {
           // not deterministic (its backward adds dQ with atomics)
 };
 AttentionKernel parse_attention_kernel(const std::string& s);  // "auto" | "flash" | "cudnn"
-const char* name_of(AttentionKernel a);
 
 struct CudaModelOptions {
   Recompute recompute = Recompute::None;
