@@ -116,6 +116,14 @@ struct RankZeroTable {
 };
 
 // This rank's row shards (dist/shard_plan.h's split) of whole matrices.
+// Bytes this rank sent in its last step; 0 in a world of one, where the distributed optimizer
+// is the single-GPU one and reports no comm_bytes.
+double comm_bytes(const Optimizer& opt) {
+  const auto st = opt.stats();
+  const auto it = st.find("comm_bytes");
+  return it == st.end() ? 0.0 : it->second;
+}
+
 std::vector<ParamSlot> row_shards(std::vector<ParamSlot> slots, int W, int rank) {
   for (ParamSlot& s : slots) {
     const RowRange rr = split_rows(s.rows, W, rank);
@@ -162,8 +170,7 @@ void figure1(const DistContext& ctx, Communicator& nccl, cudaStream_t stream, co
       double mean = 0.0;
       for (size_t i = ms.size() - (size_t)tail; i < ms.size(); ++i) mean += ms[i] / tail;
       if (label == "muon") muon = mean;
-      const auto st = opt->stats();  // one rank: the single-GPU optimizer, no communicator
-      const double bytes = st.count("comm_bytes") ? st.at("comm_bytes") : 0.0;
+      const double bytes = comm_bytes(*opt);
       table.add(fmt::format("{:>6} {:<24} {:>12.3f} {:>10.3f} {:>9.3f}x {:>12.1f}\n", d, label, mean, median_of(ms),
                             muon > 0.0 ? mean / muon : 0.0, bytes / 1e6));
     }
@@ -251,8 +258,7 @@ int main(int argc, char** argv) {
         auto opt = make_distributed_optimizer(c.hp, c.set->slots, Device::CUDA, o);
         dynamic_cast<CudaOptimizer&>(*opt).set_stream(stream);
         many = time_steps(*opt, stream, steps, *ctx.host_comm);
-        const auto st = opt->stats();
-        bytes = st.count("comm_bytes") ? st.at("comm_bytes") : 0.0;
+        bytes = comm_bytes(*opt);
       }
       double fsdp = 0.0, fsdp_bytes = 0.0;
       {
@@ -264,7 +270,7 @@ int main(int argc, char** argv) {
         auto opt = make_distributed_optimizer(c.hp, shards, Device::CUDA, o);
         dynamic_cast<CudaOptimizer&>(*opt).set_stream(stream);
         fsdp = time_steps(*opt, stream, steps, *ctx.host_comm);
-        fsdp_bytes = opt->stats().at("comm_bytes");
+        fsdp_bytes = comm_bytes(*opt);
       }
       table.add(fmt::format("{:<28} {:>10.3f} {:>10.3f} {:>7.2f}x {:>12.1f} {:>10} {:>10.3f} {:>7.2f}x {:>12.1f}\n",
                             c.label, one, many, one / many, bytes / 1e6,
