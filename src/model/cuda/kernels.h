@@ -69,6 +69,8 @@ void rotary_qknorm_backward(bf16* dinp, const bf16* dout, const bf16* out, const
 // Causal softmax attention, scale 1/sqrt(hd), q, k, v, out: [B, T, H, hd] bf16; lse[B, H, T] fp32
 // is the natural-log logsumexp of each row's scaled scores (saved for backward). Uses the fused
 // tensor-core kernels for hd in {64, 128} (16-byte aligned pointers), else the simple kernels.
+// These are the project's own kernels (train.attention: flash); the model uses cuDNN's fused
+// attention by default, with the same contract (attention_cudnn.h).
 void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T, int H, int hd,
                        cudaStream_t stream);
 // Writes dq, dk, dv [B, T, H, hd]. delta[B, H, T] fp32 is scratch (rowsum(dout∘out)).
