@@ -1,8 +1,8 @@
 // Causal attention through cuDNN's fused flash-attention engines, with the backend graph API
 // (cudnn_graph.h; the C++ frontend's headers are not available here).
 //
-// cuDNN 9.19's single SDPA operation takes no causal mask (that needs a backend >= 9.21), so both
-// directions are the composite operation graphs that NVIDIA's cudnn-frontend 1.x builds (its
+// cuDNN's single SDPA operation (backend >= 9.13.1) takes no causal mask before backend 9.21 (the
+// GPU image has 9.14, the toolkit here 9.19), so both directions are the composite operation graphs that NVIDIA's cudnn-frontend 1.x builds (its
 // SDPANode / SDPABackwardNode, which cuDNN's runtime-fusion engines recognize as flash
 // attention), with the same operations, data types and layouts:
 //   forward:  S = Q·Kᵀ (fp32) · scale; causal mask: GEN_INDEX rows and columns, row >= col,

@@ -150,7 +150,8 @@ class GptCuda final : public Model {
   class OwnUnits;         // the whole-buffer UnitSource over params_ (embedding), wbf_ and grads_
   void plan();            // carve the arena (two passes: size, then pointers)
   void make_attention();  // cudnn_attention_ per options_.attention
-  // attention forward / backward through cuDNN or the flash kernels
+  // attention forward / backward through cuDNN (cudnn_attention_for(T)) or the flash kernels
+  bool cudnn_attention_for(int T) const;
   void attention_forward(const LayerActs& L, int B, int T);
   void attention_backward(gpu::bf16* dq, gpu::bf16* dk, gpu::bf16* dv, const gpu::bf16* datt, const LayerActs& L, int B,
                           int T);

@@ -15,9 +15,12 @@
 
 namespace og {
 
+// cuDNN's plans are built for seq_len; shorter sequences (sampling) take the flash kernels.
+bool GptCuda::cudnn_attention_for(int T) const { return cudnn_attention_ && T == cfg_.seq_len; }
+
 void GptCuda::attention_forward(const LayerActs& L, int B, int T) {
   const int H = cfg_.n_head, hd = cfg_.head_dim();
-  if (cudnn_attention_ && T == cfg_.seq_len)  // shorter sequences (sampling) take the flash kernels
+  if (cudnn_attention_for(T))
     cudnn_attention_->forward(L.att, L.lse, L.q, L.k, L.v, B, stream_);
   else
     gpu::attention_forward(L.att, L.lse, L.q, L.k, L.v, B, T, H, hd, stream_);
@@ -26,7 +29,7 @@ void GptCuda::attention_forward(const LayerActs& L, int B, int T) {
 void GptCuda::attention_backward(gpu::bf16* dq, gpu::bf16* dk, gpu::bf16* dv, const gpu::bf16* datt, const LayerActs& L,
                                  int B, int T) {
   const int H = cfg_.n_head, hd = cfg_.head_dim();
-  if (cudnn_attention_ && T == cfg_.seq_len)
+  if (cudnn_attention_for(T))
     cudnn_attention_->backward(dq, dk, dv, datt, L.att, L.lse, L.q, L.k, L.v, B, stream_);
   else
     gpu::attention_backward(dq, dk, dv, delta_, datt, L.att, L.lse, L.q, L.k, L.v, B, T, H, hd, stream_);
